@@ -1,0 +1,24 @@
+# Two entry points (see README): `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch is pinned for our machines; users may run any torch >= 2.4.
+TORCH_PIN ?= torch==2.13.0
+
+$(BIN)/sonosynth: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/sonosynth
+
+demo: venv
+	$(BIN)/sonosynth demo --out demo-out
+
+test: venv
+	$(BIN)/ruff check sonosynth tests benchmarks
+	$(BIN)/pytest -n 2 -q
+
+.PHONY: venv demo test

@@ -1,0 +1,3 @@
+from sonosynth.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""The `sonosynth` command. Each command group lives in sonosynth/commands/ and calls the API.
+
+User errors (SonosynthError) print one line `error: ...` and exit 1; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from sonosynth.commands import data as data_commands
+from sonosynth.errors import SonosynthError
+
+app = typer.Typer(
+    name="sonosynth",
+    help="Synthetic ultrasound images paired with segmentation masks, from mask-guided diffusion models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+data_commands.register(app)
+
+# Further command groups register themselves here as they land (kept import-light:
+# each module imports torch/diffusers inside its command functions).
+for _module_name in (
+    "sonosynth.commands.diffusion",
+    "sonosynth.commands.synthesis",
+    "sonosynth.commands.segmentation",
+    "sonosynth.commands.evaluation",
+    "sonosynth.commands.demo",
+):
+    try:
+        _module = __import__(_module_name, fromlist=["register"])
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _module_name:
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except SonosynthError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing half-written was left behind; run again to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

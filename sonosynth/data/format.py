@@ -1,0 +1,391 @@
+"""The one on-disk dataset layout every stage reads and writes (see docs/dataset-format.md).
+
+```
+DATASET/
+  dataset.json    name, modality, labels, attributes, source, license
+  manifest.csv    id, image, mask, subject, split, spacing_mm, <attributes...>, <extra...>,
+                  image_sha256, mask_sha256
+  images/<id>.png grayscale, 8- or 16-bit
+  masks/<id>.png  uint8 label map with values 0..K-1
+```
+Writers build the folder under a temporary name and rename it at the end, so a failure or
+Ctrl-C never leaves a half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sonosynth.data.imageio import read_image, read_label_map, write_png
+from sonosynth.errors import DataError
+
+DATASET_JSON = "dataset.json"
+MANIFEST_CSV = "manifest.csv"
+IMAGES_DIR = "images"
+MASKS_DIR = "masks"
+SPLITS = ("train", "val", "test", "")
+CORE_COLUMNS = ("id", "image", "mask", "subject", "split", "spacing_mm")
+HASH_COLUMNS = ("image_sha256", "mask_sha256")
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass
+class DatasetInfo:
+    """Contents of dataset.json.
+
+    `labels` maps label value (as a string, JSON keys are strings) to its name; 0 is background.
+    `attributes` maps a categorical attribute (view, pathology, ...) to its allowed values; an
+    attribute mapped to None is free-form (numbers such as a reference head circumference).
+    """
+
+    name: str
+    labels: dict[str, str]
+    modality: str = "ultrasound"
+    attributes: dict[str, list[str] | None] = field(default_factory=dict)
+    source: str = ""
+    license: str = ""
+    description: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return max(int(k) for k in self.labels) + 1
+
+    @property
+    def categorical_attributes(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.attributes.items() if v is not None}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], origin: str = DATASET_JSON) -> DatasetInfo:
+        if not isinstance(data, Mapping) or "name" not in data or "labels" not in data:
+            raise DataError(f"{origin}: must be a JSON object with at least 'name' and 'labels'")
+        labels = {str(k): str(v) for k, v in dict(data["labels"]).items()}
+        try:
+            values = sorted(int(k) for k in labels)
+        except ValueError:
+            raise DataError(f"{origin}: label keys must be integers, got {list(labels)}") from None
+        if not values or values[0] != 0 or values != list(range(len(values))) or values[-1] > 255:
+            raise DataError(f"{origin}: labels must be 0..K-1 (K <= 256), got {values}")
+        known = {f.name for f in cls.__dataclass_fields__.values()}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["labels"] = labels
+        kwargs["attributes"] = {
+            str(k): (None if v is None else [str(x) for x in v])
+            for k, v in dict(data.get("attributes") or {}).items()
+        }
+        return cls(**kwargs)
+
+
+@dataclass
+class Record:
+    """One manifest row: where a pair lives and what is known about it."""
+
+    id: str
+    image: str
+    mask: str
+    subject: str = ""
+    split: str = ""
+    spacing_mm: float | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)
+    image_sha256: str = ""
+    mask_sha256: str = ""
+
+
+@dataclass
+class Sample:
+    """A loaded pair: arrays plus the record that describes them."""
+
+    record: Record
+    image: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Dataset(Sequence[Sample]):
+    """A dataset folder opened for reading. Indexing loads the pair from disk."""
+
+    def __init__(self, root: Path, info: DatasetInfo, records: list[Record]):
+        self.root = root
+        self.info = info
+        self.records = records
+
+    @classmethod
+    def open(cls, root: str | Path) -> Dataset:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: dataset folder not found")
+        info_path, manifest_path = root / DATASET_JSON, root / MANIFEST_CSV
+        for required in (info_path, manifest_path):
+            if not required.is_file():
+                raise DataError(f"{required}: missing; not a sonosynth dataset folder")
+        try:
+            info = DatasetInfo.from_dict(json.loads(info_path.read_text()), origin=str(info_path))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{info_path}: invalid JSON ({exc})") from None
+        records = read_manifest(manifest_path, info)
+        return cls(root, info, records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        record = self.records[index]
+        return Sample(record, read_image(self.root / record.image), read_label_map(self.root / record.mask))
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def subset(self, split: str | Sequence[str] | None = None, ids: Sequence[str] | None = None) -> Dataset:
+        """A view on some records (by split name(s) and/or ids); files are shared."""
+        records = self.records
+        if split is not None:
+            wanted = {split} if isinstance(split, str) else set(split)
+            records = [r for r in records if r.split in wanted]
+        if ids is not None:
+            keep = set(ids)
+            records = [r for r in records if r.id in keep]
+        return Dataset(self.root, self.info, list(records))
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted({r.subject or r.id for r in self.records})
+
+    def path_of(self, record: Record, kind: str = "image") -> Path:
+        return self.root / (record.image if kind == "image" else record.mask)
+
+
+def read_manifest(path: Path, info: DatasetInfo) -> list[Record]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        missing = [c for c in ("id", "image", "mask") if c not in columns]
+        if missing:
+            raise DataError(f"{path}: missing columns {missing}")
+        records, seen = [], set()
+        for line, row in enumerate(reader, start=2):
+            rid = row["id"]
+            if rid in seen:
+                raise DataError(f"{path}: duplicate id '{rid}' (line {line})")
+            seen.add(rid)
+            spacing = row.get("spacing_mm") or ""
+            try:
+                spacing_mm = float(spacing) if spacing else None
+            except ValueError:
+                raise DataError(f"{path}: line {line}: spacing_mm '{spacing}' is not a number") from None
+            attributes = {k: row.get(k, "") or "" for k in info.attributes}
+            reserved = set(CORE_COLUMNS) | set(HASH_COLUMNS) | set(info.attributes)
+            extra = {k: v or "" for k, v in row.items() if k not in reserved and k is not None}
+            records.append(
+                Record(
+                    id=rid,
+                    image=row["image"],
+                    mask=row["mask"],
+                    subject=row.get("subject", "") or "",
+                    split=row.get("split", "") or "",
+                    spacing_mm=spacing_mm,
+                    attributes=attributes,
+                    extra=extra,
+                    image_sha256=row.get("image_sha256", "") or "",
+                    mask_sha256=row.get("mask_sha256", "") or "",
+                )
+            )
+    return records
+
+
+def write_manifest(path: Path, info: DatasetInfo, records: Sequence[Record]) -> None:
+    """Write manifest.csv atomically (temporary file, then rename)."""
+    extra_columns: list[str] = []
+    for r in records:
+        for k in r.extra:
+            if k not in extra_columns:
+                extra_columns.append(k)
+    columns = [*CORE_COLUMNS, *info.attributes, *extra_columns, *HASH_COLUMNS]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for r in records:
+            row = {
+                "id": r.id,
+                "image": r.image,
+                "mask": r.mask,
+                "subject": r.subject,
+                "split": r.split,
+                "spacing_mm": "" if r.spacing_mm is None else f"{r.spacing_mm:.9g}",
+                "image_sha256": r.image_sha256,
+                "mask_sha256": r.mask_sha256,
+                **{k: r.attributes.get(k, "") for k in info.attributes},
+                **{k: r.extra.get(k, "") for k in extra_columns},
+            }
+            writer.writerow(row)
+    os.replace(tmp, path)
+
+
+def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an existing output folder unless overwrite; return the final path."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: output folder already exists (use --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def commit_folder(tmp: Path, out: Path) -> None:
+    """Move a finished temporary folder into place, replacing an old one only at the last moment."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, trash / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+class DatasetWriter:
+    """Build a dataset folder atomically.
+
+    ```
+    with DatasetWriter(out, info) as writer:
+        writer.add("case_001", image, mask, subject="001", spacing_mm=0.15, pathology="benign")
+    ```
+    Nothing appears at `out` unless the block finishes without error.
+    """
+
+    def __init__(self, out: str | Path, info: DatasetInfo, overwrite: bool = False, validate_labels: bool = True):
+        self.out = prepare_output(out, overwrite)
+        self.info = info
+        self.validate_labels = validate_labels
+        self.records: list[Record] = []
+        self._ids: set[str] = set()
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> DatasetWriter:
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{self.out.name}.tmp-", dir=self.out.parent))
+        (self._tmp / IMAGES_DIR).mkdir()
+        (self._tmp / MASKS_DIR).mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return
+        try:
+            self.finish()
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+
+    def add(
+        self,
+        id: str,
+        image: np.ndarray,
+        mask: np.ndarray,
+        *,
+        subject: str = "",
+        split: str = "",
+        spacing_mm: float | None = None,
+        source: str = "",
+        extra: Mapping[str, Any] | None = None,
+        **attributes: Any,
+    ) -> Record:
+        """Add one pair. `source` names the original file(s) for error messages."""
+        assert self._tmp is not None, "use DatasetWriter as a context manager"
+        where = source or id
+        if not _ID_PATTERN.match(id):
+            raise DataError(f"{where}: invalid id '{id}' (letters, digits, '_', '-', '.')")
+        if id in self._ids:
+            raise DataError(f"{where}: duplicate id '{id}'")
+        image, mask = np.asarray(image), np.asarray(mask)
+        if image.ndim != 2 or mask.ndim != 2:
+            raise DataError(f"{where}: image and mask must be 2-D, got {image.shape} and {mask.shape}")
+        if image.shape != mask.shape:
+            raise DataError(f"{where}: image size {image.shape[::-1]} differs from mask size {mask.shape[::-1]}")
+        if split not in SPLITS:
+            raise DataError(f"{where}: split must be one of train/val/test, got '{split}'")
+        if self.validate_labels:
+            check_label_values(mask, self.info, where)
+        unknown = [k for k in attributes if k not in self.info.attributes]
+        if unknown:
+            raise DataError(f"{where}: attributes {unknown} are not declared in dataset.json")
+        for k, v in attributes.items():
+            allowed = self.info.attributes[k]
+            if allowed is not None and str(v) not in allowed:
+                raise DataError(f"{where}: attribute {k}='{v}' not among declared values {allowed}")
+        if image.dtype not in (np.uint8, np.uint16):
+            raise DataError(f"{where}: images must be uint8 or uint16, got {image.dtype}")
+        image_rel, mask_rel = f"{IMAGES_DIR}/{id}.png", f"{MASKS_DIR}/{id}.png"
+        write_png(self._tmp / image_rel, image)
+        write_png(self._tmp / mask_rel, mask.astype(np.uint8))
+        record = Record(
+            id=id,
+            image=image_rel,
+            mask=mask_rel,
+            subject=str(subject),
+            split=split,
+            spacing_mm=None if spacing_mm is None else float(spacing_mm),
+            attributes={k: str(v) for k, v in attributes.items()},
+            extra={k: _format_extra(v) for k, v in (extra or {}).items()},
+            image_sha256=sha256_of(self._tmp / image_rel),
+            mask_sha256=sha256_of(self._tmp / mask_rel),
+        )
+        self._ids.add(id)
+        self.records.append(record)
+        return record
+
+    def finish(self) -> Path:
+        assert self._tmp is not None
+        (self._tmp / DATASET_JSON).write_text(self.info.to_json())
+        write_manifest(self._tmp / MANIFEST_CSV, self.info, self.records)
+        commit_folder(self._tmp, self.out)
+        return self.out
+
+
+def _format_extra(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def check_label_values(mask: np.ndarray, info: DatasetInfo, where: str) -> None:
+    values = np.unique(mask)
+    bad = [int(v) for v in values if v < 0 or v >= info.num_labels]
+    if bad:
+        raise DataError(
+            f"{where}: mask values {bad} outside the declared labels 0..{info.num_labels - 1} ({info.labels})"
+        )
+
+
+def update_records(root: str | Path, records: Sequence[Record]) -> None:
+    """Rewrite a dataset's manifest in place (e.g. after assigning splits)."""
+    root = Path(root)
+    info = Dataset.open(root).info
+    write_manifest(root / MANIFEST_CSV, info, records)

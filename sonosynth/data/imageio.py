@@ -1,0 +1,61 @@
+"""Reading and writing the PNG/medical files of a dataset, with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sonosynth.errors import DataError
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a grayscale image as a 2-D uint8/uint16 array (RGB-stored grayscale is converted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im).astype(np.uint16)
+            elif im.mode == "L":
+                arr = np.asarray(im)
+            elif im.mode in ("1", "P", "LA", "RGB", "RGBA", "CMYK", "YCbCr"):
+                arr = _rgb_to_gray(np.asarray(im.convert("RGB")))
+            else:
+                arr = np.asarray(im.convert("L"))
+    except DataError:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise DataError(f"{path}: unreadable or truncated image ({exc})") from None
+    if arr.ndim != 2 or arr.size == 0:
+        raise DataError(f"{path}: expected a 2-D grayscale image, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    # Grayscale stored as RGB has equal channels: keep them exactly instead of re-weighting.
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return rgb[..., 0].copy()
+    weights = np.array([0.299, 0.587, 0.114])
+    return np.clip(np.rint(rgb.astype(np.float64) @ weights), 0, 255).astype(np.uint8)
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """Read a mask as an integer label map (uint8)."""
+    arr = read_image(path)
+    if arr.max(initial=0) > 255:
+        raise DataError(f"{path}: label map has values above 255")
+    return arr.astype(np.uint8)
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write a 2-D uint8 or uint16 array as a PNG."""
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise DataError(f"{path}: can only write 2-D arrays, got shape {array.shape}")
+    if array.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{path}: can only write uint8/uint16 arrays, got {array.dtype}")
+    Image.fromarray(array).save(path, format="PNG")

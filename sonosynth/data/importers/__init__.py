@@ -1,0 +1,1 @@
+"""Readers that turn published datasets into the sonosynth layout."""

@@ -1,0 +1,80 @@
+"""A torch Dataset over a dataset folder: letterboxed square tensors ready for a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from sonosynth.data.format import Dataset
+from sonosynth.data.transforms import field_of_view, letterbox_image, letterbox_mask
+
+
+class LetterboxedPairs(torch.utils.data.Dataset):
+    """Pairs letterboxed to `size` x `size` (linear for images, nearest for masks, aspect kept).
+
+    Each item is a dict:
+    - `image`: float32 (1, S, S) in [-1, 1] (padding is -1, i.e. black)
+    - `label`: int64 (S, S) label map
+    - `fov`: float32 (1, S, S), 1 inside the scanner's field of view
+    - `classes`: int64 (A,) index of each categorical attribute in `class_attributes` (-1 unknown)
+    - `index`: position in the dataset
+    Decoded pairs are cached in memory after first use (datasets here are small).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        size: int,
+        class_attributes: Sequence[str] = (),
+        augment: Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]] | None = None,
+        cache: bool = True,
+    ):
+        self.dataset = dataset
+        self.size = size
+        self.class_attributes = list(class_attributes)
+        categorical = dataset.info.categorical_attributes
+        for name in self.class_attributes:
+            if name not in categorical:
+                raise ValueError(f"{dataset.root}: '{name}' is not a categorical attribute ({list(categorical)})")
+        self.class_values = {name: categorical[name] for name in self.class_attributes}
+        self.augment = augment
+        self._cache: dict[int, dict[str, torch.Tensor]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _load(self, index: int) -> dict[str, torch.Tensor]:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        sample = self.dataset[index]
+        image = sample.image.astype(np.float32)
+        peak = 65535.0 if sample.image.dtype == np.uint16 else 255.0
+        fov = field_of_view(sample.image)
+        item = {
+            # Letterboxing pads with 0 in [0, 2] space; shifting by -1 makes padding black (-1).
+            "image": letterbox_image(image / peak * 2.0, self.size)[None] - 1.0,
+            "label": letterbox_mask(sample.mask, self.size),
+            "fov": letterbox_mask(fov.astype(np.uint8), self.size)[None].float(),
+        }
+        item["classes"] = torch.tensor(
+            [self._class_index(name, sample.record.attributes.get(name, "")) for name in self.class_attributes],
+            dtype=torch.long,
+        )
+        if self._cache is not None:
+            self._cache[index] = item
+        return item
+
+    def _class_index(self, name: str, value: str) -> int:
+        values = self.class_values[name]
+        return values.index(value) if value in values else -1
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self._load(index))
+        if self.augment is not None:
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+            item = self.augment(item, generator)
+        item["index"] = index
+        return item

@@ -1,0 +1,1 @@
+"""Diffusion training (accelerate), schedulers and the MaskToUltrasoundPipeline."""

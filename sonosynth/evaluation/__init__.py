@@ -1,0 +1,1 @@
+"""Metrics, downstream experiments, image-quality measures and reports."""

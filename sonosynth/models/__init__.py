@@ -1,0 +1,1 @@
+"""Denoising networks conditioned on label maps (spade, concat, joint) and their size presets."""

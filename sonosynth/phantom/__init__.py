@@ -1,0 +1,1 @@
+"""Physics-inspired B-mode phantom simulator and anatomy generators (the built-in data)."""

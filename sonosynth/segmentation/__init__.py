@@ -1,0 +1,1 @@
+"""Segmentation networks (MONAI) used to prove synthetic data helps."""

@@ -1,0 +1,1 @@
+"""Synthetic dataset generation: mask sources, region editing, two-stage sampling, fidelity filter."""
