@@ -26,6 +26,8 @@ data_commands.register(app)
 # Further command groups register themselves here as they land (kept import-light:
 # each module imports torch/diffusers inside its command functions).
 for _module_name in (
+    "sonosynth.commands.phantom",
+    "sonosynth.commands.train",
     "sonosynth.commands.diffusion",
     "sonosynth.commands.synthesis",
     "sonosynth.commands.segmentation",
