@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "MaskToUltrasoundPipeline": "sonosynth.diffusion.pipeline",
+    "ConditionalDenoiser": "sonosynth.models.denoiser",
 }
 
 __all__ = ["Dataset", "DatasetInfo", "DatasetWriter", "DataError", "SonosynthError", *_LAZY]

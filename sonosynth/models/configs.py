@@ -1,0 +1,135 @@
+"""What a denoising network looks like: its kind, its size preset and its conditioning inputs.
+
+Size presets fill the width/depth fields that are left as None, so a saved config always holds the
+resolved numbers (a preset changed later does not change an old run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from sonosynth.errors import SonosynthError
+
+if TYPE_CHECKING:
+    from sonosynth.models.denoiser import ConditionalDenoiser
+
+KINDS = ("spade", "concat", "joint")
+
+# Width/depth per size. `attention_levels` marks levels with self-attention; MONAI's U-Nets also
+# always put one attention block in the middle (lowest resolution), which is where it is cheap.
+SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    # For tests: a few tens of thousands of parameters.
+    "tiny": {
+        "channels": [8, 16],
+        "layers_per_block": 1,
+        "attention_levels": [False, False],
+        "norm_num_groups": 4,
+        "spade_intermediate_channels": 8,
+        "num_head_channels": 8,
+    },
+    # For CPU demos at 64-128 px: the label map already carries the layout, so the network needs
+    # little capacity or receptive field; no attention above the middle block.
+    "small": {
+        "channels": [32, 64, 64],
+        "layers_per_block": 1,
+        "attention_levels": [False, False, False],
+        "norm_num_groups": 8,
+        "spade_intermediate_channels": 16,
+        "num_head_channels": 32,
+    },
+    # For a GPU at 256 px.
+    "base": {
+        "channels": [64, 128, 192, 256],
+        "layers_per_block": 2,
+        "attention_levels": [False, False, False, True],
+        "norm_num_groups": 32,
+        "spade_intermediate_channels": 64,
+        "num_head_channels": 32,
+    },
+}
+
+
+@dataclass
+class ModelConfig:
+    """A denoiser: `kind` (spade | concat | joint), `size` preset and conditioning channels.
+
+    - `num_labels`: K label values including background (one-hot channels of the condition).
+    - `fov_channel`: the scanner's field of view as one more condition channel, so generated
+      images get the fan shape and black surround.
+    - `coord_channels`: normalised depth and lateral position channels (for patch training).
+    - `class_cardinalities`: number of values of each categorical attribute, in order; each gets
+      one extra "unknown" index used for classifier-free guidance's null class.
+    """
+
+    kind: str = "spade"
+    size: str = "small"
+    num_labels: int = 2
+    fov_channel: bool = True
+    coord_channels: bool = False
+    class_cardinalities: list[int] = field(default_factory=list)
+    channels: list[int] | None = None
+    layers_per_block: int | None = None
+    attention_levels: list[bool] | None = None
+    norm_num_groups: int | None = None
+    spade_intermediate_channels: int | None = None
+    num_head_channels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise SonosynthError(f"model kind must be one of {list(KINDS)}, got '{self.kind}'")
+        if self.size not in SIZE_PRESETS:
+            raise SonosynthError(f"model size must be one of {list(SIZE_PRESETS)}, got '{self.size}'")
+        if self.num_labels < 2:
+            raise SonosynthError(f"num_labels must be at least 2 (background + one label), got {self.num_labels}")
+        self.class_cardinalities = [int(c) for c in self.class_cardinalities]
+        if any(c < 1 for c in self.class_cardinalities):
+            raise SonosynthError(f"class_cardinalities must be positive, got {self.class_cardinalities}")
+        for name, value in SIZE_PRESETS[self.size].items():
+            if getattr(self, name) is None:
+                setattr(self, name, list(value) if isinstance(value, list) else value)
+        self.channels = [int(c) for c in self.channels]
+        self.attention_levels = [bool(a) for a in self.attention_levels]
+        if len(self.attention_levels) != len(self.channels):
+            raise SonosynthError(
+                f"attention_levels {self.attention_levels} must have one entry per level of channels {self.channels}"
+            )
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise SonosynthError(
+                f"channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}"
+            )
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the spatial condition: one-hot labels (not for joint) + fov + 2 coordinates."""
+        labels = 0 if self.kind == "joint" else self.num_labels
+        return labels + int(self.fov_channel) + 2 * int(self.coord_channels)
+
+    @property
+    def sample_channels(self) -> int:
+        """Channels the diffusion runs on: the image, plus the one-hot mask for joint."""
+        return 1 + (self.num_labels if self.kind == "joint" else 0)
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Image sides must be multiples of this."""
+        return 2 ** (len(self.channels) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if not k.startswith("_")}  # diffusers' own keys
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SonosynthError(f"unknown model config fields {unknown} (known: {sorted(known)})")
+        return cls(**data)
+
+
+def build_model(config: ModelConfig) -> ConditionalDenoiser:
+    """A freshly initialised denoiser for `config` (torch is imported only here)."""
+    from sonosynth.models.denoiser import ConditionalDenoiser
+
+    return ConditionalDenoiser(**config.to_dict())

@@ -1,0 +1,277 @@
+"""The conditional denoiser: MONAI U-Nets wrapped as a diffusers model (safetensors save/load).
+
+Three kinds share one interface, so training and sampling never branch on the kind:
+- `spade`: MONAI `SPADEDiffusionModelUNet`; the encoder sees the noisy image, every decoder
+  level is normalised with scale/shift predicted from the condition (label map + fov).
+- `concat`: MONAI `DiffusionModelUNet` with the condition concatenated to the noisy image.
+- `joint`: the same U-Net generating image and one-hot mask together (no input mask); the mask
+  is read back by argmax.
+
+Several categorical attributes are embedded one table each and the embeddings summed (added to the
+time embedding), so attributes stay independent and unseen combinations still work. Each attribute
+has one extra index, "unknown", which is also the null class of classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from sonosynth.models.configs import ModelConfig
+
+
+class SummedAttributeEmbedding(nn.Module):
+    """Embeds (B, A) attribute indices, one table per attribute, and sums them to (B, D).
+
+    Stands in for a U-Net's single-class `nn.Embedding`; index `cardinality` of an attribute is
+    its "unknown" value.
+    """
+
+    def __init__(self, cardinalities: list[int], dim: int):
+        super().__init__()
+        self.cardinalities = list(cardinalities)
+        sizes = [c + 1 for c in self.cardinalities]
+        offsets = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], dtype=torch.long)
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.table = nn.Embedding(sum(sizes), dim)
+
+    def forward(self, class_labels: torch.Tensor) -> torch.Tensor:
+        return self.table(class_labels + self.offsets).sum(dim=1)
+
+
+def coordinate_channels(batch: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, 2, S, S) normalised depth (rows) and lateral (columns) positions in [-1, 1] for a full image."""
+    ramp = torch.linspace(-1.0, 1.0, size, device=device)
+    depth = ramp[:, None].expand(size, size)
+    lateral = ramp[None, :].expand(size, size)
+    return torch.stack([depth, lateral])[None].expand(batch, 2, size, size).clone()
+
+
+class ConditionalDenoiser(ModelMixin, ConfigMixin):
+    """Predicts noise (or v) for `sample` at `timestep`, given a spatial condition and class labels.
+
+    Build it with `sonosynth.models.build_model(ModelConfig(...))`; the constructor arguments are
+    exactly the `ModelConfig` fields, so `config.json` next to the weights is the model config.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        kind: str = "spade",
+        size: str = "small",
+        num_labels: int = 2,
+        fov_channel: bool = True,
+        coord_channels: bool = False,
+        class_cardinalities: list[int] | tuple[int, ...] = (),
+        channels: list[int] | None = None,
+        layers_per_block: int | None = None,
+        attention_levels: list[bool] | None = None,
+        norm_num_groups: int | None = None,
+        spade_intermediate_channels: int | None = None,
+        num_head_channels: int | None = None,
+    ):
+        super().__init__()
+        cfg = ModelConfig(
+            kind=kind,
+            size=size,
+            num_labels=num_labels,
+            fov_channel=fov_channel,
+            coord_channels=coord_channels,
+            class_cardinalities=list(class_cardinalities),
+            channels=None if channels is None else list(channels),
+            layers_per_block=layers_per_block,
+            attention_levels=None if attention_levels is None else list(attention_levels),
+            norm_num_groups=norm_num_groups,
+            spade_intermediate_channels=spade_intermediate_channels,
+            num_head_channels=num_head_channels,
+        )
+        self.model_config = cfg
+        common: dict[str, Any] = {
+            "spatial_dims": 2,
+            "out_channels": cfg.sample_channels,
+            "num_res_blocks": cfg.layers_per_block,
+            "channels": tuple(cfg.channels),
+            "attention_levels": tuple(cfg.attention_levels),
+            "norm_num_groups": cfg.norm_num_groups,
+            "num_head_channels": cfg.num_head_channels,
+            # A placeholder size; replaced below by the summed per-attribute embedding.
+            "num_class_embeds": 1 if cfg.class_cardinalities else None,
+        }
+        if cfg.kind == "spade":
+            from monai.networks.nets import SPADEDiffusionModelUNet
+
+            self.unet = SPADEDiffusionModelUNet(
+                in_channels=cfg.sample_channels,
+                label_nc=cfg.condition_channels,
+                spade_intermediate_channels=cfg.spade_intermediate_channels,
+                **common,
+            )
+        else:
+            from monai.networks.nets import DiffusionModelUNet
+
+            self.unet = DiffusionModelUNet(in_channels=cfg.sample_channels + cfg.condition_channels, **common)
+        if cfg.class_cardinalities:
+            time_embed_dim = cfg.channels[0] * 4
+            self.unet.class_embedding = SummedAttributeEmbedding(cfg.class_cardinalities, time_embed_dim)
+
+    # -- shape facts -------------------------------------------------------------------------------
+    @property
+    def sample_channels(self) -> int:
+        return self.model_config.sample_channels
+
+    @property
+    def condition_channels(self) -> int:
+        return self.model_config.condition_channels
+
+    @property
+    def null_class_labels(self) -> torch.Tensor:
+        """(A,) the "unknown" index of each attribute: the null class for guidance."""
+        return torch.tensor(self.model_config.class_cardinalities, dtype=torch.long, device=self.device)
+
+    # -- the network -------------------------------------------------------------------------------
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int | float,
+        condition: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, C_x, H, W) prediction. A missing condition or class means the null one (unconditional)."""
+        batch = sample.shape[0]
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(batch)
+        if condition is None and self.condition_channels:
+            condition = self.null_condition(
+                torch.zeros(batch, self.condition_channels, *sample.shape[-2:], device=sample.device)
+            )
+        if condition is not None:
+            condition = condition.to(sample.dtype)
+        kwargs: dict[str, Any] = {}
+        if self.model_config.class_cardinalities:
+            if class_labels is None:
+                class_labels = self.null_class_labels.expand(batch, -1)
+            kwargs["class_labels"] = self._known_or_null(class_labels.to(sample.device))
+        if self.model_config.kind == "spade":
+            return self.unet(sample, timestep, seg=condition, **kwargs)
+        x = sample if condition is None else torch.cat([sample, condition], dim=1)
+        return self.unet(x, timestep, **kwargs)
+
+    def _known_or_null(self, class_labels: torch.Tensor) -> torch.Tensor:
+        """Map -1 (unknown in `LetterboxedPairs`) to each attribute's null index."""
+        null = self.null_class_labels.expand_as(class_labels)
+        return torch.where(class_labels < 0, null, class_labels.long())
+
+    # -- conditioning --------------------------------------------------------------------------------
+    def make_condition(
+        self,
+        labels: torch.Tensor | None,
+        fov: torch.Tensor | None = None,
+        coords: torch.Tensor | None = None,
+        size: int | None = None,
+        batch: int | None = None,
+    ) -> torch.Tensor | None:
+        """(B, C_c, S, S) condition from a (B, S, S) label map, (B, 1, S, S) fov and (B, 2, S, S) coords.
+
+        A missing fov means the whole square is in view; missing coords mean full-image positions.
+        For `joint` the labels are not part of the condition (they are generated).
+        """
+        cfg = self.model_config
+        reference = labels if labels is not None else fov
+        if reference is not None:
+            batch, size = reference.shape[0], reference.shape[-1]
+        if batch is None or size is None:
+            raise ValueError("make_condition needs labels, fov or an explicit batch and size")
+        parts: list[torch.Tensor] = []
+        if cfg.kind != "joint":
+            if labels is None:
+                raise ValueError(f"a '{cfg.kind}' model needs a label map")
+            parts.append(self.one_hot(labels))
+        if cfg.fov_channel:
+            parts.append(torch.ones(batch, 1, size, size, device=self.device) if fov is None else fov.float())
+        if cfg.coord_channels:
+            parts.append(coordinate_channels(batch, size, self.device) if coords is None else coords.float())
+        if not parts:
+            return None
+        return torch.cat([p.to(self.device, torch.float32) for p in parts], dim=1)
+
+    def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, S, S) label map -> (B, K, S, S) float one-hot."""
+        k = self.model_config.num_labels
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise ValueError(f"label values must be in 0..{k - 1}, got {int(labels.min())}..{int(labels.max())}")
+        return nn.functional.one_hot(labels.long(), k).permute(0, 3, 1, 2).float()
+
+    def null_condition(self, condition: torch.Tensor | None) -> torch.Tensor | None:
+        """The condition with the label map dropped (all-zero one-hot); fov and coordinates are kept.
+
+        Geometry is not what guidance should amplify: the unconditional branch still knows where
+        the fan is. A `joint` model has no label channels, so its condition is returned unchanged.
+        """
+        if condition is None or self.model_config.kind == "joint":
+            return condition
+        null = condition.clone()
+        null[:, : self.model_config.num_labels] = 0.0
+        return null
+
+    def drop_conditions(
+        self,
+        condition: torch.Tensor | None,
+        class_labels: torch.Tensor | None,
+        drop_prob: float,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Classifier-free guidance training: replace mask and classes by their null values, each with `drop_prob`.
+
+        Mask and classes are dropped independently, so sampling may guide either or both.
+        """
+        if drop_prob <= 0:
+            return condition, class_labels
+        if condition is not None and self.model_config.kind != "joint":
+            drop = torch.rand(condition.shape[0], generator=generator, device=condition.device) < drop_prob
+            condition = torch.where(drop[:, None, None, None], self.null_condition(condition), condition)
+        if class_labels is not None and class_labels.numel():
+            drop = torch.rand(class_labels.shape[0], generator=generator, device=class_labels.device) < drop_prob
+            null = self.null_class_labels.to(class_labels.device).expand_as(class_labels)
+            class_labels = torch.where(drop[:, None], null, class_labels)
+        return condition, class_labels
+
+    def training_inputs(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(x0, condition, class_labels) from a batch of `LetterboxedPairs` items, on the model's device."""
+        image = batch["image"].to(self.device, torch.float32)
+        labels = batch["label"].to(self.device)
+        fov = batch.get("fov")
+        coords = batch.get("coords")
+        condition = self.make_condition(
+            labels,
+            fov=None if fov is None else fov.to(self.device),
+            coords=None if coords is None else coords.to(self.device),
+        )
+        x0 = image
+        if self.model_config.kind == "joint":
+            x0 = torch.cat([image, self.one_hot(labels) * 2.0 - 1.0], dim=1)
+        class_labels = None
+        if self.model_config.class_cardinalities:
+            classes = batch.get("classes")
+            if classes is None or classes.shape[-1] != len(self.model_config.class_cardinalities):
+                got = None if classes is None else tuple(classes.shape)
+                raise ValueError(
+                    f"the model expects {len(self.model_config.class_cardinalities)} class attributes, batch has {got}"
+                )
+            class_labels = self._known_or_null(classes.to(self.device))
+        return x0, condition, class_labels
+
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Denoised sample -> (image (B, 1, H, W) in [-1, 1], mask (B, H, W) long for joint, else None)."""
+        image = x[:, :1].clamp(-1.0, 1.0)
+        if self.model_config.kind != "joint":
+            return image, None
+        return image, x[:, 1:].argmax(dim=1)
