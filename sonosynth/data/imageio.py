@@ -58,4 +58,5 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
         raise DataError(f"{path}: can only write 2-D arrays, got shape {array.shape}")
     if array.dtype not in (np.uint8, np.uint16):
         raise DataError(f"{path}: can only write uint8/uint16 arrays, got {array.dtype}")
-    Image.fromarray(array).save(path, format="PNG")
+    # zlib level 3 instead of PIL's 6: about 4x faster on speckle images for ~10% larger files.
+    Image.fromarray(array).save(path, format="PNG", compress_level=3)
