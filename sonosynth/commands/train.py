@@ -1,0 +1,97 @@
+"""`sonosynth train DATASET --out RUN`: train a mask-conditioned diffusion model.
+
+Settings come from, in increasing priority: the defaults, the run's saved config.yaml (with
+--resume), `--config FILE`, and the flags given on the command line. The same command runs on
+CPU, one GPU or several processes (`accelerate launch -m sonosynth.cli train ...` or torchrun).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+class ModelSize(str, Enum):
+    tiny = "tiny"
+    small = "small"
+    base = "base"
+
+
+class ModelKind(str, Enum):
+    spade = "spade"
+    concat = "concat"
+    joint = "joint"
+
+
+def train_command(
+    dataset: Path = typer.Argument(..., help="Dataset folder (dataset.json + manifest.csv)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoints/, samples/, model/."),
+    model: ModelSize | None = typer.Option(None, "--model", help="Model size preset (default small)."),
+    kind: ModelKind | None = typer.Option(
+        None, "--kind", help="Conditioning: spade, concat or joint (default spade)."
+    ),
+    size: int | None = typer.Option(None, "--size", help="Image side in pixels (letterboxed squares) (default 64)."),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML file with TrainConfig fields."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Optimizer steps in total (default 2000)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Per-process batch size (default 8)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 5e-4)."),
+    patch_size: int | None = typer.Option(None, "--patch-size", help="Train on random patches of this side."),
+    class_attribute: list[str] | None = typer.Option(
+        None, "--class-attribute", help="Categorical attribute to condition on (repeatable)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of everything random (default 0)."),
+    mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="auto, no, fp16 or bf16."),
+    log_with: str | None = typer.Option(None, "--log-with", help="'tensorboard' to log into RUN/."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in RUN."),
+) -> None:
+    """Train a mask-to-ultrasound diffusion model (loads with MaskToUltrasoundPipeline.from_pretrained(RUN))."""
+    from sonosynth.diffusion.train import CONFIG_YAML, TrainConfig, train, with_model_size
+
+    base = TrainConfig()
+    if resume and (out / CONFIG_YAML).is_file():
+        base = TrainConfig.from_yaml(out / CONFIG_YAML)
+    if config_file is not None:
+        base = TrainConfig.from_dict({**base.to_dict(), **_read_yaml(config_file)}, origin=str(config_file))
+    overrides: dict[str, Any] = {
+        "dataset": str(dataset),
+        "image_size": size,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "patch_size": patch_size,
+        "class_attributes": class_attribute or None,
+        "seed": seed,
+        "mixed_precision": mixed_precision,
+        "log_with": log_with,
+    }
+    data = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+    config = TrainConfig.from_dict(data, origin="command line")
+    if model is not None or kind is not None:
+        config.model = with_model_size(
+            config.model, None if model is None else model.value, None if kind is None else kind.value
+        )
+    result = train(config, out, resume=resume)
+    typer.echo(f"trained to step {result.step} in {result.seconds:.0f} s; model in {result.model_dir or out}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from sonosynth.errors import SonosynthError
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SonosynthError(f"{path}: cannot read training config ({exc})") from None
+    if not isinstance(data, dict):
+        raise SonosynthError(f"{path}: a training config must be a YAML mapping")
+    # Sections replace the defaults' whole: a partial `model:` (e.g. just `size: tiny`) is completed
+    # from that size's preset, not mixed with another preset's widths.
+    return data
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", no_args_is_help=True)(train_command)

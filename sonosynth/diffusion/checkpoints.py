@@ -1,0 +1,164 @@
+"""Training checkpoints as safetensors + JSON (no pickle), written atomically, the last K kept.
+
+```
+RUN/checkpoints/step-000120/
+  model.safetensors       raw weights (state_dict of the denoiser)
+  ema.safetensors         EMA shadow weights, by parameter name
+  optimizer.safetensors   optimizer state tensors, flattened as state.<param>.<name>
+  rng-rank<R>.safetensors torch (and CUDA) generator states of each process
+  state.json              step, optimizer/LR-scheduler/EMA/grad-scaler scalars, RNG scalars; written last
+```
+A checkpoint is built in `step-XXXXXX.tmp` and renamed when complete, so a run killed while
+writing leaves at most a `.tmp` folder, which is ignored and cleaned up by the next write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sonosynth.errors import SonosynthError
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_JSON = "state.json"
+_NAME = re.compile(r"^step-(\d{6,})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (renamed into place, with state.json), oldest first."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _NAME.match(path.name)
+        if match and path.is_dir() and (path / STATE_JSON).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def begin_checkpoint(run_dir: str | Path, step: int) -> Path:
+    """Create (afresh) the temporary folder a checkpoint is written into."""
+    tmp = Path(run_dir) / CHECKPOINTS_DIR / f"{checkpoint_name(step)}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def finish_checkpoint(tmp: Path, state: dict[str, Any], keep: int) -> Path:
+    """Write state.json last, rename the folder into place and drop all but the newest `keep`."""
+    write_json(tmp / STATE_JSON, state)
+    final = tmp.with_name(tmp.name.removesuffix(".tmp"))
+    if final.exists():  # the same step written again (e.g. the end of a resumed run): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    rotate_checkpoints(final.parent.parent, keep)
+    return final
+
+
+def rotate_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Delete complete checkpoints beyond the newest `keep`, and stale `.tmp` folders."""
+    found = list_checkpoints(run_dir)
+    for _, path in found[: max(0, len(found) - max(1, keep))]:
+        shutil.rmtree(path, ignore_errors=True)
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    for path in folder.glob("step-*.tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    try:
+        return json.loads((checkpoint / STATE_JSON).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SonosynthError(f"{checkpoint / STATE_JSON}: unreadable checkpoint state ({exc})") from None
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors needs contiguous, non-shared CPU tensors."""
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise SonosynthError(f"{path}: missing from the checkpoint")
+    return load_file(str(path), device=str(device))
+
+
+# ---- optimizer state: tensors into safetensors, the rest into JSON ------------------------------
+
+
+def flatten_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, param_state in state_dict["state"].items():
+        for name, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{param_id}.{name}"] = value
+            else:
+                scalars.setdefault(str(param_id), {})[name] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, param_id, name = key.split(".", 2)
+        state.setdefault(int(param_id), {})[name] = value
+    for param_id, values in meta["scalars"].items():
+        state.setdefault(int(param_id), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# ---- random number generator states -------------------------------------------------------------
+
+
+def capture_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The process-global generators (dropout and library code may use them)."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = state
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, internal, gauss = random.getstate()
+    meta = {
+        "numpy": [kind, int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+    return tensors, meta
+
+
+def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"].to("cpu", torch.uint8))
+    cuda = sorted((int(k.split(".")[1]), v) for k, v in tensors.items() if k.startswith("cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([v.to("cpu", torch.uint8) for _, v in cuda])
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy.keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
