@@ -20,7 +20,6 @@ from functools import lru_cache
 import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
-from scipy.signal import hilbert
 
 from sonosynth.errors import SonosynthError
 
@@ -121,7 +120,7 @@ class AcousticConfig:
     tgc_db_cm_mhz: float = 0.5
     specular_gain: float = 6.0
     noise_db: float = -38.0
-    gain_db: float = 12.0
+    gain_db: float = 22.0
     dynamic_range_db: float = 48.0
     texture_strength: float = 0.3
     texture_scale_px: float = 6.0
@@ -248,16 +247,20 @@ def scan_convert(polar: np.ndarray, geometry: ProbeGeometry, config: AcousticCon
 
 
 def axial_pulse(config: AcousticConfig) -> np.ndarray:
-    """Gaussian-modulated cosine (the RF pulse) in depth samples, scaled to energy 1/2.
+    """The pulse in depth samples as a complex (analytic) signal, scaled to unit energy.
 
-    Energy 1/2 (with unit-gain lateral beams) makes the analytic envelope's mean power equal the
-    scatterers' mean power, so an echogenicity of 1 shows at 0 dB at every depth.
+    The real part is the Gaussian-modulated cosine RF pulse, the imaginary part its quadrature
+    (Gaussian-modulated sine, the pulse's Hilbert transform for a band-limited pulse). Convolving
+    with it gives the RF line and its quadrature at once, so envelope detection is a magnitude and
+    no global Hilbert transform smears strong echoes along the beam. Unit energy (with unit-energy
+    lateral beams) makes an echogenicity of 1 show at 0 dB at every depth.
     """
     samples_per_px = config.depth_samples_per_px
     sigma = config.axial_sigma_px * samples_per_px
     z = np.arange(-math.ceil(3 * sigma), math.ceil(3 * sigma) + 1, dtype=np.float64)
-    pulse = np.exp(-(z**2) / (2 * sigma**2)) * np.cos(2 * math.pi * z / (config.wavelength_px * samples_per_px))
-    return pulse * math.sqrt(0.5 / float((pulse**2).sum()))
+    phase = 2 * math.pi * z / (config.wavelength_px * samples_per_px)
+    pulse = np.exp(-(z**2) / (2 * sigma**2)) * np.exp(1j * phase)
+    return pulse / math.sqrt(float((np.abs(pulse) ** 2).sum()))
 
 
 def lateral_sigma_lines(grid: _Grid, config: AcousticConfig) -> np.ndarray:
@@ -331,10 +334,16 @@ def simulate_envelope(
         amplitude = echo * np.exp(config.texture_strength * _smooth_field(shape, config.texture_scale_px, rng))
     scatter *= amplitude
 
-    # Specular reflection where the impedance changes along the beam (pressure reflection coefficient).
+    # Specular reflection where the impedance changes along the beam (pressure reflection coefficient),
+    # strongest where the boundary faces the beam: weighted by cos^4 of the incidence angle, taken
+    # from the smoothed impedance gradient (grazing boundaries send their echo elsewhere).
     reflection = np.zeros_like(impedance)
     reflection[1:] = (impedance[1:] - impedance[:-1]) / (impedance[1:] + impedance[:-1])
-    scatter += np.float32(config.specular_gain) * np.abs(reflection)
+    smooth = ndimage.gaussian_filter(impedance, 1.0)
+    along = np.gradient(smooth, axis=0) / np.float32(grid.depth_step_px)
+    across = np.gradient(smooth, axis=1) / grid.line_spacing[:, None].astype(np.float32)
+    facing = (along**2 / (along**2 + across**2 + np.float32(1e-12))) ** 2
+    scatter += np.float32(config.specular_gain) * np.abs(reflection) * facing
 
     # Two-way losses accumulated along each beam (attenuation + intensity transmitted through
     # boundaries), minus what time-gain compensation restores for soft tissue.
@@ -349,15 +358,21 @@ def simulate_envelope(
 
     # Depth-dependent PSF, separable: the axial pulse along each line, then a Gaussian beam across
     # lines whose width follows the depth (applied row by row as a transfer function in Fourier space).
-    rf = ndimage.convolve1d(scatter, axial_pulse(config).astype(np.float32), axis=0, mode="constant")
+    pulse = axial_pulse(config)
+    iq = np.stack(
+        [
+            ndimage.convolve1d(scatter, part.astype(np.float32), axis=0, mode="constant")
+            for part in (pulse.real, pulse.imag)
+        ]
+    )
     sigma = lateral_sigma_lines(grid, config).astype(np.float32)
     n_fft = sp_fft.next_fast_len(grid.n_lines + 2 * math.ceil(3 * float(sigma.max())), real=True)
     frequencies = sp_fft.rfftfreq(n_fft).astype(np.float32)
     # Unit-gain Gaussian has energy 1 / (2 sqrt(pi) sigma): rescale so every row keeps unit energy.
     transfer = np.exp(-2 * np.pi**2 * (sigma[:, None] * frequencies[None, :]) ** 2)
     transfer *= np.sqrt(2 * np.sqrt(np.pi) * sigma)[:, None]
-    rf = sp_fft.irfft(sp_fft.rfft(rf, n=n_fft, axis=1) * transfer, n=n_fft, axis=1)[:, : grid.n_lines]
-    analytic = hilbert(rf, axis=0)
+    iq = sp_fft.irfft(sp_fft.rfft(iq, n=n_fft, axis=2) * transfer, n=n_fft, axis=2)[:, :, : grid.n_lines]
+    analytic = iq[0] + 1j * iq[1]
     noise_amp = np.float32(10 ** (config.noise_db / 20) / math.sqrt(2))
     analytic.real += noise_amp * rng.standard_normal(shape, dtype=np.float32)
     analytic.imag += noise_amp * rng.standard_normal(shape, dtype=np.float32)
