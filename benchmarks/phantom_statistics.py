@@ -40,7 +40,10 @@ def speckle_table(seed: int = 0) -> list[tuple[float, float, float]]:
         snrs = []
         for repeat in range(8):
             env = simulate_envelope(
-                np.zeros((grid.n_depth, grid.n_lines), int), [tissue], geometry, np.random.default_rng([seed, repeat]),
+                np.zeros((grid.n_depth, grid.n_lines), int),
+                [tissue],
+                geometry,
+                np.random.default_rng([seed, repeat]),
                 config,
             )
             region = env[32:-32, 32:-32]  # away from the edges of the convolution
@@ -69,8 +72,10 @@ def compare(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
     h_real = np.histogram(real, bins)[0] / real.size
     h_fake = np.histogram(fake, bins)[0] / fake.size
     return {
-        "real_mean": float(real.mean()), "real_std": float(real.std()),
-        "phantom_mean": float(fake.mean()), "phantom_std": float(fake.std()),
+        "real_mean": float(real.mean()),
+        "real_std": float(real.std()),
+        "phantom_mean": float(fake.mean()),
+        "phantom_std": float(fake.std()),
         "intersection": float(np.minimum(h_real, h_fake).sum()),
         "wasserstein": float(wasserstein_distance(bins[:-1], bins[:-1], h_real, h_fake)),
     }
@@ -99,13 +104,17 @@ def main() -> None:
         return
     real = grey_values(load_hc18(args.hc18, args.n, args.size))
     stats = compare(real, fake)
-    print(f"\nGrey levels inside the field of view, {args.n} HC18 images vs {args.n} fetal-head phantoms "
-          f"(longest side {args.size} px):")
+    print(
+        f"\nGrey levels inside the field of view, {args.n} HC18 images vs {args.n} fetal-head phantoms "
+        f"(longest side {args.size} px):"
+    )
     print("| | mean | std |\n|---|---|---|")
     print(f"| HC18 | {stats['real_mean']:.1f} | {stats['real_std']:.1f} |")
     print(f"| phantom | {stats['phantom_mean']:.1f} | {stats['phantom_std']:.1f} |")
-    print(f"histogram intersection {stats['intersection']:.3f} (1 = identical), "
-          f"Wasserstein distance {stats['wasserstein']:.2f} grey levels")
+    print(
+        f"histogram intersection {stats['intersection']:.3f} (1 = identical), "
+        f"Wasserstein distance {stats['wasserstein']:.2f} grey levels"
+    )
 
 
 if __name__ == "__main__":

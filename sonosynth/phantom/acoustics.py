@@ -110,8 +110,8 @@ class AcousticConfig:
     top of speckle); set it to 0 to measure pure speckle.
     """
 
-    axial_sigma_px: float = 1.2
-    wavelength_px: float = 2.6
+    axial_sigma_px: float = 1.5
+    wavelength_px: float = 3.5
     lateral_sigma_px: float = 1.3
     focus_depth: float = 0.5
     rayleigh_length: float = 0.35
