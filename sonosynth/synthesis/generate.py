@@ -1,0 +1,299 @@
+"""`sonosynth generate`: a synthetic dataset from a trained model and a source of masks.
+
+Mask sources:
+- `train`: the masks of the source dataset as they are (the synthetic twin of the real set);
+- `deform`: random affine + elastic deformations of them that keep the anatomy rules;
+- `shape`: new anatomy from a PCA shape model fitted to them (optionally at a target head
+  circumference, to fill gestational-age gaps).
+Every pair is written with its provenance (model, sampler, steps, guidance, seed, mask source,
+source pair) and, with a segmenter, its mask-fidelity Dice; low-fidelity pairs are dropped or
+flagged. The output is a normal dataset folder (exportable to nnU-Net like any other).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter, Record, prepare_output
+from sonosynth.errors import DataError, SonosynthError
+from sonosynth.synthesis.fidelity import FidelityFilter, Predictor, score_samples
+from sonosynth.synthesis.grid import reduce_mask, reduced_fov, reduced_spacing
+from sonosynth.synthesis.masks import DeformConfig, ShapeModel, ShapeModelConfig, deform_mask
+
+MASK_SOURCES = ("train", "deform", "shape")
+
+
+@dataclass
+class AttributePolicy:
+    """How conditioning attributes (view, pathology, ...) of each synthetic pair are chosen.
+
+    By default a pair takes the attributes of the real pair its mask comes from (for `shape`, a
+    random real pair), which reproduces the source's distribution. `distribution` replaces that by
+    a target distribution per attribute (weights need not sum to 1); `fixed` forces a value.
+    """
+
+    fixed: dict[str, str] = field(default_factory=dict)
+    distribution: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, fixed: Sequence[str] = (), distribution: Sequence[str] = ()) -> AttributePolicy:
+        """From CLI strings: `view=4CH` and `pathology=benign:0.5,malignant:0.5`."""
+        policy = cls()
+        for item in fixed:
+            name, sep, value = item.partition("=")
+            if not sep or not name or not value:
+                raise SonosynthError(f"attribute '{item}': expected NAME=VALUE")
+            policy.fixed[name] = value
+        for item in distribution:
+            name, sep, spec = item.partition("=")
+            weights: dict[str, float] = {}
+            for part in spec.split(",") if sep else []:
+                value, colon, weight = part.partition(":")
+                try:
+                    weights[value] = float(weight) if colon else 1.0
+                except ValueError:
+                    raise SonosynthError(f"attribute distribution '{item}': '{weight}' is not a number") from None
+            if not name or not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+                raise SonosynthError(f"attribute distribution '{item}': expected NAME=VALUE:WEIGHT,VALUE:WEIGHT")
+            policy.distribution[name] = weights
+        return policy
+
+    def validate(self, info: DatasetInfo, where: str) -> None:
+        categorical = info.categorical_attributes
+        for name, values in [*((k, [v]) for k, v in self.fixed.items()), *self.distribution.items()]:
+            if name not in categorical:
+                raise DataError(f"{where}: '{name}' is not a categorical attribute ({list(categorical)})")
+            unknown = [v for v in values if v not in categorical[name]]
+            if unknown:
+                raise DataError(f"{where}: {name} values {unknown} not among {categorical[name]}")
+
+    def draw(self, rng: np.random.Generator, base: Mapping[str, str]) -> dict[str, str]:
+        out = dict(base)
+        for name, weights in self.distribution.items():
+            values = list(weights)
+            p = np.array([weights[v] for v in values], dtype=np.float64)
+            out[name] = values[int(rng.choice(len(values), p=p / p.sum()))]
+        out.update(self.fixed)
+        return out
+
+
+@dataclass
+class GenerateConfig:
+    """Everything that determines a synthetic dataset (saved in its dataset.json provenance)."""
+
+    mask_source: str = "train"
+    n: int = 16
+    steps: int = 25
+    guidance_scale: float = 1.5
+    scheduler: str | None = None  # None: the sampler saved with the model
+    seed: int = 0
+    batch_size: int = 8
+    split: str = "auto"  # auto: the source's `train` split when it has one, else every pair
+    deform: DeformConfig = field(default_factory=DeformConfig)
+    shape: ShapeModelConfig = field(default_factory=ShapeModelConfig)
+    target_hc_mm: tuple[float, float] | None = None  # shape source: uniform in [min, max]
+    filter_dice: float | None = None
+    filter_mode: str = "drop"
+    max_draws_factor: float = 4.0  # drop mode: give up after n * factor draws
+    attributes: AttributePolicy = field(default_factory=AttributePolicy)
+
+    def __post_init__(self) -> None:
+        if self.mask_source not in MASK_SOURCES:
+            raise SonosynthError(f"mask source must be one of {list(MASK_SOURCES)}, got '{self.mask_source}'")
+        if self.n < 1 or self.steps < 1 or self.batch_size < 1:
+            raise SonosynthError("n, steps and batch size must be at least 1")
+        if self.target_hc_mm is not None and self.mask_source != "shape":
+            raise SonosynthError("a target head circumference needs the 'shape' mask source")
+        if self.filter_dice is not None:
+            FidelityFilter(self.filter_dice, self.filter_mode)  # validates
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SourcePair:
+    """A real pair on the model's grid: what the mask sources start from."""
+
+    record: Record
+    mask: np.ndarray
+    fov: np.ndarray
+    spacing_mm: float | None
+
+
+@dataclass
+class Candidate:
+    mask: np.ndarray
+    fov: np.ndarray
+    spacing_mm: float | None
+    base: SourcePair
+    fell_back: bool = False
+    target_hc_mm: float | None = None
+
+
+def source_records(dataset: Dataset, split: str) -> Dataset:
+    if split == "auto":
+        split = "train" if any(r.split == "train" for r in dataset.records) else ""
+    chosen = dataset.subset(split=split) if split else dataset
+    if len(chosen) == 0:
+        raise DataError(f"{dataset.root}: no pairs in split '{split}' to take masks from")
+    return chosen
+
+
+def load_source_pairs(dataset: Dataset, size: int, progress: bool = False) -> list[SourcePair]:
+    from tqdm.auto import tqdm
+
+    pairs = []
+    for sample in tqdm(dataset, total=len(dataset), desc="reading source masks", disable=not progress):
+        pairs.append(SourcePair(sample.record, reduce_mask(sample.mask, size), reduced_fov(sample.image, size),
+                                reduced_spacing(sample.record.spacing_mm, sample.mask.shape, size)))
+    return pairs
+
+
+def mask_candidates(pairs: Sequence[SourcePair], config: GenerateConfig, rng: np.random.Generator,
+                    progress: bool = False) -> Iterator[Candidate]:
+    """An endless stream of masks (with their field of view and pixel size) from the chosen source."""
+    if config.mask_source == "train":
+        while True:
+            for i in rng.permutation(len(pairs)):
+                p = pairs[int(i)]
+                yield Candidate(p.mask, p.fov, p.spacing_mm, p)
+    elif config.mask_source == "deform":
+        while True:
+            p = pairs[int(rng.integers(len(pairs)))]
+            deformed = deform_mask(p.mask, rng, config.deform)
+            yield Candidate(deformed.mask, p.fov, p.spacing_mm, p, fell_back=deformed.fell_back)
+    else:
+        if progress:
+            print(f"fitting a shape model to {len(pairs)} masks")
+        spacings = [p.spacing_mm for p in pairs]
+        model = ShapeModel.fit([p.mask for p in pairs], None if None in spacings else spacings, config.shape)
+        while True:
+            p = pairs[int(rng.integers(len(pairs)))]
+            target = None if config.target_hc_mm is None else float(rng.uniform(*config.target_hc_mm))
+            sampled = model.sample(rng, target_hc_mm=target, shape=p.mask.shape)
+            yield Candidate(sampled.mask, p.fov, sampled.spacing_mm, p, sampled.fell_back, target)
+
+
+def generate_dataset(
+    run: str | Path,
+    source: str | Path,
+    out: str | Path,
+    config: GenerateConfig | None = None,
+    predictor: Predictor | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write `config.n` synthetic pairs to `out` (see module docstring); returns `out`.
+
+    `predictor` (images -> label maps, e.g. from `fidelity.segmenter_predictor`) is needed when
+    `config.filter_dice` is set.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from sonosynth.diffusion.schedulers import scheduler_name
+    from sonosynth.synthesis.grid import from_square, to_square
+    from sonosynth.synthesis.sampling import load_synthesis_model, sample_seeds
+
+    config = config or GenerateConfig()
+    prepare_output(out, overwrite)  # fail before the slow part
+    if config.filter_dice is not None and predictor is None:
+        raise SonosynthError("--filter-dice needs a segmenter (--segmenter SEGRUN)")
+    dataset = Dataset.open(source)
+    info = dataset.info
+    config.attributes.validate(info, str(source))
+    model = load_synthesis_model(run, config.scheduler)
+    if model.kind == "joint":
+        raise SonosynthError(f"{run}: a 'joint' model makes its own masks; generate needs a mask-conditioned "
+                             "model (spade or concat)")
+    if info.num_labels != model.num_labels:
+        raise DataError(f"{source}: {info.num_labels} labels but the model {run} was trained with {model.num_labels}")
+    pairs = load_source_pairs(source_records(dataset, config.split), model.size, progress)
+    rng = np.random.default_rng(config.seed)
+    candidates = mask_candidates(pairs, config, rng, progress)
+    rule = None if config.filter_dice is None else FidelityFilter(config.filter_dice, config.filter_mode)
+    categorical = info.categorical_attributes
+    max_draws = config.n if rule is None or rule.mode == "flag" else math.ceil(config.n * config.max_draws_factor)
+    seeds = sample_seeds(config.seed, max_draws)
+    out_info = DatasetInfo(
+        name=f"{info.name}-synthetic-{config.mask_source}",
+        labels=dict(info.labels),
+        modality=info.modality,
+        attributes=dict(info.attributes),
+        source=f"generated by sonosynth from {run} with masks from {source}",
+        license=info.license,
+        description=f"Synthetic pairs ({config.mask_source} masks) from the model {run}.",
+        provenance={"command": "sonosynth generate", "model": str(run), "source": str(source),
+                    "config": _jsonable(config.to_dict()), "model_size": model.size},
+    )
+    sampler = scheduler_name(model.pipe.scheduler)
+    kept = drawn = 0
+    with DatasetWriter(out, out_info, overwrite=overwrite) as writer, \
+            tqdm(total=config.n, desc=f"generating ({config.mask_source} masks)", disable=not progress) as bar:
+        while kept < config.n and drawn < max_draws:
+            batch = [next(candidates) for _ in range(min(config.batch_size, max_draws - drawn))]
+            batch_seeds = seeds[drawn : drawn + len(batch)]
+            drawn += len(batch)
+            rows = [config.attributes.draw(rng, _categorical(c.base.record, categorical)) for c in batch]
+            output = model.pipe(
+                labels=to_square([c.mask for c in batch], model.size).long(),
+                fov=to_square([c.fov for c in batch], model.size)[:, None],
+                class_labels=model.class_tensor(rows, categorical),
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance_scale,
+                generator=[torch.Generator().manual_seed(s) for s in batch_seeds],
+                output_type="np",
+            )
+            images = from_square(output.images, [c.mask.shape for c in batch])
+            scores = None if rule is None else score_samples(images, [c.mask for c in batch], predictor,
+                                                             info.num_labels)
+            for i, (c, image, attrs, seed) in enumerate(zip(batch, images, rows, batch_seeds, strict=True)):
+                keep, flagged = True, False
+                if rule is not None:
+                    keep, flagged = rule.decide(scores[i])
+                if not keep or kept >= config.n:
+                    continue
+                attributes = {k: v for k, v in attrs.items() if v}
+                if config.mask_source == "train":  # free-form attributes (e.g. hc_mm) still describe the mask
+                    attributes.update({k: v for k, v in c.base.record.attributes.items()
+                                       if v and k not in categorical})
+                writer.add(
+                    f"synth_{kept:05d}", image, c.mask,
+                    subject=(c.base.record.subject or c.base.record.id) if config.mask_source != "shape"
+                    else f"shape_{kept:05d}",
+                    spacing_mm=c.spacing_mm,
+                    extra={
+                        "model": str(run), "scheduler": sampler, "steps": config.steps,
+                        "guidance": config.guidance_scale, "seed": seed, "mask_source": config.mask_source,
+                        "source_id": c.base.record.id, "mask_fallback": int(c.fell_back),
+                        "target_hc_mm": "" if c.target_hc_mm is None else round(c.target_hc_mm, 3),
+                        "fidelity_dice": "" if scores is None else round(scores[i], 4),
+                        "flagged": "" if rule is None else int(flagged),
+                    },
+                    **attributes,
+                )
+                kept += 1
+                bar.update(1)
+        writer.info.provenance.update({"requested": config.n, "written": kept, "drawn": drawn})
+    if kept < config.n and progress:
+        print(f"warning: only {kept} of {config.n} samples passed the fidelity filter in {drawn} draws")
+    return Path(out)
+
+
+def _categorical(record: Record, categorical: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    return {k: v for k, v in record.attributes.items() if k in categorical and v in categorical[k]}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,181 @@
+"""`generate_dataset` end to end on a tiny untrained model: layout, provenance, mask validity, filter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import write_toy_dataset
+from test_masks import cardiac_mask
+
+from sonosynth.data.ellipse import head_circumference_mm
+from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
+from sonosynth.errors import DataError, SonosynthError
+from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset
+from sonosynth.synthesis.masks import AnatomyRules
+
+
+def save_tiny_run(out: Path, num_labels: int = 2, class_attributes: dict[str, int] | None = None,
+                  size: int = 32, kind: str = "spade") -> Path:
+    """An untrained tiny model saved the way `sonosynth train` saves a run (enough for plumbing)."""
+    from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
+    from sonosynth.diffusion.schedulers import make_scheduler
+    from sonosynth.models.configs import ModelConfig, build_model
+
+    class_attributes = class_attributes or {}
+    torch.manual_seed(0)
+    unet = build_model(ModelConfig(kind=kind, size="tiny", num_labels=num_labels,
+                                   class_cardinalities=list(class_attributes.values())))
+    scheduler = make_scheduler("ddim", prediction_type="v_prediction")
+    MaskToUltrasoundPipeline(unet=unet, scheduler=scheduler, sample_size=size).save_pretrained(str(out / "model"))
+    (out / "config.yaml").write_text(yaml.safe_dump({"class_attributes": list(class_attributes)}))
+    return out
+
+
+def write_cardiac_dataset(out: Path, n: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    info = DatasetInfo(name="cardiac", labels={"0": "background", "1": "lv", "2": "myo", "3": "la"},
+                       attributes={"view": ["2CH", "4CH"]})
+    with DatasetWriter(out, info) as writer:
+        for i in range(n):
+            mask = cardiac_mask(rng, 48)
+            image = np.clip(rng.rayleigh(40, mask.shape) + 40 * mask, 1, 255).astype(np.uint8)
+            writer.add(f"c{i}", image, mask, subject=f"p{i}", spacing_mm=0.3, view="2CH" if i % 2 else "4CH")
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny convolutions run ~40x faster on one thread than on two contended ones (shared CI cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    return save_tiny_run(tmp_path_factory.mktemp("run") / "run", class_attributes={"view": 2})
+
+
+@pytest.fixture(scope="module")
+def toy_source(tmp_path_factory) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("data") / "toy", n=6)
+
+
+def test_train_masks_give_a_dataset_with_provenance(tmp_path, toy_run, toy_source):
+    out = generate_dataset(toy_run, toy_source, tmp_path / "synth",
+                           GenerateConfig(mask_source="train", n=5, steps=2, batch_size=3, seed=1), progress=False)
+    synth, source = Dataset.open(out), Dataset.open(toy_source)
+    assert len(synth) == 5 and synth.info.labels == source.info.labels
+    source_masks = {r.id: s.mask for r, s in zip(source.records, source, strict=True)}
+    for sample in synth:
+        extra = sample.record.extra
+        assert extra["mask_source"] == "train" and extra["steps"] == "2" and extra["scheduler"] == "ddim"
+        assert extra["model"] == str(toy_run) and extra["source_id"] in source_masks and extra["seed"]
+        assert sample.image.shape == sample.mask.shape == (24, 32)  # the model's grid, aspect kept
+        assert sample.record.spacing_mm == pytest.approx(0.2 * 64 / 32)
+        assert sample.record.attributes["view"] in ("a", "b")
+        assert set(np.unique(sample.mask)) == {0, 1}
+        assert sample.image.std() > 0
+    provenance = json.loads((out / "dataset.json").read_text())["provenance"]
+    assert provenance["config"]["mask_source"] == "train" and provenance["written"] == 5
+
+
+def test_generation_is_reproducible_from_the_seed(tmp_path, toy_run, toy_source):
+    config = GenerateConfig(mask_source="deform", n=3, steps=2, batch_size=2, seed=4)
+    a = Dataset.open(generate_dataset(toy_run, toy_source, tmp_path / "a", config, progress=False))
+    config.batch_size = 3  # per-sample generators: batching does not change the result
+    b = Dataset.open(generate_dataset(toy_run, toy_source, tmp_path / "b", config, progress=False))
+    assert [r.mask_sha256 for r in a.records] == [r.mask_sha256 for r in b.records]
+    for x, y in zip(a, b, strict=True):
+        assert np.abs(x.image.astype(int) - y.image.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("mask_source", ["deform", "shape"])
+def test_new_masks_keep_the_anatomy_of_a_multilabel_source(tmp_path, mask_source):
+    source = write_cardiac_dataset(tmp_path / "cardiac")
+    run = save_tiny_run(tmp_path / "run", num_labels=4, size=32)
+    out = generate_dataset(run, source, tmp_path / "synth",
+                           GenerateConfig(mask_source=mask_source, n=4, steps=1, batch_size=4), progress=False)
+    rules = AnatomyRules.consensus([AnatomyRules.of(s.mask) for s in Dataset.open(source)])
+    synth = Dataset.open(out)
+    source_masks = {s.mask.tobytes() for s in Dataset.open(source)}
+    for sample in synth:
+        assert set(np.unique(sample.mask)) == {0, 1, 2, 3}
+        assert rules.violations(sample.mask) == []  # one region each, LV inside the myocardium
+        assert sample.record.extra["mask_source"] == mask_source
+        assert sample.mask.tobytes() not in source_masks
+    assert len({s.mask.tobytes() for s in synth}) == 4
+
+
+def test_shape_source_hits_target_head_circumference(tmp_path, toy_run, toy_source):
+    config = GenerateConfig(mask_source="shape", n=3, steps=1, target_hc_mm=(12.0, 16.0), seed=2)
+    synth = Dataset.open(generate_dataset(toy_run, toy_source, tmp_path / "synth", config, progress=False))
+    for sample in synth:
+        target = float(sample.record.extra["target_hc_mm"])
+        assert 12.0 <= target <= 16.0
+        measured = head_circumference_mm(sample.mask, sample.record.spacing_mm)
+        assert abs(measured - target) / target < 0.02
+
+
+def test_attribute_policy_fixes_or_samples_conditioning(tmp_path, toy_run, toy_source):
+    policy = AttributePolicy.parse(fixed=[], distribution=["view=a:0,b:1"])
+    synth = Dataset.open(generate_dataset(toy_run, toy_source, tmp_path / "s1",
+                                          GenerateConfig(n=4, steps=1, attributes=policy), progress=False))
+    assert {r.attributes["view"] for r in synth.records} == {"b"}
+    policy = AttributePolicy.parse(fixed=["view=a"])
+    synth = Dataset.open(generate_dataset(toy_run, toy_source, tmp_path / "s2",
+                                          GenerateConfig(n=2, steps=1, attributes=policy), progress=False))
+    assert {r.attributes["view"] for r in synth.records} == {"a"}
+    with pytest.raises(DataError, match="not among"):
+        generate_dataset(toy_run, toy_source, tmp_path / "s3",
+                         GenerateConfig(n=1, attributes=AttributePolicy.parse(fixed=["view=c"])), progress=False)
+    with pytest.raises(SonosynthError, match="NAME=VALUE"):
+        AttributePolicy.parse(fixed=["view"])
+
+
+def test_fidelity_filter_drops_or_flags_and_records_scores(tmp_path, toy_run, toy_source):
+    calls = []
+
+    def finds_nothing(images):  # a fake segmenter that never sees the structure: Dice 0
+        calls.append(len(images))
+        return [np.zeros(im.shape, np.uint8) for im in images]
+
+    def perfect_on_mask_area(images):
+        return [(im > 0).astype(np.uint8) for im in images]
+
+    flagged = Dataset.open(generate_dataset(
+        toy_run, toy_source, tmp_path / "flag",
+        GenerateConfig(n=3, steps=1, filter_dice=0.5, filter_mode="flag"), predictor=finds_nothing, progress=False))
+    assert len(flagged) == 3 and calls == [3]
+    assert all(r.extra["flagged"] == "1" and float(r.extra["fidelity_dice"]) == 0.0 for r in flagged.records)
+
+    dropped = Dataset.open(generate_dataset(
+        toy_run, toy_source, tmp_path / "drop",
+        GenerateConfig(n=3, steps=1, filter_dice=0.5, max_draws_factor=2), predictor=finds_nothing, progress=False))
+    provenance = json.loads((tmp_path / "drop" / "dataset.json").read_text())["provenance"]
+    assert len(dropped) == 0 and provenance["drawn"] == 6
+
+    kept = Dataset.open(generate_dataset(
+        toy_run, toy_source, tmp_path / "kept",
+        GenerateConfig(n=2, steps=1, filter_dice=0.0), predictor=perfect_on_mask_area, progress=False))
+    assert len(kept) == 2 and all(r.extra["flagged"] == "0" for r in kept.records)
+    assert all(0.0 <= float(r.extra["fidelity_dice"]) <= 1.0 for r in kept.records)
+
+
+def test_bad_requests_fail_cleanly(tmp_path, toy_run, toy_source):
+    with pytest.raises(SonosynthError, match="segmenter"):
+        generate_dataset(toy_run, toy_source, tmp_path / "x", GenerateConfig(filter_dice=0.9), progress=False)
+    with pytest.raises(DataError, match="labels"):
+        generate_dataset(save_tiny_run(tmp_path / "run4", num_labels=4), toy_source, tmp_path / "y",
+                         GenerateConfig(n=1), progress=False)
+    with pytest.raises(SonosynthError, match="mask source"):
+        GenerateConfig(mask_source="copy")
+    with pytest.raises(SonosynthError, match="shape"):
+        GenerateConfig(mask_source="train", target_hc_mm=(100.0, 200.0))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
