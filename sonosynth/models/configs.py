@@ -85,6 +85,9 @@ class ModelConfig:
         self.class_cardinalities = [int(c) for c in self.class_cardinalities]
         if any(c < 1 for c in self.class_cardinalities):
             raise SonosynthError(f"class_cardinalities must be positive, got {self.class_cardinalities}")
+        if self.channels is not None and self.attention_levels is None:
+            # Custom widths: the preset's attention pattern may not fit; attend only in the middle block.
+            self.attention_levels = [False] * len(self.channels)
         for name, value in SIZE_PRESETS[self.size].items():
             if getattr(self, name) is None:
                 setattr(self, name, list(value) if isinstance(value, list) else value)
