@@ -200,7 +200,7 @@ def star_blob(
         for k, (c, p) in enumerate(zip(harmonics, phases, strict=True), start=2):
             r += c * np.cos(k * phi + p)
         for angle, height, width in spikes:
-            d = np.angle(np.exp(1j * (phi - angle)))
+            d = (phi - angle + math.pi) % (2 * math.pi) - math.pi
             r += height * np.exp(-(d**2) / (2 * width**2))
         return np.hypot(u, v) <= radius * r
 
@@ -253,8 +253,8 @@ def fetal_head(height: int, width: int, rng: np.random.Generator, pixel_size_mm:
     """
     short = min(height, width)
     # Probe layouts come from a small set, so the simulator's cached sampling grids are reused.
-    half_angle = float(rng.integers(16, 21) * 2)
-    apex_y = -float(rng.integers(7, 15)) * 0.05 * height
+    half_angle = float(rng.choice([32.0, 36.0, 40.0]))
+    apex_y = -float(rng.choice([0.4, 0.5, 0.6, 0.7])) * height
     target_hc = _jitter(rng, *HC_RANGE_MM)
     ratio = _jitter(rng, 0.74, 0.9)
     head_theta = _jitter(rng, -math.pi / 2, math.pi / 2)
