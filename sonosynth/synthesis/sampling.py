@@ -24,6 +24,7 @@ class SynthesisModel:
     run: str
     size: int
     class_attributes: list[str]
+    class_values: dict[str, list[str]] | None = None  # value order of the training dataset, when readable
 
     @property
     def unet(self) -> Any:
@@ -38,11 +39,14 @@ class SynthesisModel:
         return self.pipe.unet.model_config.num_labels
 
     def class_tensor(self, rows: Sequence[Mapping[str, str]],
-                     values: Mapping[str, Sequence[str]]) -> torch.Tensor | None:
-        """(B, A) class indices for the model's attributes from per-sample attribute values
-        (`values` lists each attribute's allowed values in the training dataset's order); -1 unknown."""
+                     values: Mapping[str, Sequence[str]] | None = None) -> torch.Tensor | None:
+        """(B, A) class indices for the model's attributes from per-sample attribute values; -1 unknown.
+
+        Indices follow each attribute's value order in the training dataset (`class_values`); `values`
+        (e.g. the source dataset's, usually the same dataset) is the fallback when that is unknown."""
         if not self.class_attributes:
             return None
+        values = self.class_values or values or {}
         out = torch.full((len(rows), len(self.class_attributes)), -1, dtype=torch.long)
         for i, row in enumerate(rows):
             for j, name in enumerate(self.class_attributes):
@@ -67,6 +71,7 @@ def load_synthesis_model(run: str | Path, scheduler: str | None = None) -> Synth
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, config=pipe.scheduler.config)
     class_attributes: list[str] = []
+    class_values = None
     config_yaml = run / "config.yaml"
     if config_yaml.is_file():
         try:
@@ -74,6 +79,7 @@ def load_synthesis_model(run: str | Path, scheduler: str | None = None) -> Synth
         except yaml.YAMLError as exc:
             raise SonosynthError(f"{config_yaml}: invalid YAML ({exc})") from None
         class_attributes = [str(a) for a in data.get("class_attributes") or []]
+        class_values = _training_values(data.get("dataset"), class_attributes)
     cardinalities = list(pipe.unet.model_config.class_cardinalities)
     if len(class_attributes) != len(cardinalities):
         if cardinalities:
@@ -83,7 +89,20 @@ def load_synthesis_model(run: str | Path, scheduler: str | None = None) -> Synth
     size = pipe.config.sample_size
     if not size:
         raise SonosynthError(f"{run}: the saved model does not record its image size (sample_size)")
-    return SynthesisModel(pipe, str(run), int(size), class_attributes)
+    return SynthesisModel(pipe, str(run), int(size), class_attributes, class_values)
+
+
+def _training_values(dataset: str | None, names: Sequence[str]) -> dict[str, list[str]] | None:
+    """Each class attribute's values in the training dataset's order (None if it cannot be read)."""
+    from sonosynth.data.format import Dataset
+
+    if not names or not dataset:
+        return None
+    try:
+        categorical = Dataset.open(dataset).info.categorical_attributes
+    except SonosynthError:
+        return None
+    return {name: categorical.get(name, []) for name in names}
 
 
 def prediction_to_epsilon(prediction: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor,
