@@ -23,6 +23,7 @@ from sonosynth.data.imageio import read_image, read_label_map
 from sonosynth.data.importers.pairing import (
     ImportSummary,
     check_same_size,
+    prefetch,
     progress,
     require_found,
     require_source_folder,
@@ -59,19 +60,27 @@ def import_hc18(
         sorted(p for p in image_dir.iterdir() if IMAGE_NAME.match(p.name)), image_dir, "NNN_HC.png images"
     )
     _check_orphan_annotations(image_dir, images)
+    pairs = []
+    for image_path in images:  # every pair and CSV row is checked before any pixel is read
+        mask_path = image_path.with_name(image_path.stem + "_Annotation.png")
+        if not mask_path.is_file():
+            raise DataError(f"{image_path}: missing pair, annotation {mask_path.name} not found")
+        if image_path.name not in table:
+            raise DataError(f"{image_path}: no row for {image_path.name} in the pixel-size CSV")
+        pairs.append((image_path, mask_path))
+
+    def load(pair: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
+        image_path, mask_path = pair
+        image = read_image(image_path)
+        annotation = read_label_map(mask_path)
+        check_same_size(image, annotation, image_path, mask_path)
+        return image, filled_head_mask(annotation, str(mask_path)).astype(np.uint8)
+
     summary = ImportSummary(Path(out))
     with DatasetWriter(out, hc18_info(), overwrite=overwrite) as writer:
-        for image_path in progress(images, "hc18"):
-            mask_path = image_path.with_name(image_path.stem + "_Annotation.png")
-            if not mask_path.is_file():
-                raise DataError(f"{image_path}: missing pair, annotation {mask_path.name} not found")
-            if image_path.name not in table:
-                raise DataError(f"{image_path}: no row for {image_path.name} in the pixel-size CSV")
+        loaded = zip(pairs, prefetch(load, pairs), strict=True)
+        for (image_path, mask_path), (image, mask) in progress(loaded, "hc18", total=len(pairs)):
             spacing_mm, hc_mm = table[image_path.name]
-            image = read_image(image_path)
-            annotation = read_label_map(mask_path)
-            check_same_size(image, annotation, image_path, mask_path)
-            mask = filled_head_mask(annotation, str(mask_path)).astype(np.uint8)
             record_id = image_path.stem
             writer.add(
                 record_id,

@@ -7,7 +7,9 @@ they live here: a one-line `DataError` naming the file, raised before anything a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -18,6 +20,7 @@ from tqdm import tqdm
 from sonosynth.errors import DataError
 
 T = TypeVar("T")
+U = TypeVar("U")
 _NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
@@ -72,3 +75,26 @@ def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """A progress bar on stderr for long imports (silent when not a terminal is fine too)."""
     yield from tqdm(items, desc=description, total=total, unit="pair", leave=False, dynamic_ncols=True)
+
+
+def prefetch(load: Callable[[T], U], items: Sequence[T], workers: int = 2, ahead: int = 8) -> Iterator[U]:
+    """`map(load, items)` in order, run by a few threads a bounded number of items ahead.
+
+    Decoding PNGs, morphology and zlib release the GIL, so reading the next pairs overlaps with
+    writing the current one; the writer itself stays single-threaded. An error raised by `load`
+    surfaces at its item, in order, and pending work is cancelled.
+    """
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[U]] = deque()
+        position = 0
+        try:
+            while position < len(items) or pending:
+                while position < len(items) and len(pending) < ahead:
+                    pending.append(pool.submit(load, items[position]))
+                    position += 1
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
