@@ -1,0 +1,65 @@
+"""`sonosynth segment ...`: train a MONAI U-Net segmenter and apply it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+segment_app = typer.Typer(help="Train and apply segmentation networks (MONAI U-Net).", no_args_is_help=True)
+
+
+@segment_app.command("train")
+def train_command(
+    dataset: Path = typer.Argument(..., help="Real dataset folder (train/val splits from its manifest)."),
+    out: Path = typer.Option(..., "--out", help="Output run folder (SEGRUN)."),
+    extra: Path | None = typer.Option(None, "--extra", help="Synthetic dataset folder mixed into each batch."),
+    synthetic_ratio: float = typer.Option(0.5, help="Fraction of each batch drawn from --extra pairs."),
+    size: int = typer.Option(64, help="Training size in pixels (images are letterboxed to size x size)."),
+    net: str = typer.Option("small", help="Network size: tiny, small or base."),
+    steps: int = typer.Option(2000, help="Maximum training steps."),
+    batch_size: int = typer.Option(8),
+    learning_rate: float = typer.Option(1e-3),
+    val_every: int = typer.Option(100, help="Validate every N steps."),
+    patience: int = typer.Option(5, help="Stop after N validations without improvement."),
+    augment: bool = typer.Option(True, help="Small affine + gain/gamma augmentation."),
+    flip: bool = typer.Option(False, help="Also flip left-right (off: fans have an orientation)."),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Train a segmenter with Dice + cross-entropy and early stopping on the validation split."""
+    from sonosynth.segmentation.train import SegmentationConfig, train_from_folders
+
+    config = SegmentationConfig(
+        size=size,
+        net=net,
+        max_steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        val_every=val_every,
+        patience=patience,
+        synthetic_ratio=synthetic_ratio,
+        augment=augment,
+        flip=flip,
+        seed=seed,
+    )
+    path = train_from_folders(dataset, out, config, extra_path=extra, overwrite=overwrite)
+    typer.echo(f"segmenter written to {path}")
+
+
+@segment_app.command("predict")
+def predict_command(
+    segrun: Path = typer.Argument(..., help="Run folder written by `segment train`."),
+    images: Path = typer.Argument(..., help="A dataset folder, a folder of PNG images, or one PNG."),
+    out: Path = typer.Option(..., "--out", help="Output folder for the label-map PNGs."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Write one label-map PNG per image, at the image's original size."""
+    from sonosynth.segmentation.predict import predict_folder
+
+    path = predict_folder(segrun, images, out, overwrite=overwrite)
+    typer.echo(f"label maps written to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(segment_app, name="segment")

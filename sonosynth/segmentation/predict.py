@@ -1,0 +1,138 @@
+"""Apply a trained segmenter: label maps at each image's original size.
+
+The network sees images letterboxed to its training size; its class probabilities are cropped
+back and resized to the original grid before the argmax, so metrics (and head circumference in
+mm) are computed in the image's own pixels.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sonosynth.data.format import DATASET_JSON, Dataset, commit_folder, prepare_output
+from sonosynth.data.imageio import read_image, write_png
+from sonosynth.data.transforms import letterbox_image, unletterbox
+from sonosynth.errors import DataError, SonosynthError
+from sonosynth.segmentation.nets import build_unet
+from sonosynth.segmentation.train import CONFIG_FILE, MODEL_FILE, SegmentationConfig
+
+
+@dataclass
+class Segmenter:
+    """A trained network and the settings it was trained with."""
+
+    network: torch.nn.Module
+    config: SegmentationConfig
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.config.labels
+
+    @property
+    def num_labels(self) -> int:
+        return self.config.num_labels
+
+
+def image_to_model(image: np.ndarray, size: int) -> torch.Tensor:
+    """A 2-D image as the network's (1, size, size) input in [-1, 1], padding black.
+
+    uint8/uint16 arrays are scaled by their full range (as stored on disk); float arrays are taken
+    to be in model space already ([-1, 1]).
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise DataError(f"expected a 2-D grayscale image, got shape {image.shape}")
+    if image.dtype == np.uint8 or image.dtype == np.uint16:
+        unit = image.astype(np.float32) / (65535.0 if image.dtype == np.uint16 else 255.0)
+    elif np.issubdtype(image.dtype, np.floating):
+        unit = (np.clip(image.astype(np.float32), -1.0, 1.0) + 1.0) / 2.0
+    else:
+        raise DataError(f"images must be uint8, uint16 or float in [-1, 1], got {image.dtype}")
+    # Letterboxing pads with 0 in [0, 2] space; shifting by -1 makes padding black (-1).
+    return letterbox_image(unit * 2.0, size)[None] - 1.0
+
+
+def load_segmenter(path: str | Path) -> Segmenter:
+    """Load SEGRUN (config.yaml + model.safetensors) written by `sonosynth segment train`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config_path, model_path = path / CONFIG_FILE, path / MODEL_FILE
+    for required in (config_path, model_path):
+        if not required.is_file():
+            raise SonosynthError(f"{required}: missing; not a segmenter run folder")
+    config = SegmentationConfig.from_yaml(config_path.read_text(), origin=str(config_path))
+    network = build_unet(config.net, config.num_labels)
+    try:
+        state = load_file(str(model_path))
+        network.load_state_dict(state)
+    except Exception as exc:  # safetensors/torch raise several types for corrupt or mismatched files
+        raise SonosynthError(f"{model_path}: cannot load weights ({exc})") from None
+    network.eval()
+    return Segmenter(network, config)
+
+
+def predict_probabilities(
+    segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16
+) -> list[torch.Tensor]:
+    """Per-image class probabilities (K, H, W) at each image's original size."""
+    size = segmenter.config.size
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            batch = torch.stack([image_to_model(im, size) for im in chunk])
+            probs = torch.softmax(segmenter.network(batch), dim=1)
+            for image, p in zip(chunk, probs, strict=True):
+                h, w = np.asarray(image).shape
+                out.append(unletterbox(p, h, w, mode="bilinear"))
+    return out
+
+
+def predict_masks(segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+    """Label maps (uint8, same size as each input image) predicted by `segmenter`."""
+    return [p.argmax(0).to(torch.uint8).numpy() for p in predict_probabilities(segmenter, images, batch_size)]
+
+
+def list_images(source: str | Path) -> list[tuple[str, Path]]:
+    """(name, path) of the images to segment: a dataset folder, a folder of PNGs, or one PNG."""
+    source = Path(source)
+    if source.is_file():
+        return [(source.stem, source)]
+    if not source.is_dir():
+        raise DataError(f"{source}: no such file or folder")
+    if (source / DATASET_JSON).is_file():
+        dataset = Dataset.open(source)
+        return [(r.id, dataset.path_of(r)) for r in dataset.records]
+    found = sorted(p for p in source.iterdir() if p.suffix.lower() == ".png")
+    if not found:
+        raise DataError(f"{source}: no PNG images found")
+    return [(p.stem, p) for p in found]
+
+
+def predict_folder(
+    segrun: str | Path, source: str | Path, out: str | Path, overwrite: bool = False, progress: bool = True
+) -> Path:
+    """`sonosynth segment predict`: write OUT/<name>.png label maps at the original image sizes."""
+    from tqdm.auto import tqdm
+
+    out = prepare_output(out, overwrite)
+    segmenter = load_segmenter(segrun)
+    items = list_images(source)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        for name, path in tqdm(items, desc="segmenting", disable=not progress):
+            (mask,) = predict_masks(segmenter, [read_image(path)])
+            write_png(tmp / f"{name}.png", mask)
+        commit_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,380 @@
+"""Train a segmenter on real pairs, optionally mixed with synthetic pairs at a fixed batch ratio.
+
+Datasets here are small (tens to hundreds of images), so all pairs are letterboxed once and kept
+in memory as tensors; batches are drawn with an explicit generator, so a seed fixes the run.
+Early stopping watches the validation Dice and the best weights are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from sonosynth.data.format import Dataset, commit_folder, prepare_output
+from sonosynth.errors import DataError, SonosynthError
+from sonosynth.segmentation.nets import UNET_SIZES, build_unet, min_image_size
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class SegmentationConfig:
+    """Everything that defines a segmenter training run (saved as SEGRUN/config.yaml)."""
+
+    size: int = 64
+    net: str = "small"
+    max_steps: int = 2000
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    val_every: int = 100
+    patience: int = 5  # validations without improvement before stopping
+    synthetic_ratio: float = 0.5  # fraction of each batch drawn from the --extra pairs
+    augment: bool = True
+    flip: bool = False  # ultrasound fans have an orientation: no flips unless asked
+    seed: int = 0
+    labels: dict[str, str] = field(default_factory=dict)  # filled from the training data
+
+    @property
+    def num_labels(self) -> int:
+        return max(int(k) for k in self.labels) + 1
+
+    def validate(self) -> None:
+        if self.net not in UNET_SIZES:
+            raise SonosynthError(f"unknown network size '{self.net}' (choose from {', '.join(UNET_SIZES)})")
+        smallest = min_image_size(self.net)
+        if self.size < smallest or self.size % (smallest // 4):
+            raise SonosynthError(
+                f"size {self.size} does not suit the '{self.net}' network "
+                f"(at least {smallest} and a multiple of {smallest // 4})"
+            )
+        if not 0.0 <= self.synthetic_ratio <= 1.0:
+            raise SonosynthError(f"synthetic ratio must be within [0, 1], got {self.synthetic_ratio}")
+        if self.batch_size < 1 or self.max_steps < 1 or self.val_every < 1:
+            raise SonosynthError("batch size, steps and validation interval must be positive")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(asdict(self), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, origin: str = CONFIG_FILE) -> SegmentationConfig:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SonosynthError(f"{origin}: invalid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise SonosynthError(f"{origin}: expected a mapping of settings")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SonosynthError(f"{origin}: unknown settings {unknown}")
+        data["labels"] = {str(k): str(v) for k, v in (data.get("labels") or {}).items()}
+        return cls(**data)
+
+
+@dataclass
+class PairTensors:
+    """Letterboxed pairs held in memory: images (N, 1, S, S) in [-1, 1], labels (N, S, S) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def select(self, indices: list[int] | np.ndarray) -> PairTensors:
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return PairTensors(self.images[index], self.labels[index])
+
+    @classmethod
+    def empty(cls, size: int) -> PairTensors:
+        return cls(torch.zeros(0, 1, size, size), torch.zeros(0, size, size, dtype=torch.long))
+
+
+def load_pairs(dataset: Dataset, size: int, progress: bool = False) -> PairTensors:
+    """Letterbox every pair of `dataset` to size x size (the same preprocessing as LetterboxedPairs)."""
+    from tqdm.auto import tqdm
+
+    from sonosynth.data.transforms import letterbox_mask
+    from sonosynth.segmentation.predict import image_to_model
+
+    if len(dataset) == 0:
+        return PairTensors.empty(size)
+    images, labels = [], []
+    for sample in tqdm(dataset, total=len(dataset), desc=f"loading {dataset.root.name}", disable=not progress):
+        images.append(image_to_model(sample.image, size))
+        labels.append(letterbox_mask(sample.mask, size))
+    return PairTensors(torch.stack(images), torch.stack(labels))
+
+
+def augment_batch(
+    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, flip: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small affine (rotation, scale, shift) applied identically to image and mask, then gain and gamma.
+
+    The ranges are kept small because ultrasound anatomy has a fixed orientation relative to the
+    probe; gain and gamma mimic the time-gain and display settings that differ between scanners.
+    """
+    b = images.shape[0]
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(*shape, generator=generator)
+
+    angle = uniform(-math.radians(10), math.radians(10), b)
+    scale = uniform(0.9, 1.1, b)
+    shift = uniform(-0.1, 0.1, b, 2)  # in [-1, 1] grid units: +-5% of the image
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    mirror = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(b)
+    theta = torch.stack(
+        [torch.stack([cos * mirror, -sin, shift[:, 0]], 1), torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    unit = F.grid_sample((images + 1) / 2, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    warped = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    gain = torch.exp(uniform(math.log(0.8), math.log(1.25), b)).view(b, 1, 1, 1)
+    gamma = torch.exp(uniform(math.log(0.7), math.log(1.4), b)).view(b, 1, 1, 1)
+    unit = (unit.clamp(0, 1) ** gamma * gain).clamp(0, 1)
+    return unit * 2 - 1, warped[:, 0].long()
+
+
+@dataclass
+class TrainingResult:
+    model: torch.nn.Module
+    config: SegmentationConfig
+    steps: int
+    best_step: int
+    best_val_dice: float | None
+    history: list[dict[str, float]]
+    seconds: float
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "best_step": self.best_step,
+            "best_val_dice": self.best_val_dice,
+            "seconds": round(self.seconds, 2),
+            "history": self.history,
+        }
+
+
+def batch_composition(batch_size: int, synthetic_ratio: float, n_real: int, n_extra: int) -> tuple[int, int]:
+    """How many real and how many extra (synthetic) pairs each batch holds.
+
+    The ratio applies when both pools exist; with only one pool every slot comes from it.
+    """
+    if n_extra == 0:
+        return batch_size, 0
+    if n_real == 0:
+        return 0, batch_size
+    extra = min(max(round(batch_size * synthetic_ratio), 0), batch_size)
+    return batch_size - extra, extra
+
+
+def validation_dice(model: torch.nn.Module, pairs: PairTensors, num_labels: int, batch_size: int = 16) -> float:
+    """Mean foreground Dice at the training size (labels absent from both maps are ignored)."""
+    from monai.metrics import DiceMetric
+
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            logits = model(pairs.images[start : start + batch_size])
+            pred = F.one_hot(logits.argmax(1), num_labels).permute(0, 3, 1, 2)
+            truth = F.one_hot(pairs.labels[start : start + batch_size], num_labels).permute(0, 3, 1, 2)
+            metric(pred, truth)
+    per_label = metric.aggregate()
+    model.train()
+    value = float(torch.nanmean(per_label)) if per_label.numel() else float("nan")
+    return value if math.isfinite(value) else 0.0
+
+
+def train_segmenter(
+    config: SegmentationConfig,
+    train: PairTensors,
+    val: PairTensors | None = None,
+    extra: PairTensors | None = None,
+    progress: bool = True,
+) -> TrainingResult:
+    """Train a U-Net with Dice + cross-entropy; `extra` pairs fill `synthetic_ratio` of each batch."""
+    from monai.losses import DiceCELoss
+    from tqdm.auto import tqdm
+
+    config.validate()
+    extra = extra if extra is not None and len(extra) else None
+    if len(train) == 0 and extra is None:
+        raise SonosynthError("no training pairs: the real training set is empty and no --extra data was given")
+    with torch.random.fork_rng(devices=[]):  # MONAI layers initialise from the global generator
+        torch.manual_seed(config.seed)
+        model = build_unet(config.net, config.num_labels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    n_real, n_extra = batch_composition(
+        config.batch_size, config.synthetic_ratio, len(train), 0 if extra is None else len(extra)
+    )
+
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_dice, best_step, bad_checks = -1.0, 0, 0
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    step = 0
+    bar = tqdm(total=config.max_steps, desc="segmenter", disable=not progress, leave=False)
+    model.train()
+    running = 0.0
+    for step in range(1, config.max_steps + 1):
+        parts_img, parts_lab = [], []
+        for pairs, count in ((train, n_real), (extra, n_extra)):
+            if count and pairs is not None and len(pairs):
+                index = torch.randint(0, len(pairs), (count,), generator=generator)
+                parts_img.append(pairs.images[index])
+                parts_lab.append(pairs.labels[index])
+        images, labels = torch.cat(parts_img), torch.cat(parts_lab)
+        if config.augment:
+            images, labels = augment_batch(images, labels, generator, flip=config.flip)
+        loss = loss_fn(model(images), labels[:, None])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
+        bar.update(1)
+        if step % config.val_every == 0 or step == config.max_steps:
+            entry = {"step": step, "loss": round(running, 5)}
+            if val is not None and len(val):
+                dice = validation_dice(model, val, config.num_labels)
+                entry["val_dice"] = round(dice, 5)
+                if dice > best_dice:
+                    best_dice, best_step, bad_checks = dice, step, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad_checks += 1
+            history.append(entry)
+            bar.set_postfix(entry)
+            if bad_checks >= config.patience:
+                break
+    bar.close()
+    if val is not None and len(val):
+        model.load_state_dict(best_state)
+    else:
+        best_step = step
+    model.eval()
+    return TrainingResult(
+        model=model,
+        config=config,
+        steps=step,
+        best_step=best_step,
+        best_val_dice=None if best_dice < 0 else best_dice,
+        history=history,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[str, Any] | None = None,
+                   overwrite: bool = False) -> Path:
+    """Write SEGRUN (model.safetensors, config.yaml, metrics.json) atomically."""
+    from safetensors.torch import save_file
+
+    out = prepare_output(out, overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+        save_file(state, str(tmp / MODEL_FILE))
+        (tmp / CONFIG_FILE).write_text(result.config.to_yaml())
+        metrics = {**result.metrics(), **(extra_metrics or {})}
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        commit_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def real_splits(dataset: Dataset, val_fraction: float = 0.15, seed: int = 0) -> tuple[Dataset, Dataset, Dataset]:
+    """(train, val, test) from the manifest's split column, else a deterministic subject-wise split.
+
+    A dataset without any split is cut subject-wise (no subject in two parts): `val_fraction` each
+    for validation and test, the rest for training. A dataset with train rows but no val rows gets
+    its validation subjects carved out of train the same way.
+    """
+    splits = {r.split for r in dataset.records}
+    if splits <= {""}:
+        subjects = dataset.subjects
+        order = np.random.default_rng(seed).permutation(len(subjects))
+        n_hold = max(1, round(len(subjects) * val_fraction)) if len(subjects) >= 3 else 0
+        val_s = {subjects[i] for i in order[:n_hold]}
+        test_s = {subjects[i] for i in order[n_hold : 2 * n_hold]}
+        pick = _records_by_subject(dataset)
+        return (
+            dataset.subset(ids=[r.id for s in subjects if s not in val_s | test_s for r in pick[s]]),
+            dataset.subset(ids=[r.id for s in val_s for r in pick[s]]),
+            dataset.subset(ids=[r.id for s in test_s for r in pick[s]]),
+        )
+    train, val, test = dataset.subset("train"), dataset.subset("val"), dataset.subset("test")
+    if len(val) == 0 and len(train) > 0:
+        subjects = train.subjects
+        order = np.random.default_rng(seed).permutation(len(subjects))
+        n_hold = max(1, round(len(subjects) * val_fraction)) if len(subjects) >= 2 else 0
+        val_s = {subjects[i] for i in order[:n_hold]}
+        val = train.subset(ids=[r.id for r in train.records if (r.subject or r.id) in val_s])
+        train = train.subset(ids=[r.id for r in train.records if (r.subject or r.id) not in val_s])
+    return train, val, test
+
+
+def _records_by_subject(dataset: Dataset) -> dict[str, list]:
+    groups: dict[str, list] = {}
+    for r in dataset.records:
+        groups.setdefault(r.subject or r.id, []).append(r)
+    return groups
+
+
+def check_compatible_labels(real: Dataset, other: Dataset) -> None:
+    """Synthetic pairs must use the same label values as the real data they are mixed with."""
+    if real.info.num_labels != other.info.num_labels:
+        raise DataError(
+            f"{other.root}: labels {other.info.labels} do not match {real.root}'s labels {real.info.labels}"
+        )
+
+
+def train_from_folders(
+    dataset_path: str | Path,
+    out: str | Path,
+    config: SegmentationConfig,
+    extra_path: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """`sonosynth segment train`: train on DATASET's train split (+ EXTRA), early-stop on its val split."""
+    out = prepare_output(out, overwrite)
+    dataset = Dataset.open(dataset_path)
+    train, val, _ = real_splits(dataset, seed=config.seed)
+    extra_ds = Dataset.open(extra_path) if extra_path is not None else None
+    if extra_ds is not None:
+        check_compatible_labels(dataset, extra_ds)
+    config.labels = dict(dataset.info.labels)
+    config.validate()
+    train_pairs = load_pairs(train, config.size, progress)
+    val_pairs = load_pairs(val, config.size, progress)
+    extra_pairs = load_pairs(extra_ds, config.size, progress) if extra_ds is not None else None
+    result = train_segmenter(config, train_pairs, val_pairs, extra_pairs, progress=progress)
+    info = {
+        "dataset": str(Path(dataset_path).resolve()),
+        "extra": None if extra_path is None else str(Path(extra_path).resolve()),
+        "n_train": len(train_pairs),
+        "n_val": len(val_pairs),
+        "n_extra": 0 if extra_pairs is None else len(extra_pairs),
+        "torch": torch.__version__,
+    }
+    return save_segmenter(out, result, info, overwrite=overwrite)

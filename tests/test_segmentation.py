@@ -1,0 +1,168 @@
+"""Segmenter training, saving, loading and prediction on tiny data (tiny nets, 32 px, few steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ellipse_pair, write_toy_dataset
+from typer.testing import CliRunner
+
+from sonosynth.cli import app
+from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
+from sonosynth.data.imageio import read_label_map
+from sonosynth.errors import DataError, SonosynthError
+from sonosynth.segmentation.predict import image_to_model, load_segmenter, predict_masks
+from sonosynth.segmentation.train import (
+    PairTensors,
+    SegmentationConfig,
+    augment_batch,
+    batch_composition,
+    load_pairs,
+    real_splits,
+    train_from_folders,
+    train_segmenter,
+)
+
+TINY = {"size": 32, "net": "tiny", "batch_size": 4, "val_every": 20}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+def write_two_label_dataset(out: Path, n: int = 8, seed: int = 0) -> Path:
+    """Ellipse (label 1) with a smaller bright core (label 2): a multi-label task."""
+    rng = np.random.default_rng(seed)
+    info = DatasetInfo(name="two", labels={"0": "background", "1": "ring", "2": "core"})
+    with DatasetWriter(out, info) as writer:
+        for i in range(n):
+            image, mask = ellipse_pair(rng, 40, 56)
+            yy, xx = np.nonzero(mask)
+            cy, cx = yy.mean(), xx.mean()
+            core = (np.hypot(*np.mgrid[0:40, 0:56] - np.array([cy, cx])[:, None, None]) < 4) & (mask > 0)
+            image = np.where(core, 250, image).astype(np.uint8)
+            mask = mask + core.astype(np.uint8)
+            writer.add(f"c{i}", image, mask, subject=f"s{i}", split="val" if i >= n - 2 else "train")
+    return out
+
+
+def test_train_save_load_predict_learns_the_toy_task(tmp_path: Path) -> None:
+    data = write_toy_dataset(tmp_path / "toy", n=12)
+    run = train_from_folders(data, tmp_path / "run", SegmentationConfig(max_steps=80, **TINY), progress=False)
+    assert {p.name for p in run.iterdir()} == {"model.safetensors", "config.yaml", "metrics.json"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_train"] == 8 and metrics["n_val"] == 2  # 2 of 6 subjects held out for val and test
+    assert metrics["best_val_dice"] is not None and metrics["history"]
+
+    segmenter = load_segmenter(run)
+    assert segmenter.config.labels == {"0": "background", "1": "head"}
+    dataset = Dataset.open(data)
+    masks = predict_masks(segmenter, [s.image for s in dataset])
+    for sample, mask in zip(dataset, masks, strict=True):
+        assert mask.shape == sample.image.shape and mask.dtype == np.uint8
+    scores = [dice(m == 1, s.mask == 1) for s, m in zip(dataset, masks, strict=True)]
+    assert np.mean(scores) > 0.6, scores
+
+
+def test_multi_label_masks(tmp_path: Path) -> None:
+    data = write_two_label_dataset(tmp_path / "two")
+    run = train_from_folders(data, tmp_path / "run", SegmentationConfig(max_steps=10, **TINY), progress=False)
+    segmenter = load_segmenter(run)
+    assert segmenter.num_labels == 3
+    logits = segmenter.network(torch.zeros(1, 1, 32, 32))
+    assert logits.shape == (1, 3, 32, 32)
+    (mask,) = predict_masks(segmenter, [Dataset.open(data)[0].image])
+    assert mask.shape == (40, 56) and set(np.unique(mask)) <= {0, 1, 2}
+
+
+def test_same_seed_same_weights_and_different_seed_differs() -> None:
+    rng = np.random.default_rng(0)
+    pairs = [ellipse_pair(rng, 32, 32) for _ in range(4)]
+    tensors = PairTensors(
+        torch.stack([image_to_model(i, 32) for i, _ in pairs]),
+        torch.stack([torch.as_tensor(m.astype(np.int64)) for _, m in pairs]),
+    )
+
+    def weights(seed: int) -> torch.Tensor:
+        config = SegmentationConfig(max_steps=3, seed=seed, labels={"0": "bg", "1": "head"}, **TINY)
+        model = train_segmenter(config, tensors, progress=False).model
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(weights(1), weights(1))
+    assert not torch.equal(weights(1), weights(2))
+
+
+def test_batch_composition_follows_the_ratio() -> None:
+    assert batch_composition(8, 0.5, n_real=10, n_extra=50) == (4, 4)
+    assert batch_composition(8, 0.25, n_real=10, n_extra=50) == (6, 2)
+    assert batch_composition(8, 0.5, n_real=10, n_extra=0) == (8, 0)
+    assert batch_composition(8, 0.5, n_real=0, n_extra=50) == (0, 8)  # synthetic-only training
+    assert batch_composition(8, 1.0, n_real=10, n_extra=50) == (0, 8)
+
+
+def test_augmentation_moves_image_and_mask_together_and_is_seeded() -> None:
+    mask = torch.zeros(2, 32, 32, dtype=torch.long)
+    mask[:, 8:20, 10:26] = 1
+    image = mask[:, None].float() * 2 - 1  # the image is the mask: they must stay aligned
+    out1, lab1 = augment_batch(image, mask, torch.Generator().manual_seed(3))
+    out2, lab2 = augment_batch(image, mask, torch.Generator().manual_seed(3))
+    assert torch.equal(out1, out2) and torch.equal(lab1, lab2)
+    assert not torch.equal(lab1, mask)  # something moved
+    bright = out1[:, 0] > 0.0
+    agreement = (bright == (lab1 == 1)).float().mean()
+    assert agreement > 0.97
+    assert set(lab1.unique().tolist()) <= {0, 1}
+
+
+def test_mixed_real_and_synthetic_from_the_cli(tmp_path: Path) -> None:
+    real = write_toy_dataset(tmp_path / "real", n=6, seed=1)
+    synth = write_toy_dataset(tmp_path / "synth", n=6, seed=2)
+    runner = CliRunner()
+    args = ["segment", "train", str(real), "--extra", str(synth), "--synthetic-ratio", "0.5",
+            "--size", "32", "--net", "tiny", "--steps", "6", "--val-every", "3", "--batch-size", "4",
+            "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_extra"] == 6 and metrics["extra"].endswith("synth")
+
+    result = runner.invoke(app, ["segment", "predict", str(tmp_path / "run"), str(real), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert written == [f"toy_{i:03d}.png" for i in range(6)]
+    assert read_label_map(tmp_path / "p" / "toy_000.png").shape == (48, 64)
+    assert not list(tmp_path.glob("p.tmp-*"))
+
+
+def test_subject_wise_split_when_the_manifest_has_none(toy_dataset: Path) -> None:
+    train, val, test = real_splits(Dataset.open(toy_dataset))
+    parts = [set(r.subject for r in d.records) for d in (train, val, test)]
+    assert parts[0] and parts[1] and parts[2]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert len(train) + len(val) + len(test) == len(Dataset.open(toy_dataset))
+
+
+def test_errors_are_one_line_and_name_the_file(tmp_path: Path, toy_dataset: Path) -> None:
+    with pytest.raises(SonosynthError, match="config.yaml: missing"):
+        load_segmenter(tmp_path / "nothing")
+    (tmp_path / "exists").mkdir()
+    one_step = SegmentationConfig(max_steps=1, **TINY)
+    with pytest.raises(DataError, match="already exists"):
+        train_from_folders(toy_dataset, tmp_path / "exists", one_step, progress=False)
+    with pytest.raises(SonosynthError, match="does not suit"):
+        train_from_folders(toy_dataset, tmp_path / "r", SegmentationConfig(size=30, net="tiny"), progress=False)
+    two = write_two_label_dataset(tmp_path / "two")
+    with pytest.raises(DataError, match="do not match"):
+        train_from_folders(toy_dataset, tmp_path / "r", one_step, extra_path=two, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_load_pairs_matches_model_input_convention(toy_dataset: Path) -> None:
+    pairs = load_pairs(Dataset.open(toy_dataset), 32)
+    assert pairs.images.shape == (6, 1, 32, 32) and pairs.labels.shape == (6, 32, 32)
+    assert pairs.images.min() >= -1.0 and pairs.images.max() <= 1.0
+    assert pairs.images[:, :, 0, :].max() == -1.0  # letterbox padding (48x64 -> top rows) is black
