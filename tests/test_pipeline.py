@@ -1,0 +1,195 @@
+"""MaskToUltrasoundPipeline, schedulers by name and the `sonosynth sample` command, on tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from sonosynth import MaskToUltrasoundPipeline
+from sonosynth.data.format import Dataset
+from sonosynth.data.transforms import field_of_view
+from sonosynth.diffusion.sample import PROVENANCE_COLUMNS
+from sonosynth.diffusion.schedulers import make_scheduler, scheduler_name
+from sonosynth.errors import DataError, SonosynthError
+from sonosynth.models import ModelConfig, build_model
+
+SIDE = 16
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Untrained MONAI U-Nets end in a zero conv; random weights make outputs depend on the inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    return model.eval()
+
+
+def tiny_pipeline(kind: str = "spade", class_cardinalities: tuple[int, ...] = (), seed: int = 0):
+    model = randomize(build_model(ModelConfig(kind=kind, size="tiny", class_cardinalities=list(class_cardinalities))))
+    scheduler = make_scheduler("dpm++", prediction_type="v_prediction")
+    pipe = MaskToUltrasoundPipeline(unet=model, scheduler=scheduler, sample_size=SIDE, training_step=12)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_run(run: Path, kind: str = "spade", class_attributes: tuple[str, ...] = ()) -> Path:
+    """A run folder as `sonosynth train` leaves it: config.yaml and the pipeline in model/."""
+    pipe = tiny_pipeline(kind, class_cardinalities=tuple(2 for _ in class_attributes))
+    pipe.save_pretrained(run / "model")
+    (run / "config.yaml").write_text(yaml.safe_dump({"image_size": SIDE, "class_attributes": list(class_attributes)}))
+    return run
+
+
+def generators(n: int, seed: int = 0) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def label_maps(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    yy, xx = torch.meshgrid(torch.arange(SIDE), torch.arange(SIDE), indexing="ij")
+    labels = torch.stack([((yy - 8) ** 2 + (xx - 8 + i) ** 2 < 20).long() for i in range(n)])
+    fov = torch.ones(n, 1, SIDE, SIDE)
+    fov[..., :, :3] = 0
+    return labels, fov
+
+
+def test_round_trip_model_dir_and_run_dir(tmp_path: Path) -> None:
+    pipe = tiny_pipeline()
+    labels, fov = label_maps()
+    expected = pipe(labels, fov=fov, num_inference_steps=3, generator=generators(3)).images
+    pipe.save_pretrained(tmp_path / "run" / "model")
+    for where in (tmp_path / "run" / "model", tmp_path / "run"):
+        loaded = MaskToUltrasoundPipeline.from_pretrained(where)
+        loaded.set_progress_bar_config(disable=True)
+        assert loaded.config.sample_size == SIDE and loaded.config.training_step == 12
+        assert loaded.scheduler.config.prediction_type == "v_prediction"
+        got = loaded(labels, fov=fov, num_inference_steps=3, generator=generators(3)).images
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(SonosynthError, match="model_index.json"):
+        MaskToUltrasoundPipeline.from_pretrained(tmp_path)
+    with pytest.raises(SonosynthError, match="not found"):
+        MaskToUltrasoundPipeline.from_pretrained(tmp_path / "missing")
+
+
+def test_determinism_seeds_and_batch_size() -> None:
+    pipe = tiny_pipeline()
+    labels, fov = label_maps(3)
+    a = pipe(labels, fov=fov, num_inference_steps=3, generator=generators(3), batch_size=3).images
+    b = pipe(labels, fov=fov, num_inference_steps=3, generator=generators(3), batch_size=2).images
+    c = pipe(labels, fov=fov, num_inference_steps=3, generator=generators(3, seed=10)).images
+    assert a.shape == (3, SIDE, SIDE) and a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
+    np.testing.assert_allclose(a, b, atol=1e-5)  # each image depends only on its own generator
+    assert np.abs(a - c).max() > 1e-3
+    assert np.all(a[:, :, :3] == 0)  # outside the fov is black
+
+
+def test_guidance_on_off() -> None:
+    pipe = tiny_pipeline()
+    labels, fov = label_maps(2)
+    plain = pipe(labels, fov=fov, num_inference_steps=3, guidance_scale=1.0, generator=generators(2)).images
+    guided = pipe(labels, fov=fov, num_inference_steps=3, guidance_scale=3.0, generator=generators(2)).images
+    assert np.abs(plain - guided).max() > 1e-3
+    joint = tiny_pipeline("joint")  # nothing to drop: guidance is a no-op, not an error
+    j1 = joint(fov=fov, num_inference_steps=2, guidance_scale=1.0, generator=generators(2)).images
+    j3 = joint(fov=fov, num_inference_steps=2, guidance_scale=3.0, generator=generators(2)).images
+    np.testing.assert_array_equal(j1, j3)
+
+
+def test_joint_generates_masks() -> None:
+    pipe = tiny_pipeline("joint")
+    _, fov = label_maps(2)
+    out = pipe(fov=fov, num_inference_steps=2, generator=generators(2), output_type="pt")
+    assert out.images.shape == (2, 1, SIDE, SIDE) and out.masks.shape == (2, SIDE, SIDE)
+    assert out.masks.dtype == torch.long and out.masks.max() <= 1 and torch.all(out.masks[:, :, :3] == 0)
+    square = pipe(num_images=3, num_inference_steps=2, generator=generators(3))
+    assert square.images.shape == (3, SIDE, SIDE) and square.masks.shape == (3, SIDE, SIDE)
+    with pytest.raises(ValueError, match="joint"):
+        pipe(torch.zeros(1, SIDE, SIDE, dtype=torch.long))
+
+
+def test_class_conditioned_sampling() -> None:
+    pipe = tiny_pipeline(class_cardinalities=(2,))
+    labels, fov = label_maps(2)
+    kwargs = {"fov": fov, "num_inference_steps": 2, "guidance_scale": 1.0}
+    zero = pipe(labels, class_labels=torch.tensor([[0], [0]]), generator=generators(2), **kwargs).images
+    one = pipe(labels, class_labels=torch.tensor([[1], [1]]), generator=generators(2), **kwargs).images
+    unknown = pipe(labels, class_labels=torch.tensor([[-1], [-1]]), generator=generators(2), **kwargs).images
+    missing = pipe(labels, generator=generators(2), **kwargs).images
+    assert np.abs(zero - one).max() > 1e-3
+    np.testing.assert_array_equal(unknown, missing)
+
+
+@pytest.mark.parametrize("name", ["dpm++", "unipc", "ddim", "ddpm"])
+def test_schedulers_by_name_keep_the_noise_schedule(name: str) -> None:
+    trained = make_scheduler("ddpm", prediction_type="v_prediction", num_train_timesteps=500)
+    scheduler = make_scheduler(name, config=trained.config)
+    assert scheduler_name(scheduler) == name
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.num_train_timesteps == 500
+    pipe = tiny_pipeline()
+    pipe.scheduler = scheduler
+    labels, fov = label_maps(1)
+    image = pipe(labels, fov=fov, num_inference_steps=2, generator=generators(1)).images
+    again = pipe(labels, fov=fov, num_inference_steps=2, generator=generators(1)).images
+    np.testing.assert_array_equal(image, again)  # ddpm's step noise also comes from the generators
+    with pytest.raises(SonosynthError, match="unknown scheduler"):
+        make_scheduler("euler")
+
+
+def test_sample_cli_writes_dataset_with_provenance(tmp_path: Path, toy_dataset: Path) -> None:
+    from sonosynth.cli import app
+
+    run = save_run(tmp_path / "run", class_attributes=("view",))
+    out = tmp_path / "synthetic"
+    args = ["sample", str(run), "--masks", str(toy_dataset), "--out", str(out), "--n", "3", "--steps", "2",
+            "--batch-size", "2", "--split", "all", "--seed", "5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    synthetic, source = Dataset.open(out), Dataset.open(toy_dataset)
+    assert len(synthetic) == 3
+    for i, sample in enumerate(synthetic):
+        record = sample.record
+        for column in PROVENANCE_COLUMNS:
+            assert record.extra[column] != "", column
+        original = source[i]
+        assert record.extra["source_id"] == original.id and record.extra["seed"] == str(5 + i)
+        assert record.extra["scheduler"] == "dpm++" and record.extra["checkpoint_step"] == "12"
+        assert record.attributes["view"] == original.record.attributes["view"]
+        assert sample.image.shape == original.image.shape  # cropped back to the source size
+        np.testing.assert_array_equal(sample.mask, original.mask)
+        assert np.all(sample.image[~field_of_view(original.image)] == 0)
+
+    again = tmp_path / "again"
+    args_again = [*args[:5], str(again), *args[6:]]
+    args_again[args_again.index("--batch-size") + 1] = "3"
+    assert CliRunner().invoke(app, args_again).exit_code == 0
+    for a, b in zip(Dataset.open(out), Dataset.open(again), strict=True):
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1  # same seed, other batch size
+
+    square = tmp_path / "square"
+    args_square = [*args[:5], str(square), *args[6:], "--output-size", "square", "--scheduler", "ddim"]
+    assert CliRunner().invoke(app, args_square).exit_code == 0
+    first = Dataset.open(square)[0]
+    assert first.image.shape == (SIDE, SIDE) and first.record.extra["scheduler"] == "ddim"
+
+
+def test_sample_cli_joint_and_bad_input(tmp_path: Path, toy_dataset: Path) -> None:
+    from sonosynth.cli import app
+
+    run = save_run(tmp_path / "run", kind="joint")
+    out = tmp_path / "joint"
+    result = CliRunner().invoke(app, ["sample", str(run), "--out", str(out), "--n", "2", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    pairs = Dataset.open(out)
+    assert len(pairs) == 2 and pairs[0].image.shape == (SIDE, SIDE) and pairs[0].mask.max() <= 1
+
+    bad = CliRunner().invoke(app, ["sample", str(run), "--masks", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert isinstance(bad.exception, DataError) and "nope" in str(bad.exception)
+    spade_run = save_run(tmp_path / "spade")
+    no_masks = CliRunner().invoke(app, ["sample", str(spade_run), "--out", str(tmp_path / "y"), "--n", "1"])
+    assert isinstance(no_masks.exception, SonosynthError) and "--masks" in str(no_masks.exception)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
