@@ -162,7 +162,7 @@ def print_report(report: DatasetReport, console=None, max_problems: int = 20) ->
     if report.problems:
         console.print(f"[bold red]{len(report.problems)} problem(s):[/bold red]")
         for line in report.problems[:max_problems]:
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         if len(report.problems) > max_problems:
             console.print(f"... and {len(report.problems) - max_problems} more")
     else:
