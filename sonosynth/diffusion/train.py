@@ -182,6 +182,7 @@ class TrainResult:
     losses: list[float]  # mean loss of each optimizer step run in this call
     model_dir: Path | None
     seconds: float
+    model: Any = None  # the trained (not averaged) network, unwrapped; EMA weights are in model_dir
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -335,6 +336,8 @@ def train(
                 from None
 
     accelerator = Accelerator(
+        # Under torchrun without a GPU, accelerate only sets up gloo multi-CPU training when told `cpu`.
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         mixed_precision=_mixed_precision(config.mixed_precision),
         log_with=config.log_with,
         project_dir=str(run_dir),
@@ -498,7 +501,7 @@ def train(
     accelerator.wait_for_everyone()
     if config.log_with:
         accelerator.end_training()
-    return TrainResult(run_dir, step, losses, model_dir, time.perf_counter() - started)
+    return TrainResult(run_dir, step, losses, model_dir, time.perf_counter() - started, unwrapped)
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
