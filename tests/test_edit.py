@@ -94,3 +94,22 @@ def test_edit_files_writes_an_output_folder(tmp_path, pair):
     assert json.loads((out / "edit.json").read_text())["model_evaluations"] == 2
     with pytest.raises(DataError, match="already exists"):
         edit_files(run, tmp_path / "image.png", tmp_path / "mask.png", tmp_path / "edited.png", out)
+
+
+def test_edit_command_line(tmp_path, pair):
+    from typer.testing import CliRunner
+
+    from sonosynth.cli import app
+
+    run = save_tiny_run(tmp_path / "run", size=32)
+    image, mask, edited = pair
+    for name, array in (("image", image), ("mask", mask), ("edited", edited)):
+        write_png(tmp_path / f"{name}.png", array)
+    args = ["edit", str(run), "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"),
+            "--edited-mask", str(tmp_path / "edited.png"), "--steps", "2", "--jump-n-sample", "1", "--margin", "2"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    region = read_label_map(tmp_path / "out" / "region.png") > 0
+    assert np.array_equal(region, edit_region(mask, edited, 2))
+    result = CliRunner().invoke(app, [*args, "--attr", "view=a", "--out", str(tmp_path / "out2")])
+    assert "not conditioned on ['view']" in str(result.exception)

@@ -179,3 +179,21 @@ def test_bad_requests_fail_cleanly(tmp_path, toy_run, toy_source):
     with pytest.raises(SonosynthError, match="shape"):
         GenerateConfig(mask_source="train", target_hc_mm=(100.0, 200.0))
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_generate_command_line(tmp_path, toy_run, toy_source):
+    from typer.testing import CliRunner
+
+    from sonosynth.cli import app
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--masks", "shape",
+                                      "--n", "2", "--steps", "1", "--hc-mm", "12:14", "--attr", "view=b",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    synth = Dataset.open(out)
+    assert len(synth) == 2 and {r.attributes["view"] for r in synth.records} == {"b"}
+    assert all(12 <= float(r.extra["target_hc_mm"]) <= 14 for r in synth.records)
+    result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--n", "1",
+                                      "--filter-dice", "0.9", "--out", str(tmp_path / "nofilter")])
+    assert isinstance(result.exception, SonosynthError) and "--segmenter" in str(result.exception)

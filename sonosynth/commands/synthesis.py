@@ -1,0 +1,91 @@
+"""`sonosynth generate` and `sonosynth edit`: synthetic datasets and region edits from a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from sonosynth.errors import SonosynthError
+
+
+def _hc_range(value: str | None) -> tuple[float, float] | None:
+    if not value:
+        return None
+    low, _, high = value.partition(":")
+    try:
+        bounds = (float(low), float(high or low))
+    except ValueError:
+        raise SonosynthError(f"--hc-mm '{value}': expected MM or MIN:MAX") from None
+    if not 0 < bounds[0] <= bounds[1]:
+        raise SonosynthError(f"--hc-mm '{value}': expected 0 < MIN <= MAX")
+    return bounds
+
+
+def generate_command(
+    run: Path = typer.Argument(..., help="Run folder written by `sonosynth train` (or its model/ folder)."),
+    source: Path = typer.Option(..., "--source", help="Dataset whose masks (train split if any) are the source."),
+    masks: str = typer.Option("train", "--masks", help="Mask source: train (as is), deform, or shape (PCA model)."),
+    n: int = typer.Option(..., "--n", help="Number of pairs to write."),
+    out: Path = typer.Option(..., "--out", help="Output dataset folder."),
+    steps: int = typer.Option(25, "--steps", help="Sampling steps."),
+    guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale (1 = none)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="dpm++, unipc, ddim or ddpm (default: saved)."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    hc_mm: str | None = typer.Option(None, "--hc-mm", help="shape masks: target head circumference MM or MIN:MAX."),
+    attr: list[str] = typer.Option([], "--attr", help="Fix an attribute: NAME=VALUE (repeatable)."),
+    attr_dist: list[str] = typer.Option([], "--attr-dist",
+                                        help="Target distribution: NAME=VALUE:WEIGHT,VALUE:WEIGHT (repeatable)."),
+    filter_dice: float | None = typer.Option(None, "--filter-dice", help="Minimum mask-fidelity Dice."),
+    filter_mode: str = typer.Option("drop", "--filter-mode", help="drop (regenerate) or flag (keep, flagged=1)."),
+    segmenter: Path | None = typer.Option(None, "--segmenter", help="Segmenter run (`segment train`) for Dice."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Write a synthetic dataset (images, masks, manifest with provenance) from a trained model."""
+    from sonosynth.synthesis.fidelity import segmenter_predictor
+    from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset
+
+    config = GenerateConfig(
+        mask_source=masks, n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
+        batch_size=batch_size, target_hc_mm=_hc_range(hc_mm), filter_dice=filter_dice, filter_mode=filter_mode,
+        attributes=AttributePolicy.parse(attr, attr_dist),
+    )
+    predictor = None
+    if segmenter is not None:
+        predictor, _ = segmenter_predictor(segmenter)
+    elif filter_dice is not None:
+        raise SonosynthError("--filter-dice needs --segmenter SEGRUN")
+    path = generate_dataset(run, source, out, config, predictor=predictor, overwrite=overwrite)
+    typer.echo(f"synthetic dataset written to {path}")
+
+
+def edit_command(
+    run: Path = typer.Argument(..., help="Run folder written by `sonosynth train` (or its model/ folder)."),
+    image: Path = typer.Option(..., "--image", help="The real image (PNG)."),
+    mask: Path = typer.Option(..., "--mask", help="Its label map (PNG)."),
+    edited_mask: Path = typer.Option(..., "--edited-mask", help="The label map as it should become (PNG)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: image.png, mask.png, region.png, edit.json."),
+    steps: int = typer.Option(50, "--steps", help="Denoising steps on the training schedule."),
+    jump_length: int = typer.Option(5, "--jump-length", help="RePaint: steps re-noised per jump."),
+    jump_n_sample: int = typer.Option(3, "--jump-n-sample", help="RePaint: passes over each jump (1 = none)."),
+    margin: int = typer.Option(8, "--margin", help="Pixels around the changed area that are regenerated too."),
+    guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale."),
+    seed: int = typer.Option(0, "--seed"),
+    attr: list[str] = typer.Option([], "--attr", help="Condition on an attribute: NAME=VALUE (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Regenerate a real image only where the edited mask differs (RePaint), keeping the rest."""
+    from sonosynth.synthesis.edit import EditConfig, edit_files
+    from sonosynth.synthesis.generate import AttributePolicy
+
+    config = EditConfig(steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample, margin_px=margin,
+                        guidance_scale=guidance, seed=seed)
+    attributes = AttributePolicy.parse(attr).fixed
+    path = edit_files(run, image, mask, edited_mask, out, config, attributes, overwrite=overwrite)
+    typer.echo(f"edited image written to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_command)
+    app.command("edit")(edit_command)
