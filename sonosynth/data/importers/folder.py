@@ -77,7 +77,11 @@ def import_folder(
     label_map = dict(label_map or {})
     info = folder_info(name or Path(out).name, label_names, label_map)
     subject_regex = _compile_subject_pattern(subject_pattern)
-    image_paths = require_found(sorted(p for p in src.glob(images) if p.is_file()), src, f"images matching '{images}'")
+    try:
+        matches = sorted(p for p in src.glob(images) if p.is_file())
+    except (NotImplementedError, ValueError) as exc:
+        raise DataError(f"--images '{images}': not a glob relative to SRC ({exc})") from None
+    image_paths = require_found(matches, src, f"images matching '{images}'")
     summary = ImportSummary(Path(out))
     with DatasetWriter(out, info, overwrite=overwrite) as writer:
         for image_path in progress(image_paths, "folder"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,8 @@ def import_hc18(
         return image, filled_head_mask(annotation, str(mask_path)).astype(np.uint8)
 
     summary = ImportSummary(Path(out))
-    with DatasetWriter(out, hc18_info(), overwrite=overwrite) as writer:
-        loaded = zip(pairs, prefetch(load, pairs), strict=True)
+    with DatasetWriter(out, hc18_info(), overwrite=overwrite) as writer, closing(prefetch(load, pairs)) as loads:
+        loaded = zip(pairs, loads, strict=True)
         for (image_path, mask_path), (image, mask) in progress(loaded, "hc18", total=len(pairs)):
             spacing_mm, hc_mm = table[image_path.name]
             record_id = image_path.stem
