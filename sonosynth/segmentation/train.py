@@ -305,39 +305,21 @@ def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[
 def real_splits(dataset: Dataset, val_fraction: float = 0.15, seed: int = 0) -> tuple[Dataset, Dataset, Dataset]:
     """(train, val, test) from the manifest's split column, else a deterministic subject-wise split.
 
-    A dataset without any split is cut subject-wise (no subject in two parts): `val_fraction` each
-    for validation and test, the rest for training. A dataset with train rows but no val rows gets
-    its validation subjects carved out of train the same way.
+    A dataset without any split is cut subject-wise with `sonosynth.data.splits` (no subject in two
+    parts; `val_fraction` each for validation and test). A dataset with train rows but no val rows
+    gets its validation subjects carved out of train the same way.
     """
-    splits = {r.split for r in dataset.records}
-    if splits <= {""}:
-        subjects = dataset.subjects
-        order = np.random.default_rng(seed).permutation(len(subjects))
-        n_hold = max(1, round(len(subjects) * val_fraction)) if len(subjects) >= 3 else 0
-        val_s = {subjects[i] for i in order[:n_hold]}
-        test_s = {subjects[i] for i in order[n_hold : 2 * n_hold]}
-        pick = _records_by_subject(dataset)
-        return (
-            dataset.subset(ids=[r.id for s in subjects if s not in val_s | test_s for r in pick[s]]),
-            dataset.subset(ids=[r.id for s in val_s for r in pick[s]]),
-            dataset.subset(ids=[r.id for s in test_s for r in pick[s]]),
-        )
+    from sonosynth.data.splits import SplitConfig, assign_splits
+
+    if {r.split for r in dataset.records} <= {""}:
+        records = assign_splits(dataset.records, SplitConfig(val=val_fraction, test=val_fraction, seed=seed))
+        dataset = Dataset(dataset.root, dataset.info, records)
     train, val, test = dataset.subset("train"), dataset.subset("val"), dataset.subset("test")
-    if len(val) == 0 and len(train) > 0:
-        subjects = train.subjects
-        order = np.random.default_rng(seed).permutation(len(subjects))
-        n_hold = max(1, round(len(subjects) * val_fraction)) if len(subjects) >= 2 else 0
-        val_s = {subjects[i] for i in order[:n_hold]}
-        val = train.subset(ids=[r.id for r in train.records if (r.subject or r.id) in val_s])
-        train = train.subset(ids=[r.id for r in train.records if (r.subject or r.id) not in val_s])
+    if len(val) == 0 and len(train.subjects) >= 2:
+        carved = assign_splits(train.records, SplitConfig(val=val_fraction, test=0.0, seed=seed))
+        train = Dataset(dataset.root, dataset.info, [r for r in carved if r.split == "train"])
+        val = Dataset(dataset.root, dataset.info, [r for r in carved if r.split == "val"])
     return train, val, test
-
-
-def _records_by_subject(dataset: Dataset) -> dict[str, list]:
-    groups: dict[str, list] = {}
-    for r in dataset.records:
-        groups.setdefault(r.subject or r.id, []).append(r)
-    return groups
 
 
 def check_compatible_labels(real: Dataset, other: Dataset) -> None:

@@ -1,0 +1,64 @@
+"""`sonosynth evaluate ...`: the downstream segmentation experiment and image-quality measures."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+evaluate_app = typer.Typer(help="Downstream segmentation experiment and image-quality report.", no_args_is_help=True)
+
+
+@evaluate_app.command("downstream")
+def downstream_command(
+    real: Path = typer.Option(..., "--real", help="Real dataset folder (train/val/test splits)."),
+    out: Path = typer.Option(..., "--out", help="Report folder (resumed if it exists)."),
+    synthetic: Path | None = typer.Option(None, "--synthetic", help="Synthetic dataset folder."),
+    k: str = typer.Option("5,10,20,all", "--k", help="Real training subjects per cell, comma separated."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per cell (mean ± std over them)."),
+    arms: str = typer.Option(
+        "real,real+synthetic,synthetic", "--arms", help="Arms: real, real+synthetic, synthetic (comma separated)."
+    ),
+    size: int = typer.Option(64, help="Segmenter training size in pixels."),
+    net: str = typer.Option("small", help="Network size: tiny, small or base."),
+    steps: int = typer.Option(2000, help="Maximum training steps per cell."),
+    batch_size: int = typer.Option(8),
+    learning_rate: float = typer.Option(1e-3),
+    val_every: int = typer.Option(100, help="Validate every N steps."),
+    patience: int = typer.Option(5, help="Stop after N validations without improvement."),
+    synthetic_ratio: float = typer.Option(0.5, help="Fraction of each real+synthetic batch that is synthetic."),
+    head_circumference: bool | None = typer.Option(
+        None, "--hc/--no-hc", help="Report head-circumference error (default: when label 1 is 'head')."
+    ),
+) -> None:
+    """Train segmenters for each k x arm x seed and tabulate Dice, HD95 and HC error on the real test split."""
+    from sonosynth.evaluation.downstream import DownstreamConfig, parse_ks, run_downstream
+    from sonosynth.segmentation.train import SegmentationConfig
+
+    if synthetic is None and arms == "real,real+synthetic,synthetic":
+        arms = "real"
+    config = DownstreamConfig(
+        ks=parse_ks(k),
+        seeds=seeds,
+        arms=[a.strip() for a in arms.split(",") if a.strip()],
+        segmentation=SegmentationConfig(
+            size=size,
+            net=net,
+            max_steps=steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            val_every=val_every,
+            patience=patience,
+            synthetic_ratio=synthetic_ratio,
+        ),
+        head_circumference=head_circumference,
+    )
+    command = "sonosynth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path = run_downstream(real, out, config, synthetic_path=synthetic, command=command)
+    typer.echo(f"results in {path}/results.md, {path}/results.csv, {path}/report.html")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(evaluate_app, name="evaluate")

@@ -1,0 +1,122 @@
+"""Segmentation metrics in the image's own pixel grid: Dice and HD95 per label (MONAI), HC error.
+
+An empty prediction is a result, not a crash: Dice is 0, HD95 is infinite (the structure was
+missed entirely) and the head circumference error is NaN (no ellipse to fit). Aggregation reports
+how many such cases there were instead of hiding them in a mean.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from sonosynth.data.ellipse import head_circumference_mm
+
+
+@dataclass
+class PairScores:
+    """Scores of one predicted label map against its reference."""
+
+    dice: dict[str, float] = field(default_factory=dict)  # label value -> Dice (NaN: absent in both)
+    hd95: dict[str, float] = field(default_factory=dict)  # label value -> HD95 (mm if spacing, else px)
+    hc_abs_error_mm: float | None = None
+
+
+def _one_hot(label_map: np.ndarray, num_labels: int) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(label_map).astype(np.int64))
+    return torch.nn.functional.one_hot(x, num_labels).permute(2, 0, 1)[None].float()
+
+
+def dice_per_label(pred: np.ndarray, truth: np.ndarray, num_labels: int) -> dict[str, float]:
+    """Dice of each foreground label (MONAI DiceMetric); NaN where the label is absent from both maps."""
+    from monai.metrics import DiceMetric
+
+    p, t = _one_hot(pred, num_labels), _one_hot(truth, num_labels)
+    values = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(p, t)[0]
+    out = {}
+    for label in range(1, num_labels):
+        in_pred, in_truth = bool(p[0, label].any()), bool(t[0, label].any())
+        out[str(label)] = float("nan") if not (in_pred or in_truth) else float(values[label - 1])
+    return out
+
+
+def hd95_per_label(
+    pred: np.ndarray, truth: np.ndarray, num_labels: int, spacing_mm: float | None = None
+) -> dict[str, float]:
+    """95th-percentile Hausdorff distance per foreground label (MONAI), in mm when spacing is known.
+
+    inf when exactly one of the two maps lacks the label; NaN when both lack it.
+    """
+    from monai.metrics import compute_hausdorff_distance
+
+    p, t = _one_hot(pred, num_labels), _one_hot(truth, num_labels)
+    out = {}
+    for label in range(1, num_labels):
+        in_pred, in_truth = bool(p[0, label].any()), bool(t[0, label].any())
+        if not (in_pred or in_truth):
+            out[str(label)] = float("nan")
+        elif in_pred != in_truth:
+            out[str(label)] = float("inf")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                value = compute_hausdorff_distance(
+                    p[:, label : label + 1], t[:, label : label + 1], include_background=True, percentile=95,
+                    spacing=spacing_mm,
+                )
+            out[str(label)] = float(value.flatten()[0])
+    return out
+
+
+def head_circumference_error_mm(pred: np.ndarray, truth: np.ndarray, spacing_mm: float, label: int = 1) -> float:
+    """|HC(pred) - HC(truth)| in mm, both from ellipses fitted to the label's region; NaN if unfittable."""
+    hc_pred = head_circumference_mm(np.asarray(pred) == label, spacing_mm)
+    hc_true = head_circumference_mm(np.asarray(truth) == label, spacing_mm)
+    if hc_pred is None or hc_true is None:
+        return float("nan")
+    return abs(hc_pred - hc_true)
+
+
+def score_pair(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    num_labels: int,
+    spacing_mm: float | None = None,
+    head_label: int | None = None,
+) -> PairScores:
+    """All metrics for one image; HC error only when `head_label` and a pixel spacing are given."""
+    scores = PairScores(
+        dice=dice_per_label(pred, truth, num_labels), hd95=hd95_per_label(pred, truth, num_labels, spacing_mm)
+    )
+    if head_label is not None and spacing_mm is not None:
+        scores.hc_abs_error_mm = head_circumference_error_mm(pred, truth, spacing_mm, head_label)
+    return scores
+
+
+def summarize(scores: list[PairScores]) -> dict[str, float]:
+    """Means over images: dice_<label>, hd95_<label> (finite cases), hd95_<label>_missed, hc_abs_error_mm."""
+    out: dict[str, float] = {"n_images": float(len(scores))}
+    if not scores:
+        return out
+    for label in scores[0].dice:
+        dice = np.array([s.dice[label] for s in scores], dtype=np.float64)
+        hd = np.array([s.hd95[label] for s in scores], dtype=np.float64)
+        out[f"dice_{label}"] = _nanmean(dice)
+        finite = hd[np.isfinite(hd)]
+        out[f"hd95_{label}"] = float(finite.mean()) if finite.size else float("nan")
+        out[f"hd95_{label}_missed"] = float(np.isinf(hd).sum())
+    hc = [s.hc_abs_error_mm for s in scores if s.hc_abs_error_mm is not None]
+    if hc:
+        values = np.array(hc, dtype=np.float64)
+        out["hc_abs_error_mm"] = _nanmean(values)
+        out["hc_unfittable"] = float(np.isnan(values).sum())
+    return out
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else math.nan

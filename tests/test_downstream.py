@@ -1,0 +1,125 @@
+"""The downstream experiment end to end on toy data: cells, nesting, resume, report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_toy_dataset
+from PIL import Image
+
+from sonosynth.errors import SonosynthError
+from sonosynth.evaluation.downstream import Cell, DownstreamConfig, nested_subjects, plan_cells, run_downstream
+from sonosynth.evaluation.report import aggregate_cells
+from sonosynth.segmentation.train import SegmentationConfig
+
+TINY = SegmentationConfig(size=32, net="tiny", max_steps=4, val_every=2, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("downstream")
+    # 8 subjects: the subject-wise split leaves 6 for training, 1 for val, 1 for test.
+    return write_toy_dataset(root / "real", n=16, seed=3), write_toy_dataset(root / "synth", n=6, seed=4)
+
+
+def config(**kwargs) -> DownstreamConfig:
+    base = {"ks": ["1", "3"], "seeds": 2, "segmentation": TINY}
+    return DownstreamConfig(**{**base, **kwargs})
+
+
+def test_nested_subject_selection() -> None:
+    subjects = [f"s{i:02d}" for i in range(30)]
+    for seed in range(3):
+        five, ten = nested_subjects(subjects, "5", seed), nested_subjects(subjects, "10", seed)
+        assert len(set(five)) == 5 and set(five) <= set(ten)
+        assert sorted(nested_subjects(subjects, "all", seed)) == subjects
+    assert nested_subjects(subjects, "5", 0) != nested_subjects(subjects, "5", 1)
+    with pytest.raises(SonosynthError, match="k=31 exceeds the 30"):
+        nested_subjects(subjects, "31", 0)
+
+
+def test_plan_has_synthetic_only_once_per_seed() -> None:
+    cells = plan_cells(config(arms=["real", "real+synthetic", "synthetic"]))
+    assert len(cells) == 2 * (2 * 2 + 1)
+    assert Cell("-", "synthetic", 1) in cells and Cell("3", "real+synthetic", 0) in cells
+    assert len({c.name for c in cells}) == len(cells)
+
+
+def test_end_to_end_report_and_resume(datasets: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
+    real, synth = datasets
+    out = tmp_path / "report"
+    run_downstream(real, out, config(), synthetic_path=synth, command="sonosynth evaluate downstream ...",
+                   progress=False)
+
+    cells = sorted(p.name for p in (out / "cells").glob("*.json"))
+    assert len(cells) == 10 and "knone__synthetic__seed1.json" in cells
+    one = json.loads((out / "cells" / "k3__real__seed0.json").read_text())
+    assert one["n_real_subjects"] == 3 and one["n_real_images"] == 6 and one["n_synthetic_images"] == 0
+    mixed = json.loads((out / "cells" / "k1__real+synthetic__seed0.json").read_text())
+    assert mixed["n_real_images"] == 2 and mixed["n_synthetic_images"] == 6
+    assert 0.0 <= one["metrics"]["dice_1"] <= 1.0 and "hc_abs_error_mm" in one["metrics"]
+    assert one["hd95_unit"] == "mm" and len(one["per_image"]) == one["n_test_images"] == 2
+
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["k"], r["arm"]) for r in rows] == [
+        ("1", "real"), ("1", "real+synthetic"), ("3", "real"), ("3", "real+synthetic"), ("-", "synthetic")
+    ]
+    assert all(r["n_seeds"] == "2" for r in rows)
+    assert 0.0 <= float(rows[0]["dice_1_mean"]) <= 1.0 and float(rows[0]["dice_1_std"]) >= 0.0
+    table = (out / "results.md").read_text()
+    assert "| 3 | real+synthetic | 2 |" in table and "HC abs. error (mm)" in table and "±" in table
+    assert "Command: `sonosynth evaluate downstream ...`" in table
+    with Image.open(out / "dice_vs_k.png") as im:
+        assert im.format == "PNG" and im.size[0] > 100
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and page.count("data:image/png;base64,") == 2
+
+    # Resume: finished cells are never retrained; a missing one is.
+    (out / "cells" / "k1__real__seed1.json").unlink()
+    trained: list[int] = []
+    from sonosynth.segmentation import train as train_module  # run_downstream imports it at call time
+
+    real_train = train_module.train_segmenter
+
+    def counting(*args, **kwargs):
+        trained.append(1)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_segmenter", counting)
+    run_downstream(real, out, config(), synthetic_path=synth, progress=False)
+    assert len(trained) == 1 and (out / "cells" / "k1__real__seed1.json").is_file()
+    run_downstream(real, out, config(), synthetic_path=synth, progress=False)
+    assert len(trained) == 1
+
+
+def test_changed_settings_refuse_to_resume(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    real, _ = datasets
+    out = tmp_path / "report"
+    run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"]), progress=False)
+    other = SegmentationConfig(size=32, net="tiny", max_steps=5, val_every=2, batch_size=4)
+    with pytest.raises(SonosynthError, match="different settings.*segmentation"):
+        run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"], segmentation=other), progress=False)
+
+
+def test_bad_requests_fail_with_a_clear_message(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    real, _ = datasets
+    with pytest.raises(SonosynthError, match="need --synthetic"):
+        run_downstream(real, tmp_path / "r", config(), progress=False)
+    with pytest.raises(SonosynthError, match="k=50 exceeds"):
+        run_downstream(real, tmp_path / "r2", config(ks=["50"], seeds=1, arms=["real"]), progress=False)
+    with pytest.raises(SonosynthError, match="positive integer or 'all'"):
+        run_downstream(real, tmp_path / "r3", config(ks=["five"], arms=["real"]), progress=False)
+
+
+def test_aggregation_mean_and_sample_std() -> None:
+    def cell(seed: int, dice: float) -> dict:
+        return {"k": "5", "arm": "real", "seed": seed, "n_real_images": 5, "n_synthetic_images": 0,
+                "metrics": {"n_images": 3.0, "dice_1": dice, "hd95_1": 2.0, "hd95_1_missed": 0.0}}
+
+    (row,) = aggregate_cells([cell(0, 0.6), cell(1, 0.8), cell(2, 0.7)])
+    assert row["dice_1_mean"] == pytest.approx(0.7) and row["dice_1_std"] == pytest.approx(0.1)
+    assert row["n_seeds"] == 3
