@@ -1,0 +1,202 @@
+"""`sonosynth demo`: the whole product on built-in data, in one command, on a CPU.
+
+Stages (each writes its own folder under OUT and is skipped when already complete, so a run
+interrupted with Ctrl-C resumes where it stopped):
+
+1. phantom   simulate a fetal-head dataset (OUT/data)            -> sonosynth.phantom
+2. split     subject-wise train/val/test                          -> sonosynth.data.splits
+3. train     a mask-conditioned diffusion model (OUT/model-run)   -> sonosynth.diffusion.train
+4. generate  synthetic pairs from deformed and shape-model masks  -> sonosynth.synthesis.generate
+5. evaluate  segmenters on k real subjects, with and without them -> sonosynth.evaluation.downstream
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sonosynth.data.format import Dataset, DatasetWriter, prepare_output
+from sonosynth.errors import SonosynthError
+
+DATA, RUN, SYNTH, REPORT = "data", "model-run", "synthetic", "report"
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of each stage; `full()` fits in about 20 CPU minutes, `fast()` in about 3."""
+
+    n_cases: int = 160
+    phantom_size: str = "96x64"  # width x height, like HC18's 800x540 aspect
+    model_size: str = "small"
+    image_size: int = 64
+    train_steps: int = 1200
+    batch_size: int = 8
+    n_deform: int = 60
+    n_shape: int = 60
+    sample_steps: int = 20
+    k: int = 5
+    seeds: int = 2
+    segment_net: str = "small"
+    segment_steps: int = 400
+    seed: int = 0
+    device: str = "auto"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def full(cls, **overrides) -> DemoConfig:
+        return cls(**overrides)
+
+    @classmethod
+    def fast(cls, **overrides) -> DemoConfig:
+        settings = dict(
+            n_cases=40,
+            model_size="tiny",
+            image_size=32,
+            train_steps=40,
+            batch_size=4,
+            n_deform=8,
+            n_shape=8,
+            sample_steps=8,
+            seeds=1,
+            segment_net="tiny",
+            segment_steps=40,
+        )
+        settings.update(overrides)
+        return cls(**settings)
+
+
+@contextmanager
+def _stage(name: str, config: DemoConfig, log: Callable[[str], None]) -> Iterator[None]:
+    """Time one stage into `config.timings` and say so."""
+    log(f"[{name}] ...")
+    started = time.perf_counter()
+    yield
+    config.timings[name] = time.perf_counter() - started
+    log(f"[{name}] done in {config.timings[name]:.1f} s")
+
+
+def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) every stage of the demo under `out`; returns the report folder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_device(config.device)
+    started = time.perf_counter()
+
+    with _stage("phantom", config, log):
+        data = out / DATA
+        if not (data / "manifest.csv").is_file():
+            from sonosynth.phantom.dataset import write_phantom_dataset
+
+            write_phantom_dataset(data, "fetal-head", config.n_cases, config.phantom_size, config.seed, overwrite=True)
+
+    with _stage("split", config, log):
+        if not any(r.split for r in Dataset.open(data).records):
+            from sonosynth.data.splits import SplitConfig, split_dataset
+
+            split_dataset(data, SplitConfig(by="subject", val=0.15, test=0.25, seed=config.seed))
+
+    with _stage("train", config, log):
+        run = out / RUN
+        if not (run / "model" / "model_index.json").is_file():
+            _train_diffusion(data, run, config)
+
+    with _stage("generate", config, log):
+        synthetic = out / SYNTH
+        if not (synthetic / "manifest.csv").is_file():
+            _generate(run, data, synthetic, config)
+
+    with _stage("evaluate", config, log):
+        from sonosynth.evaluation.downstream import DownstreamConfig, run_downstream
+        from sonosynth.segmentation.train import SegmentationConfig
+
+        downstream = DownstreamConfig(
+            ks=[str(config.k)],
+            seeds=config.seeds,
+            arms=["real", "real+synthetic"],
+            segmentation=SegmentationConfig(
+                size=config.image_size, net=config.segment_net, max_steps=config.segment_steps, seed=config.seed
+            ),
+        )
+        report = run_downstream(data, out / REPORT, downstream, synthetic_path=synthetic, command="sonosynth demo")
+
+    config.timings["total"] = time.perf_counter() - started
+    (out / "demo-timings.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    return report
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise SonosynthError(f"--device {device}: choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SonosynthError("--device cuda: no CUDA device is available here")
+
+
+def _train_diffusion(data: Path, run: Path, config: DemoConfig) -> None:
+    from sonosynth.diffusion.train import TrainConfig, train
+    from sonosynth.models.configs import ModelConfig
+
+    train_config = TrainConfig(
+        dataset=str(data),
+        model=ModelConfig(kind="spade", size=config.model_size),
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        max_steps=config.train_steps,
+        warmup_steps=min(100, config.train_steps // 10),
+        checkpoint_every=max(10, config.train_steps // 6),
+        sample_every=max(10, config.train_steps // 2),
+        seed=config.seed,
+    )
+    resume = (run / "checkpoints").is_dir()
+    train(train_config, run, resume=resume)
+
+
+def _generate(run: Path, data: Path, synthetic: Path, config: DemoConfig) -> None:
+    """Deformed and shape-model masks, merged into one synthetic dataset."""
+    from sonosynth.synthesis.generate import GenerateConfig, generate_dataset
+
+    parts = []
+    for source, n in (("deform", config.n_deform), ("shape", config.n_shape)):
+        part = synthetic.with_name(f"{synthetic.name}-{source}")
+        if not (part / "manifest.csv").is_file():
+            generate_dataset(
+                run,
+                data,
+                part,
+                GenerateConfig(mask_source=source, n=n, steps=config.sample_steps, seed=config.seed),
+                overwrite=True,
+            )
+        parts.append((source, part))
+    _merge(parts, synthetic)
+    for _, part in parts:
+        shutil.rmtree(part, ignore_errors=True)
+
+
+def _merge(parts: list[tuple[str, Path]], out: Path) -> None:
+    datasets = [(name, Dataset.open(path)) for name, path in parts]
+    info = datasets[0][1].info
+    prepare_output(out, overwrite=True)
+    with DatasetWriter(out, info, overwrite=True) as writer:
+        for name, dataset in datasets:
+            for sample in dataset:
+                r = sample.record
+                writer.add(
+                    f"{name}_{r.id}",
+                    sample.image,
+                    sample.mask,
+                    subject=r.subject,
+                    split=r.split,
+                    spacing_mm=r.spacing_mm,
+                    extra=r.extra,
+                    **r.attributes,
+                )
+
+
+def results_table(report: Path) -> str:
+    return (report / "results.md").read_text()
