@@ -60,5 +60,31 @@ def downstream_command(
     typer.echo(f"results in {path}/results.md, {path}/results.csv, {path}/report.html")
 
 
+@evaluate_app.command("quality")
+def quality_command(
+    real: Path = typer.Option(..., "--real", help="Real dataset folder (its train split is the reference)."),
+    synthetic: Path = typer.Option(..., "--synthetic", help="Synthetic dataset folder."),
+    out: Path = typer.Option(..., "--out", help="Report folder to create."),
+    segmenter: Path | None = typer.Option(None, "--segmenter", help="SEGRUN for mask fidelity."),
+    inception: Path | None = typer.Option(
+        None, "--inception", help="Local pt_inception-2015-12-05 weights for standard FID/KID (needs torch-fidelity)."
+    ),
+    size: int = typer.Option(128, help="Images are letterboxed to size x size for the measures."),
+    near_copy_ratio: float = typer.Option(0.5, help="Flag synthetic images closer than this x real-to-real."),
+    seed: int = typer.Option(0),
+    overwrite: bool = typer.Option(False, help="Replace an existing report folder."),
+) -> None:
+    """Mask fidelity, FID/KID, MS-SSIM diversity, intensity/speckle statistics and memorisation."""
+    from sonosynth.evaluation.quality import QualityConfig, evaluate_quality
+
+    config = QualityConfig(size=size, near_copy_ratio=near_copy_ratio, seed=seed)
+    command = "sonosynth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path = evaluate_quality(
+        real, synthetic, out, config, segmenter_path=segmenter, inception_path=inception, overwrite=overwrite,
+        command=command,
+    )
+    typer.echo(f"quality report in {path}/quality.md and {path}/report.html")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(evaluate_app, name="evaluate")

@@ -254,3 +254,132 @@ def write_downstream_report(
         ("Samples (mask outlines in yellow)", png_tag(sample_grid_png(sets), "sample grid")),
     ]
     write_text_atomic(out / "report.html", html_page("sonosynth downstream experiment", sections))
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}g}"
+    return str(value)
+
+
+def quality_markdown(result: dict[str, Any]) -> str:
+    """quality.md: one small table per question, with the real-vs-real reference beside each number."""
+    dist, div, inten, mem = result["distribution"], result["diversity"], result["intensity"], result["memorisation"]
+    lines = [
+        "# Synthetic image quality",
+        "",
+        f"Real: `{result['real']}` ({result['n_real']} images, {result['real_reference']}); "
+        f"synthetic: `{result['synthetic']}` ({result['n_synthetic']} images).",
+        "",
+    ]
+    if result.get("command"):
+        lines += [f"Command: `{result['command']}`", ""]
+    lines += ["## Distribution distance", "", f"Features: {dist['features']}. {dist['note']}.", "",
+              "| measure | synthetic vs real | held-out real vs real (reference) |", "|---|---|---|",
+              f"| Fréchet distance | {_fmt(dist['fid'])} | {_fmt(dist.get('real_heldout_fid'))} |",
+              f"| KID (mean ± std over subsets) | {_fmt(dist['kid_mean'])} ± {_fmt(dist['kid_std'], 2)} | "
+              f"{_fmt(dist.get('real_heldout_kid_mean'))} |", ""]
+    lines += ["## Mask fidelity", ""]
+    fidelity = result.get("mask_fidelity")
+    if fidelity:
+        lines += ["Dice between each image's mask and the segmenter's prediction on it.", "",
+                  "| images | label | Dice mean | Dice std | n |", "|---|---|---|---|---|"]
+        for which, block in fidelity.items():
+            for label, stats in block["dice"].items():
+                lines.append(f"| {which} | {label} | {_fmt(stats['mean'])} | {_fmt(stats['std'])} | "
+                             f"{block['n_images']} |")
+    else:
+        lines.append("Not measured (pass `--segmenter SEGRUN`).")
+    lines += ["", "## Diversity", "", div["note"] + ".", "", "| set | mean pairwise MS-SSIM | pairs |", "|---|---|---|",
+              f"| synthetic | {_fmt(div['ms_ssim_synthetic'])} | {div['pairs_synthetic']} |",
+              f"| real | {_fmt(div['ms_ssim_real'])} | {div['pairs_real']} |", ""]
+    hist = inten["histogram_distance"]
+    lines += ["## Intensity and speckle (inside the field of view)", "",
+              f"Histogram distance: Wasserstein-1 {_fmt(hist['wasserstein'])} (intensity in [0, 1]), "
+              f"Jensen-Shannon {_fmt(hist['jensen_shannon'])}.", "",
+              "| statistic | real (mean ± std) | synthetic (mean ± std) |", "|---|---|---|"]
+    for key in ("mean_intensity", "speckle_snr", "local_std"):
+        r, s = inten["real"][key], inten["synthetic"][key]
+        lines.append(f"| {key} | {_fmt(r['mean'])} ± {_fmt(r['std'], 2)} | {_fmt(s['mean'])} ± {_fmt(s['std'], 2)} |")
+    lines += ["", "## Memorisation", "",
+              f"Nearest real training image per synthetic image; ratio = distance / median {mem['reference']} "
+              f"distance. Near-copy: pixel ratio < {mem['near_copy_ratio']}. Full list: memorisation.csv.", "",
+              "| measure | value |", "|---|---|",
+              f"| median real reference distance (pixels, RMS) | {_fmt(mem['median_real_pixel_distance'])} |",
+              f"| median synthetic NN ratio (pixels) | {_fmt(mem['median_synthetic_pixel_ratio'])} |",
+              f"| median synthetic NN ratio (features) | {_fmt(mem['median_synthetic_feature_ratio'])} |",
+              f"| near-copies flagged | {mem['near_copies']} of {result['n_synthetic']} |", ""]
+    return "\n".join(lines)
+
+
+def _nearest_pairs_png(rows: Sequence[dict[str, Any]], train: Dataset, synthetic: Dataset, count: int = 6) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real_by_id = {r.id: i for i, r in enumerate(train.records)}
+    synth_by_id = {r.id: i for i, r in enumerate(synthetic.records)}
+    picks = list(rows[:count])
+    fig, axes = plt.subplots(2, max(1, len(picks)), figsize=(2 * max(1, len(picks)), 4.3), dpi=80, squeeze=False)
+    for col, row in enumerate(picks):
+        for r, (ds, index, title) in enumerate(
+            ((synthetic, synth_by_id[row["id"]], f"{row['id']} r={row['pixel_ratio']:.2f}"),
+             (train, real_by_id[row["nearest_real"]], f"nearest: {row['nearest_real']}"))
+        ):
+            ax = axes[r, col]
+            ax.imshow(ds[index].image, cmap="gray")
+            ax.set_title(title[:30], fontsize=7, color="red" if r == 0 and row["near_copy"] else "black")
+            ax.axis("off")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _histogram_png(histograms: dict[str, list[float]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=90)
+    for name, values in histograms.items():
+        centers = (np.arange(len(values)) + 0.5) / len(values)
+        ax.plot(centers, values, label=name)
+    ax.set_xlabel("intensity inside the field of view")
+    ax.set_ylabel("fraction of pixels")
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_quality_report(
+    out: Path, result: dict[str, Any], memorisation: Sequence[dict[str, Any]], train: Dataset, synthetic: Dataset
+) -> None:
+    """quality.md, memorisation.csv (closest first) and report.html with grids and the histogram plot."""
+    markdown = quality_markdown(result)
+    write_text_atomic(out / "quality.md", markdown + "\n")
+    write_results_csv(out / "memorisation.csv", list(memorisation))
+    sections = []
+    for block in markdown.split("\n## ")[1:]:
+        title, _, body = block.partition("\n")
+        paragraphs = [p for p in body.strip().split("\n\n") if p]
+        content = "".join(
+            markdown_table_to_html(p) if p.startswith("|") else f"<p>{html.escape(p)}</p>" for p in paragraphs
+        )
+        sections.append((title, content))
+    sections += [
+        ("Intensity histograms", png_tag(_histogram_png(result["intensity"]["histograms"]), "histograms")),
+        ("Closest synthetic images and their nearest real training image",
+         png_tag(_nearest_pairs_png(memorisation, train, synthetic), "nearest pairs")),
+        ("Samples (mask outlines in yellow)",
+         png_tag(sample_grid_png([("real", train), ("synthetic", synthetic)]), "sample grid")),
+    ]
+    write_text_atomic(out / "report.html", html_page("sonosynth synthetic image quality", sections))
