@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import typer
@@ -11,8 +10,24 @@ import typer
 evaluate_app = typer.Typer(help="Downstream segmentation experiment and image-quality report.", no_args_is_help=True)
 
 
+def command_line(ctx: typer.Context, name: str) -> str:
+    """The command as a user would retype it: every option that differs from its default."""
+    parts = ["sonosynth", "evaluate", name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default:
+            continue
+        if isinstance(value, bool):
+            flags = param.opts if value else getattr(param, "secondary_opts", [])
+            parts.extend(flags[:1])
+        else:
+            parts += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(parts)
+
+
 @evaluate_app.command("downstream")
 def downstream_command(
+    ctx: typer.Context,
     real: Path = typer.Option(..., "--real", help="Real dataset folder (train/val/test splits)."),
     out: Path = typer.Option(..., "--out", help="Report folder (resumed if it exists)."),
     synthetic: Path | None = typer.Option(None, "--synthetic", help="Synthetic dataset folder."),
@@ -55,13 +70,14 @@ def downstream_command(
         ),
         head_circumference=head_circumference,
     )
-    command = "sonosynth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line(ctx, "downstream")
     path = run_downstream(real, out, config, synthetic_path=synthetic, command=command)
     typer.echo(f"results in {path}/results.md, {path}/results.csv, {path}/report.html")
 
 
 @evaluate_app.command("quality")
 def quality_command(
+    ctx: typer.Context,
     real: Path = typer.Option(..., "--real", help="Real dataset folder (its train split is the reference)."),
     synthetic: Path = typer.Option(..., "--synthetic", help="Synthetic dataset folder."),
     out: Path = typer.Option(..., "--out", help="Report folder to create."),
@@ -78,7 +94,7 @@ def quality_command(
     from sonosynth.evaluation.quality import QualityConfig, evaluate_quality
 
     config = QualityConfig(size=size, near_copy_ratio=near_copy_ratio, seed=seed)
-    command = "sonosynth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line(ctx, "quality")
     path = evaluate_quality(
         real, synthetic, out, config, segmenter_path=segmenter, inception_path=inception, overwrite=overwrite,
         command=command,
