@@ -21,4 +21,8 @@ test: venv
 	$(BIN)/ruff check sonosynth tests benchmarks
 	$(BIN)/pytest -n 2 -q
 
-.PHONY: venv demo test
+# Regenerate docs/cli.md from the CLI (tests/test_docs.py fails when it is stale).
+docs: venv
+	$(BIN)/python docs/generate_cli_reference.py
+
+.PHONY: venv demo test docs
