@@ -25,6 +25,7 @@ class DeformConfig:
     translation_frac: float = 0.05
     elastic_frac: float = 0.03
     elastic_grid: int = 4
+    smooth_sigma: float = 0.7
     max_tries: int = 10
 
     def to_dict(self) -> dict:
@@ -50,8 +51,9 @@ class DeformedMask:
 
 
 def random_warp(mask: np.ndarray, rng: np.random.Generator, config: DeformConfig) -> np.ndarray:
-    """One random affine + elastic draw, resampled per label (linear on one-hot, then argmax) so
-    boundaries stay smooth instead of stair-stepped as with plain nearest-neighbour."""
+    """One random affine + elastic draw, resampled per label (linear on a slightly blurred one-hot,
+    then argmax) so boundaries come out smooth: nearest-neighbour resampling of an already
+    stair-stepped mask turns every step into a spike once rotated."""
     mask = np.asarray(mask)
     h, w = mask.shape
     side = min(h, w)
@@ -77,11 +79,13 @@ def random_warp(mask: np.ndarray, rng: np.random.Generator, config: DeformConfig
             source[axis] += ndimage.zoom(coarse[axis], (h / grid, w / grid), order=3, mode="nearest")[:h, :w]
 
     labels = np.unique(mask)
-    scores = np.stack([
-        ndimage.map_coordinates((mask == v).astype(np.float32), source, order=1, mode="constant",
-                                cval=1.0 if v == 0 else 0.0)
-        for v in labels
-    ])
+    def channel(v: int) -> np.ndarray:
+        one_hot = (mask == v).astype(np.float32)
+        if config.smooth_sigma > 0:
+            one_hot = ndimage.gaussian_filter(one_hot, config.smooth_sigma, mode="nearest")
+        return ndimage.map_coordinates(one_hot, source, order=1, mode="constant", cval=1.0 if v == 0 else 0.0)
+
+    scores = np.stack([channel(int(v)) for v in labels])
     return labels[np.argmax(scores, axis=0)].astype(np.uint8)
 
 
