@@ -73,11 +73,11 @@ class DemoConfig:
 @contextmanager
 def _stage(name: str, config: DemoConfig, log: Callable[[str], None]) -> Iterator[None]:
     """Time one stage into `config.timings` and say so."""
-    log(f"[{name}] ...")
+    log(f"stage {name}: started")
     started = time.perf_counter()
     yield
     config.timings[name] = time.perf_counter() - started
-    log(f"[{name}] done in {config.timings[name]:.1f} s")
+    log(f"stage {name}: done in {config.timings[name]:.1f} s")
 
 
 def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = print) -> Path:
