@@ -67,3 +67,20 @@ def test_filter_rejects_bad_settings():
         FidelityFilter(mode="discard")
     with pytest.raises(SonosynthError, match="threshold"):
         FidelityFilter(threshold=1.5)
+
+
+def test_segmenter_run_as_predictor(tmp_path):
+    """The filter is wired to `sonosynth segment train` runs: a tiny one predicts label maps of image size."""
+    from conftest import write_toy_dataset
+
+    from sonosynth.data.format import Dataset
+    from sonosynth.segmentation.train import SegmentationConfig, train_from_folders
+    from sonosynth.synthesis.fidelity import segmenter_predictor
+
+    data = write_toy_dataset(tmp_path / "toy", n=6)
+    config = SegmentationConfig(size=32, net="tiny", max_steps=2, batch_size=2, val_every=1)
+    segrun = train_from_folders(data, tmp_path / "seg", config, progress=False)
+    predict, num_labels = segmenter_predictor(segrun)
+    samples = list(Dataset.open(data))[:2]
+    scores = score_samples([s.image for s in samples], [s.mask for s in samples], predict, num_labels)
+    assert num_labels == 2 and len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
