@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.data.format import Dataset
-from sonosynth.synthesis.generate import GenerateConfig, load_source_pairs, mask_candidates, source_records
+from sonosynth.synthesis.generate import GenerateConfig, MaskSource, load_source_pairs, source_records
 
 
 def tile(arrays: list[np.ndarray], label: str, cell: int) -> Image.Image:
@@ -80,8 +80,8 @@ def main() -> None:
         print("|---|---|---|---|")
         for source in ("train", "deform", "shape"):
             start = time.perf_counter()
-            stream = mask_candidates(pairs, GenerateConfig(mask_source=source, n=args.n), rng)
-            candidates = [next(stream) for _ in range(args.n)]
+            masks = MaskSource(pairs, GenerateConfig(mask_source=source, n=args.n))
+            candidates = [masks.draw(rng) for _ in range(args.n)]
             seconds = (time.perf_counter() - start) / args.n
             fallbacks = sum(c.fell_back for c in candidates)
             print(f"| {source} | {args.n} | {seconds:.3f} | {fallbacks} fell back |")

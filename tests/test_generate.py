@@ -36,13 +36,15 @@ def save_tiny_run(out: Path, num_labels: int = 2, class_attributes: dict[str, in
     return out
 
 
-def write_cardiac_dataset(out: Path, n: int = 6) -> Path:
+def write_cardiac_dataset(out: Path, n: int = 6, atrium_in_2ch: bool = True) -> Path:
     rng = np.random.default_rng(0)
     info = DatasetInfo(name="cardiac", labels={"0": "background", "1": "lv", "2": "myo", "3": "la"},
                        attributes={"view": ["2CH", "4CH"]})
     with DatasetWriter(out, info) as writer:
         for i in range(n):
             mask = cardiac_mask(rng, 48)
+            if i % 2 and not atrium_in_2ch:
+                mask[mask == 3] = 0
             image = np.clip(rng.rayleigh(40, mask.shape) + 40 * mask, 1, 255).astype(np.uint8)
             writer.add(f"c{i}", image, mask, subject=f"p{i}", spacing_mm=0.3, view="2CH" if i % 2 else "4CH")
     return out
@@ -137,6 +139,20 @@ def test_attribute_policy_fixes_or_samples_conditioning(tmp_path, toy_run, toy_s
                          GenerateConfig(n=1, attributes=AttributePolicy.parse(fixed=["view=c"])), progress=False)
     with pytest.raises(SonosynthError, match="NAME=VALUE"):
         AttributePolicy.parse(fixed=["view"])
+
+
+@pytest.mark.parametrize("mask_source", ["train", "deform", "shape"])
+def test_requested_attributes_select_matching_anatomy(tmp_path, mask_source):
+    source = write_cardiac_dataset(tmp_path / "cardiac", n=12, atrium_in_2ch=False)
+    run = save_tiny_run(tmp_path / "run", num_labels=4, size=32)
+    policy = AttributePolicy.parse(fixed=["view=2CH"])
+    out = generate_dataset(run, source, tmp_path / "synth",
+                           GenerateConfig(mask_source=mask_source, n=4, steps=1, attributes=policy), progress=False)
+    two_chamber = {r.id for r in Dataset.open(source).records if r.attributes["view"] == "2CH"}
+    for sample in Dataset.open(out):
+        assert sample.record.attributes["view"] == "2CH"
+        assert sample.record.extra["source_id"] in two_chamber
+        assert set(np.unique(sample.mask)) == {0, 1, 2}  # 2-chamber anatomy here has no atrium
 
 
 def test_fidelity_filter_drops_or_flags_and_records_scores(tmp_path, toy_run, toy_source):

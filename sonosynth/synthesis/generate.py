@@ -13,7 +13,7 @@ flagged. The output is a normal dataset folder (exportable to nnU-Net like any o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,8 +73,9 @@ class AttributePolicy:
             if unknown:
                 raise DataError(f"{where}: {name} values {unknown} not among {categorical[name]}")
 
-    def draw(self, rng: np.random.Generator, base: Mapping[str, str]) -> dict[str, str]:
-        out = dict(base)
+    def draw(self, rng: np.random.Generator) -> dict[str, str]:
+        """Values of the attributes this policy controls (the others come from the source pair)."""
+        out: dict[str, str] = {}
         for name, weights in self.distribution.items():
             values = list(weights)
             p = np.array([weights[v] for v in values], dtype=np.float64)
@@ -156,29 +157,55 @@ def load_source_pairs(dataset: Dataset, size: int, progress: bool = False) -> li
     return pairs
 
 
-def mask_candidates(pairs: Sequence[SourcePair], config: GenerateConfig, rng: np.random.Generator,
-                    progress: bool = False) -> Iterator[Candidate]:
-    """An endless stream of masks (with their field of view and pixel size) from the chosen source."""
-    if config.mask_source == "train":
-        while True:
-            for i in rng.permutation(len(pairs)):
-                p = pairs[int(i)]
-                yield Candidate(p.mask, p.fov, p.spacing_mm, p)
-    elif config.mask_source == "deform":
-        while True:
-            p = pairs[int(rng.integers(len(pairs)))]
-            deformed = deform_mask(p.mask, rng, config.deform)
-            yield Candidate(deformed.mask, p.fov, p.spacing_mm, p, fell_back=deformed.fell_back)
-    else:
-        if progress:
-            print(f"fitting a shape model to {len(pairs)} masks")
-        spacings = [p.spacing_mm for p in pairs]
-        model = ShapeModel.fit([p.mask for p in pairs], None if None in spacings else spacings, config.shape)
-        while True:
-            p = pairs[int(rng.integers(len(pairs)))]
-            target = None if config.target_hc_mm is None else float(rng.uniform(*config.target_hc_mm))
-            sampled = model.sample(rng, target_hc_mm=target, shape=p.mask.shape)
-            yield Candidate(sampled.mask, p.fov, sampled.spacing_mm, p, sampled.fell_back, target)
+class MaskSource:
+    """Draws masks (with field of view and pixel size) from one of the three sources.
+
+    A draw can ask for attributes (e.g. view=2CH): masks then come only from source pairs with those
+    attributes, so a 2-chamber image is conditioned on 2-chamber anatomy (for `shape`, a shape model
+    is fitted per attribute group with at least `min_group` masks).
+    """
+
+    def __init__(self, pairs: Sequence[SourcePair], config: GenerateConfig, progress: bool = False,
+                 min_group: int = 5):
+        self.pairs = list(pairs)
+        self.config = config
+        self.progress = progress
+        self.min_group = min_group
+        self._orders: dict[tuple, list[int]] = {}
+        self._shape_models: dict[tuple, ShapeModel] = {}
+
+    def pool(self, attributes: Mapping[str, str]) -> tuple[tuple, list[SourcePair]]:
+        key = tuple(sorted(attributes.items()))
+        matching = [p for p in self.pairs if all(p.record.attributes.get(k) == v for k, v in attributes.items())]
+        return (key, matching) if matching else ((), self.pairs)
+
+    def draw(self, rng: np.random.Generator, attributes: Mapping[str, str] | None = None) -> Candidate:
+        key, pool = self.pool(attributes or {})
+        source = self.config.mask_source
+        if source == "train":  # every pair once (in random order) before any repeats
+            order = self._orders.get(key)
+            if not order:
+                order = self._orders[key] = [int(i) for i in rng.permutation(len(pool))]
+            p = pool[order.pop()]
+            return Candidate(p.mask, p.fov, p.spacing_mm, p)
+        p = pool[int(rng.integers(len(pool)))]
+        if source == "deform":
+            deformed = deform_mask(p.mask, rng, self.config.deform)
+            return Candidate(deformed.mask, p.fov, p.spacing_mm, p, fell_back=deformed.fell_back)
+        model = self._shape_model(key if len(pool) >= self.min_group else (), pool)
+        target = None if self.config.target_hc_mm is None else float(rng.uniform(*self.config.target_hc_mm))
+        sampled = model.sample(rng, target_hc_mm=target, shape=p.mask.shape)
+        return Candidate(sampled.mask, p.fov, sampled.spacing_mm, p, sampled.fell_back, target)
+
+    def _shape_model(self, key: tuple, pool: Sequence[SourcePair]) -> ShapeModel:
+        if key not in self._shape_models:
+            members = pool if key else self.pairs
+            if self.progress:
+                print(f"fitting a shape model to {len(members)} masks" + (f" with {dict(key)}" if key else ""))
+            spacings = [p.spacing_mm for p in members]
+            self._shape_models[key] = ShapeModel.fit([p.mask for p in members],
+                                                     None if None in spacings else spacings, self.config.shape)
+        return self._shape_models[key]
 
 
 def generate_dataset(
@@ -217,7 +244,7 @@ def generate_dataset(
         raise DataError(f"{source}: {info.num_labels} labels but the model {run} was trained with {model.num_labels}")
     pairs = load_source_pairs(source_records(dataset, config.split), model.size, progress)
     rng = np.random.default_rng(config.seed)
-    candidates = mask_candidates(pairs, config, rng, progress)
+    masks = MaskSource(pairs, config, progress)
     rule = None if config.filter_dice is None else FidelityFilter(config.filter_dice, config.filter_mode)
     categorical = info.categorical_attributes
     max_draws = config.n if rule is None or rule.mode == "flag" else math.ceil(config.n * config.max_draws_factor)
@@ -238,10 +265,11 @@ def generate_dataset(
     with DatasetWriter(out, out_info, overwrite=overwrite) as writer, \
             tqdm(total=config.n, desc=f"generating ({config.mask_source} masks)", disable=not progress) as bar:
         while kept < config.n and drawn < max_draws:
-            batch = [next(candidates) for _ in range(min(config.batch_size, max_draws - drawn))]
+            wanted = [config.attributes.draw(rng) for _ in range(min(config.batch_size, max_draws - drawn))]
+            batch = [masks.draw(rng, w) for w in wanted]
             batch_seeds = seeds[drawn : drawn + len(batch)]
             drawn += len(batch)
-            rows = [config.attributes.draw(rng, _categorical(c.base.record, categorical)) for c in batch]
+            rows = [{**_categorical(c.base.record, categorical), **w} for c, w in zip(batch, wanted, strict=True)]
             output = model.pipe(
                 labels=to_square([c.mask for c in batch], model.size).long(),
                 fov=to_square([c.fov for c in batch], model.size)[:, None],
