@@ -19,9 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 CLI_MD = REPO / "docs" / "cli.md"
 REGENERATE = "make docs"
 HEADER = (
-    "<!-- Generated from the CLI by `make docs` (docs/generate_cli_reference.py, typer's doc generator). "
-    "Do not edit by hand: tests/test_docs.py fails when this file differs from the CLI. -->\n\n"
+    "<!-- Generated from the CLI by `make docs` (docs/generate_cli_reference.py, typer {typer_version}'s doc "
+    "generator). Do not edit by hand: tests/test_docs.py fails when this file differs from the CLI. -->\n\n"
 )
+
+
+def typer_version() -> str:
+    """The layout of the generated Markdown depends on typer's version, so the header records it."""
+    from importlib.metadata import version
+
+    return version("typer")
 
 
 def render_cli_reference() -> str:
@@ -33,7 +40,7 @@ def render_cli_reference() -> str:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"typer's doc generator failed:\n{done.stderr}")
-    return HEADER + done.stdout.strip() + "\n"
+    return HEADER.format(typer_version=typer_version()) + done.stdout.strip() + "\n"
 
 
 def main(argv: list[str]) -> int:
