@@ -18,6 +18,7 @@ from conftest import ellipse_pair
 
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
 from sonosynth.data.imageio import read_image
+from sonosynth.errors import SonosynthError
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -201,3 +202,27 @@ def test_docs_index_links_every_page():
     for page in sorted(DOCS.glob("*.md")):
         if page.name != "index.md":
             assert f"]({page.name})" in index, f"docs/index.md does not link {page.name}; add it to the map"
+
+
+# ---- README picture -----------------------------------------------------------------------------------
+
+
+def test_overview_rows_pair_each_generated_image_with_its_real_source(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_overview", DOCS / "make_overview.py")
+    overview = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overview)
+    real = write_split_dataset(tmp_path / "real", n=4)
+    info = DatasetInfo(name="synth", labels={"0": "background", "1": "head"})
+    with DatasetWriter(tmp_path / "synth", info) as writer:
+        for i, (source, mask_source) in enumerate([("case_2", "deform"), ("case_1", "train"), ("case_3", "train")]):
+            image, mask = np.full((36, 52), 10 * (i + 1), np.uint8), (Dataset.open(real)[int(source[-1])].mask)
+            writer.add(f"synth_{i}", image, mask, extra={"mask_source": mask_source, "source_id": source})
+    rows = overview.rows_from_synthetic(tmp_path / "synth", real, n=2)
+    real_images = {s.id: s.image for s in Dataset.open(real)}
+    assert [row[1][0, 0, 0] for row in rows] == [20, 30]  # the deform pair is skipped
+    assert np.array_equal(rows[0][2][..., 0], real_images["case_1"])
+    assert np.array_equal(rows[1][2][..., 0], real_images["case_3"])
+    picture = overview.compose(rows, ["mask", "generated", "real"], height=40)
+    assert picture.shape[0] == 18 + 2 * 40 + 4 and picture.shape[2] == 3
+    with pytest.raises(SonosynthError, match="fewer than 3"):
+        overview.rows_from_synthetic(tmp_path / "synth", real, n=3)
