@@ -38,6 +38,34 @@ def tile(arrays: list[np.ndarray], label: str, cell: int) -> Image.Image:
     return row
 
 
+def validity_stats(pairs, shape_model, rng: np.random.Generator, n: int) -> None:
+    """How often deform/shape draws are redrawn, fall back or break the anatomy rules; target-HC accuracy."""
+    from sonosynth.synthesis.masks import AnatomyRules, deform_mask
+
+    for source in ("deform", "shape"):
+        start, fell_back, attempts, broken = time.perf_counter(), 0, [], 0
+        for _ in range(n):
+            if source == "deform":
+                p = pairs[int(rng.integers(len(pairs)))]
+                result, rules = deform_mask(p.mask, rng), AnatomyRules.of(p.mask)
+            else:
+                result, rules = shape_model.sample(rng, shape=pairs[0].mask.shape), shape_model.rules
+            fell_back += result.fell_back
+            attempts.append(result.attempts)
+            broken += bool(rules.violations(result.mask))
+        ms = (time.perf_counter() - start) / n * 1000
+        print(f"{source}: {n} masks, {fell_back} fell back, {np.mean(attempts):.2f} draws/mask, "
+              f"{broken} rule violations, {ms:.1f} ms/mask")
+    errors, spacings = [], []
+    targets = np.linspace(50, 350, 61)
+    for target in targets:
+        sample = shape_model.sample(rng, target_hc_mm=float(target), shape=pairs[0].mask.shape)
+        errors.append(abs(head_circumference_mm(sample.mask, sample.spacing_mm) - target) / target)
+        spacings.append(sample.spacing_mm)
+    print(f"target HC 50..350 mm ({len(targets)} targets): relative error median {np.median(errors):.4f}, "
+          f"worst {np.max(errors):.4f}; pixel sizes {min(spacings):.3f}-{max(spacings):.3f} mm")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True)
@@ -49,6 +77,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="grid size without a model (else the model's)")
     parser.add_argument("--hc", type=float, nargs="*", default=[120.0, 200.0, 280.0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stats", type=int, default=0, help="no model: validate N draws per source")
     args = parser.parse_args()
 
     dataset = source_records(Dataset.open(args.source), "auto")
@@ -99,6 +128,8 @@ def main() -> None:
                     masks.append(sample.mask)
             print(f"shape at target HC {args.hc} mm: {len(errors)} masks, relative error median "
                   f"{np.median(errors):.4f}, worst {np.max(errors):.4f}")
+            if args.stats:
+                validity_stats(pairs, model, rng, args.stats)
             rows.append(tile(masks, "shape at\nHC " + "/".join(f"{h:g}" for h in args.hc) + " mm", cell))
     grid = Image.new("L", (max(r.width for r in rows), sum(r.height for r in rows)), 0)
     y = 0
