@@ -300,12 +300,14 @@ def train(
     config: TrainConfig,
     run_dir: str | Path,
     resume: bool = False,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], bool | None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train (or resume) into `run_dir`; return when `config.max_steps` optimizer steps are done.
 
-    `on_step(step, loss)` is called after every optimizer step (and after its checkpoint).
+    `on_step(step, loss)` is called after every optimizer step (and after its checkpoint). If it
+    returns True on any process, this step becomes the last one: the final checkpoint, sample grid
+    and model are written as at `max_steps` (e.g. to stop on a time budget).
     """
     import torch
     import torch.nn.functional as F
@@ -349,8 +351,9 @@ def train(
     if config.log_with:
         accelerator.init_trackers("train", config={k: str(v) for k, v in config.to_dict().items()})
 
-    torch.manual_seed(derive_seed(config.seed, "init"))  # weight init is the one use of global state
-    model = build_model(config.model)
+    with torch.random.fork_rng(devices=[]):  # weight init draws from the global generator; leave it as it was
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        model = build_model(config.model)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     lr_scheduler = get_scheduler(
@@ -432,6 +435,14 @@ def train(
             ckpt.finish_checkpoint(tmp, state, config.keep_checkpoints)
         accelerator.wait_for_everyone()
 
+    last_grid = -1
+
+    def write_grid(at_step: int) -> None:
+        nonlocal last_grid
+        grid_path = run_dir / SAMPLES_DIR / f"{ckpt.checkpoint_name(at_step)}.png"
+        _write_sample_grid(_ema_copy(unwrapped, ema), grid_items, config, grid_path)
+        last_grid = at_step
+
     losses: list[float] = []
     bar = tqdm(total=config.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (progress and accelerator.is_main_process))
@@ -482,18 +493,22 @@ def train(
         if config.log_with:
             accelerator.log({"loss": loss_value, "lr": lr}, step=step)
 
-        if step % config.checkpoint_every == 0 or step == config.max_steps:
+        if step % config.checkpoint_every == 0:
             write_checkpoint(step)
             last_checkpoint = step
-        if (step % config.sample_every == 0 or step == config.max_steps) and accelerator.is_main_process:
-            grid_path = run_dir / SAMPLES_DIR / f"{ckpt.checkpoint_name(step)}.png"
-            _write_sample_grid(_ema_copy(unwrapped, ema), grid_items, config, grid_path)
+        if step % config.sample_every == 0 and accelerator.is_main_process:
+            write_grid(step)
         accelerator.wait_for_everyone()
         if on_step is not None:
-            on_step(step, loss_value)
+            stop = torch.tensor(float(bool(on_step(step, loss_value))), device=device)
+            if float(accelerator.reduce(stop, reduction="sum")) > 0:
+                break
     bar.close()
-    if last_checkpoint != step:  # resumed at max_steps, or max_steps lowered: still leave a final checkpoint
+    # The end: a final checkpoint and grid unless this very step already has them.
+    if last_checkpoint != step:
         write_checkpoint(step)
+    if last_grid != step and accelerator.is_main_process:
+        write_grid(step)
 
     model_dir = None
     if accelerator.is_main_process:
