@@ -16,7 +16,7 @@ from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset
-from sonosynth.synthesis.masks import AnatomyRules
+from sonosynth.synthesis.masks import AnatomyRules, DeformConfig
 
 
 def save_tiny_run(out: Path, num_labels: int = 2, class_attributes: dict[str, int] | None = None,
@@ -213,3 +213,23 @@ def test_generate_command_line(tmp_path, toy_run, toy_source):
     result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--n", "1",
                                       "--filter-dice", "0.9", "--out", str(tmp_path / "nofilter")])
     assert isinstance(result.exception, SonosynthError) and "--segmenter" in str(result.exception)
+
+
+def test_new_masks_stay_inside_the_field_of_view():
+    from sonosynth.data.format import Record
+    from sonosynth.synthesis.generate import MaskSource, SourcePair
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:64]
+    pairs = []
+    for i in range(6):
+        mask = (((yy - 24) / 9.0) ** 2 + ((xx - 20 - 2 * i) / 11.0) ** 2 <= 1).astype(np.uint8)
+        fov = (xx < 40).astype(np.uint8)  # a narrow fan: the right third is outside
+        pairs.append(SourcePair(Record(f"r{i}", "", ""), mask, fov, 0.5))
+    for source in ("deform", "shape"):
+        masks = MaskSource(pairs, GenerateConfig(mask_source=source,
+                                                 deform=DeformConfig(translation_frac=0.3)))
+        for _ in range(10):
+            candidate = masks.draw(rng)
+            outside = ((candidate.mask > 0) & (candidate.fov == 0)).sum()
+            assert outside <= 0.02 * (candidate.mask > 0).sum()

@@ -162,11 +162,15 @@ class MaskSource:
 
     A draw can ask for attributes (e.g. view=2CH): masks then come only from source pairs with those
     attributes, so a 2-chamber image is conditioned on 2-chamber anatomy (for `shape`, a shape model
-    is fitted per attribute group with at least `min_group` masks).
+    is fitted per attribute group with at least `min_group` masks). Deformed or sampled masks whose
+    foreground falls outside the field of view by more than `fov_tolerance` of its area are redrawn
+    (up to `max_fov_tries` times).
     """
 
     def __init__(self, pairs: Sequence[SourcePair], config: GenerateConfig, progress: bool = False,
-                 min_group: int = 5):
+                 min_group: int = 5, fov_tolerance: float = 0.02, max_fov_tries: int = 10):
+        self.fov_tolerance = fov_tolerance
+        self.max_fov_tries = max_fov_tries
         self.pairs = list(pairs)
         self.config = config
         self.progress = progress
@@ -181,15 +185,23 @@ class MaskSource:
 
     def draw(self, rng: np.random.Generator, attributes: Mapping[str, str] | None = None) -> Candidate:
         key, pool = self.pool(attributes or {})
-        source = self.config.mask_source
-        if source == "train":  # every pair once (in random order) before any repeats
+        if self.config.mask_source == "train":  # every pair once (in random order) before any repeats
             order = self._orders.get(key)
             if not order:
                 order = self._orders[key] = [int(i) for i in rng.permutation(len(pool))]
             p = pool[order.pop()]
             return Candidate(p.mask, p.fov, p.spacing_mm, p)
+        # New anatomy must lie in the scanner's field of view, or the image could not show it.
+        for _ in range(self.max_fov_tries):
+            candidate = self._new_mask(rng, key, pool)
+            foreground = candidate.mask > 0
+            if (foreground & (candidate.fov == 0)).sum() <= self.fov_tolerance * max(1, foreground.sum()):
+                break
+        return candidate
+
+    def _new_mask(self, rng: np.random.Generator, key: tuple, pool: Sequence[SourcePair]) -> Candidate:
         p = pool[int(rng.integers(len(pool)))]
-        if source == "deform":
+        if self.config.mask_source == "deform":
             deformed = deform_mask(p.mask, rng, self.config.deform)
             return Candidate(deformed.mask, p.fov, p.spacing_mm, p, fell_back=deformed.fell_back)
         model = self._shape_model(key if len(pool) >= self.min_group else (), pool)
