@@ -113,3 +113,29 @@ def test_edit_command_line(tmp_path, pair):
     assert np.array_equal(region, edit_region(mask, edited, 2))
     result = CliRunner().invoke(app, [*args, "--attr", "view=a", "--out", str(tmp_path / "out2")])
     assert "not conditioned on ['view']" in str(result.exception)
+
+
+def oracle_for_constant(model, value: float):
+    """The exact v-prediction of a model whose data is one constant image: RePaint with it must paint `value`."""
+    alphas = model.pipe.scheduler.alphas_cumprod
+
+    def forward(sample, timestep, condition=None, class_labels=None):
+        alpha_bar = alphas[timestep.long()].to(sample.dtype).view(-1, 1, 1, 1)
+        x0 = torch.full_like(sample, value)
+        epsilon = (sample - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+        return alpha_bar.sqrt() * epsilon - (1 - alpha_bar).sqrt() * x0
+
+    return forward
+
+
+def test_repaint_with_an_exact_model_paints_what_it_predicts(model, pair, monkeypatch):
+    from scipy import ndimage
+
+    assert model.pipe.scheduler.config.prediction_type == "v_prediction"
+    monkeypatch.setattr(model.unet, "forward", oracle_for_constant(model, 0.4))
+    image, mask, edited = pair
+    result = repaint(model, image, mask, edited, EditConfig(steps=10, jump_length=2, jump_n_sample=2, margin_px=2))
+    core = ndimage.binary_erosion(result.region, iterations=3)
+    assert core.any()
+    assert np.abs(result.image[core].astype(float) - 0.7 * 255).max() <= 3  # 0.4 in [-1, 1] is 178.5
+    assert np.array_equal(result.image[~result.region], image[~result.region])

@@ -88,3 +88,18 @@ def test_per_image_generators_make_results_independent_of_the_batch(model):
 def test_bad_config():
     with pytest.raises(SonosynthError, match="strength"):
         TwoStageConfig(strength=0.0)
+
+
+def test_exact_model_gives_its_image_after_both_stages(model, monkeypatch):
+    from test_edit import oracle_for_constant
+
+    monkeypatch.setattr(model.unet, "forward", oracle_for_constant(model, 0.4))
+    labels, fov = inputs()
+    draft = torch.zeros(2, 1, 16, 16)
+    refined = refine(model, draft, labels, None, None, steps=10, strength=0.5, guidance_scale=1.5,
+                     generators=generators())
+    assert torch.allclose(refined, torch.full_like(refined, 0.4), atol=1e-3)
+    images = two_stage_sample(model, labels, fov, None, TwoStageConfig(stage1_steps=3, stage2_steps=6),
+                              generators())
+    inside = fov.expand_as(images) > 0.5
+    assert torch.allclose(images[inside], torch.full_like(images[inside], 0.4), atol=1e-3)
