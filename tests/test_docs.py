@@ -48,9 +48,10 @@ def shown_commands(markdown: str) -> list[str]:
     commands = []
     for block in code_blocks(markdown, "bash"):
         for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #")[0].strip()
-            if line.startswith("sonosynth "):
-                commands.append(line)
+            # a command line, or one shown in a comment after "NAME: "; comments and "(...)" notes cut off
+            found = re.search(r"(?:^|: )(sonosynth [^#(]+)", line)
+            if found:
+                commands.append(found.group(1).strip())
     commands += [span for span in re.findall(r"`([^`\n]+)`", markdown) if span.startswith("sonosynth ")]
     return commands
 
