@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_toy_dataset
+from conftest import ellipse_pair, write_toy_dataset
 from test_masks import cardiac_mask
 
 from sonosynth.data.ellipse import head_circumference_mm
@@ -115,14 +115,22 @@ def test_new_masks_keep_the_anatomy_of_a_multilabel_source(tmp_path, mask_source
     assert len({s.mask.tobytes() for s in synth}) == 4
 
 
-def test_shape_source_hits_target_head_circumference(tmp_path, toy_run, toy_source):
+def test_shape_source_hits_target_head_circumference(tmp_path, toy_run):
+    source = tmp_path / "heads"
+    with DatasetWriter(source, DatasetInfo(name="heads", labels={"0": "background", "1": "head"},
+                                           attributes={"hc_mm": None})) as writer:
+        rng = np.random.default_rng(0)
+        for i in range(6):
+            image, mask = ellipse_pair(rng, 48, 64)
+            writer.add(f"h{i}", image, mask, spacing_mm=0.2, hc_mm=f"{head_circumference_mm(mask, 0.2):.2f}")
     config = GenerateConfig(mask_source="shape", n=3, steps=1, target_hc_mm=(12.0, 16.0), seed=2)
-    synth = Dataset.open(generate_dataset(toy_run, toy_source, tmp_path / "synth", config, progress=False))
+    synth = Dataset.open(generate_dataset(toy_run, source, tmp_path / "synth", config, progress=False))
     for sample in synth:
         target = float(sample.record.extra["target_hc_mm"])
         assert 12.0 <= target <= 16.0
         measured = head_circumference_mm(sample.mask, sample.record.spacing_mm)
         assert abs(measured - target) / target < 0.02
+        assert float(sample.record.attributes["hc_mm"]) == pytest.approx(measured, abs=0.01)
 
 
 def test_attribute_policy_fixes_or_samples_conditioning(tmp_path, toy_run, toy_source):

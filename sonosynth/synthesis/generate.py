@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter, Record, prepare_output
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.synthesis.fidelity import FidelityFilter, Predictor, score_samples
@@ -27,6 +28,8 @@ from sonosynth.synthesis.grid import reduce_mask, reduced_fov, reduced_spacing
 from sonosynth.synthesis.masks import DeformConfig, ShapeModel, ShapeModelConfig, deform_mask
 
 MASK_SOURCES = ("train", "deform", "shape")
+HC_ATTRIBUTE = "hc_mm"
+"""Free-form attribute the HC18 importer and the phantom use for the head circumference (mm)."""
 
 
 @dataclass
@@ -304,6 +307,10 @@ def generate_dataset(
                 if config.mask_source == "train":  # free-form attributes (e.g. hc_mm) still describe the mask
                     attributes.update({k: v for k, v in c.base.record.attributes.items()
                                        if v and k not in categorical})
+                elif info.attributes.get(HC_ATTRIBUTE, "") is None and c.spacing_mm and info.num_labels == 2:
+                    hc = head_circumference_mm(c.mask > 0, c.spacing_mm)  # new anatomy: measure it like the importer
+                    if hc is not None:
+                        attributes[HC_ATTRIBUTE] = f"{hc:.2f}"
                 writer.add(
                     f"synth_{kept:05d}", image, c.mask,
                     subject=(c.base.record.subject or c.base.record.id) if config.mask_source != "shape"
