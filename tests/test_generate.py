@@ -87,6 +87,12 @@ def test_train_masks_give_a_dataset_with_provenance(tmp_path, toy_run, toy_sourc
     provenance = json.loads((out / "dataset.json").read_text())["provenance"]
     assert provenance["config"]["mask_source"] == "train" and provenance["written"] == 5
 
+    from sonosynth.data.export import export_nnunet
+
+    exported = Path(export_nnunet(out, tmp_path / "nnunet", 501))
+    assert len(list((exported / "imagesTr").glob("*_0000.png"))) == 5
+    assert len(list((exported / "labelsTr").glob("*.png"))) == 5
+
 
 def test_generation_is_reproducible_from_the_seed(tmp_path, toy_run, toy_source):
     config = GenerateConfig(mask_source="deform", n=3, steps=2, batch_size=2, seed=4)
