@@ -47,6 +47,22 @@ def test_shapes_per_kind(kind: str) -> None:
     assert sum(p.numel() for p in model.parameters()) < 100_000
 
 
+@pytest.mark.parametrize("block", ["light", "monai"])
+def test_spade_blocks_condition_the_decoder(block: str) -> None:
+    from monai.networks.blocks import SPADE
+
+    from sonosynth.models.denoiser import LightSPADE
+
+    model = randomize(build_model(ModelConfig(kind="spade", size="tiny", num_labels=3, spade_block=block)))
+    expected = LightSPADE if block == "light" else SPADE
+    norms = [m for m in model.modules() if isinstance(m, (LightSPADE, SPADE))]
+    assert norms and all(isinstance(m, expected) for m in norms)
+    x0, condition, _ = model.training_inputs(make_batch())
+    flipped = model.make_condition((make_batch()["label"] + 1) % 3, fov=make_batch()["fov"])
+    with torch.no_grad():
+        assert not torch.allclose(model(x0, 10, condition), model(x0, 10, flipped))
+
+
 def test_joint_targets_and_decode_round_trip() -> None:
     model = build_model(ModelConfig(kind="joint", size="tiny", num_labels=3))
     batch = make_batch()
@@ -128,7 +144,14 @@ def test_config_presets_round_trip_and_errors() -> None:
     assert config.channels == SIZE_PRESETS["small"]["channels"]
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert ModelConfig(size="small", channels=[16, 32]).channels == [16, 32]
-    for bad in ({"kind": "gan"}, {"size": "huge"}, {"num_labels": 1}, {"channels": [10, 16], "size": "tiny"}):
+    bad_configs = (
+        {"kind": "gan"},
+        {"size": "huge"},
+        {"num_labels": 1},
+        {"channels": [10, 16], "size": "tiny"},
+        {"spade_block": "fancy"},
+    )
+    for bad in bad_configs:
         with pytest.raises(SonosynthError):
             ModelConfig(**bad)
     with pytest.raises(SonosynthError, match="unknown model config"):

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from sonosynth.models.denoiser import ConditionalDenoiser
 
 KINDS = ("spade", "concat", "joint")
+# "monai": MONAI's SPADE (3x3 convolutions, instance-normalised scale/shift); "light": 1x1
+# scale/shift from the label map, several times cheaper on a CPU (see docs/models.md).
+SPADE_BLOCKS = ("monai", "light")
 
 # Width/depth per size. `attention_levels` marks levels with self-attention; MONAI's U-Nets also
 # always put one attention block in the middle (lowest resolution), which is where it is cheap.
@@ -26,16 +29,18 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
         "attention_levels": [False, False],
         "norm_num_groups": 4,
         "spade_intermediate_channels": 8,
+        "spade_block": "light",
         "num_head_channels": 8,
     },
     # For CPU demos at 64-128 px: the label map already carries the layout, so the network needs
     # little capacity or receptive field; no attention above the middle block.
     "small": {
-        "channels": [32, 64, 64],
+        "channels": [16, 32, 64, 64],
         "layers_per_block": 1,
-        "attention_levels": [False, False, False],
+        "attention_levels": [False, False, False, False],
         "norm_num_groups": 8,
         "spade_intermediate_channels": 16,
+        "spade_block": "light",
         "num_head_channels": 32,
     },
     # For a GPU at 256 px.
@@ -45,6 +50,7 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
         "attention_levels": [False, False, False, True],
         "norm_num_groups": 32,
         "spade_intermediate_channels": 64,
+        "spade_block": "monai",
         "num_head_channels": 32,
     },
 }
@@ -60,6 +66,7 @@ class ModelConfig:
     - `coord_channels`: normalised depth and lateral position channels (for patch training).
     - `class_cardinalities`: number of values of each categorical attribute, in order; each gets
       one extra "unknown" index used for classifier-free guidance's null class.
+    - `spade_block`: which spatially-adaptive normaliser the spade decoder uses (`SPADE_BLOCKS`).
     """
 
     kind: str = "spade"
@@ -73,6 +80,7 @@ class ModelConfig:
     attention_levels: list[bool] | None = None
     norm_num_groups: int | None = None
     spade_intermediate_channels: int | None = None
+    spade_block: str | None = None
     num_head_channels: int | None = None
 
     def __post_init__(self) -> None:
@@ -93,6 +101,8 @@ class ModelConfig:
                 setattr(self, name, list(value) if isinstance(value, list) else value)
         self.channels = [int(c) for c in self.channels]
         self.attention_levels = [bool(a) for a in self.attention_levels]
+        if self.spade_block not in SPADE_BLOCKS:
+            raise SonosynthError(f"spade_block must be one of {list(SPADE_BLOCKS)}, got '{self.spade_block}'")
         if len(self.attention_levels) != len(self.channels):
             raise SonosynthError(
                 f"attention_levels {self.attention_levels} must have one entry per level of channels {self.channels}"

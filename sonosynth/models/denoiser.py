@@ -43,6 +43,46 @@ class SummedAttributeEmbedding(nn.Module):
         return self.table(class_labels + self.offsets).sum(dim=1)
 
 
+class LightSPADE(nn.Module):
+    """Spatially-adaptive normalisation with 1x1 modulation: norm(x) * (1 + gamma(m)) + beta(m).
+
+    A drop-in for MONAI's `SPADE` (same forward signature). MONAI's version uses 3x3 convolutions
+    and instance-normalises gamma and beta; on a CPU those cost more than the rest of a small
+    U-Net. Here the label map (resized to x) goes through a 1x1 layer and one 1x1 convolution
+    gives gamma and beta together: each decoder level still knows which label every pixel has,
+    and the U-Net's own convolutions supply the spatial context.
+    """
+
+    def __init__(self, label_nc: int, norm_nc: int, hidden_channels: int, num_groups: int, eps: float = 1e-6):
+        super().__init__()
+        self.param_free_norm = nn.GroupNorm(num_groups, norm_nc, eps=eps, affine=False)
+        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden_channels, 1), nn.SiLU())
+        self.mlp_gamma_beta = nn.Conv2d(hidden_channels, 2 * norm_nc, 1)
+
+    def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
+        segmap = nn.functional.interpolate(segmap, size=x.shape[2:], mode="nearest")
+        gamma, beta = self.mlp_gamma_beta(self.mlp_shared(segmap)).chunk(2, dim=1)
+        return self.param_free_norm(x) * (1 + gamma) + beta
+
+
+def use_light_spade(unet: nn.Module) -> None:
+    """Replace every MONAI `SPADE` normaliser of a SPADE U-Net by a `LightSPADE` of the same shape."""
+    from monai.networks.blocks import SPADE
+
+    for parent in list(unet.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SPADE):
+                norm = child.param_free_norm
+                light = LightSPADE(
+                    label_nc=child.mlp_shared.conv.in_channels,
+                    norm_nc=child.mlp_gamma.conv.out_channels,
+                    hidden_channels=child.mlp_shared.conv.out_channels,
+                    num_groups=norm.num_groups,
+                    eps=norm.eps,
+                )
+                setattr(parent, name, light)
+
+
 def coordinate_channels(batch: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(B, 2, S, S) normalised depth (rows) and lateral (columns) positions in [-1, 1] for a full image."""
     ramp = torch.linspace(-1.0, 1.0, size, device=device)
@@ -74,6 +114,7 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
         attention_levels: list[bool] | None = None,
         norm_num_groups: int | None = None,
         spade_intermediate_channels: int | None = None,
+        spade_block: str | None = None,
         num_head_channels: int | None = None,
     ):
         super().__init__()
@@ -89,6 +130,7 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
             attention_levels=None if attention_levels is None else list(attention_levels),
             norm_num_groups=norm_num_groups,
             spade_intermediate_channels=spade_intermediate_channels,
+            spade_block=spade_block,
             num_head_channels=num_head_channels,
         )
         self.model_config = cfg
@@ -112,6 +154,8 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
                 spade_intermediate_channels=cfg.spade_intermediate_channels,
                 **common,
             )
+            if cfg.spade_block == "light":
+                use_light_spade(self.unet)
         else:
             from monai.networks.nets import DiffusionModelUNet
 
