@@ -13,6 +13,15 @@ from sonosynth.data.format import DatasetInfo, DatasetWriter
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per test process: `make test` runs one pytest-xdist worker per core, and tiny
+    convolutions on oversubscribed cores run many times slower than on one thread each."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def hc18_dir() -> Path:
     """HC18 lives outside the repo: $SONOSYNTH_DATA_DIR/hc18, else ../shared/data/hc18."""
     base = os.environ.get("SONOSYNTH_DATA_DIR")
