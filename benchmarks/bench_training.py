@@ -4,12 +4,14 @@
 
 Times optimizer steps through `sonosynth.diffusion.train.train` on a small phantom fetal-head
 dataset; the first `--warmup` steps (allocation, caching of decoded pairs) and the last step (it
-also writes the final checkpoint) are not timed. Prints a table of steps/s and images/s.
+also writes the final checkpoint) are not timed. Prints a table of steps/s and images/s, and the
+process CPU seconds per step (all threads), which is less sensitive to other load on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +45,7 @@ def measure(dataset: Path, model: str, size: int, steps: int, warmup: int, batch
     from sonosynth.models.configs import ModelConfig, build_model
 
     stamps: dict[int, float] = {}
+    cpu_stamps: dict[int, float] = {}
     config = TrainConfig(
         dataset=str(dataset), model=ModelConfig(size=model, kind=kind), image_size=size, batch_size=batch_size,
         max_steps=warmup + steps + 1, checkpoint_every=10**9, sample_every=10**9, num_samples=1, sample_steps=1,
@@ -50,14 +53,16 @@ def measure(dataset: Path, model: str, size: int, steps: int, warmup: int, batch
     with tempfile.TemporaryDirectory() as run:
         def stamp(step: int, loss: float) -> None:
             stamps[step] = time.perf_counter()
+            cpu_stamps[step] = time.process_time()
 
         train(config, Path(run) / "run", progress=False, on_step=stamp)
     seconds = stamps[warmup + steps] - stamps[warmup]
+    cpu_seconds = cpu_stamps[warmup + steps] - cpu_stamps[warmup]
     params = sum(p.numel() for p in build_model(ModelConfig(size=model, kind=kind)).parameters())
     return {
         "model": model, "kind": kind, "px": size, "batch": batch_size, "params": params,
         "steps_per_s": steps / seconds, "images_per_s": steps * batch_size / seconds,
-        "threads": torch.get_num_threads(),
+        "cpu_s_per_step": cpu_seconds / steps, "threads": torch.get_num_threads(),
     }
 
 
@@ -73,6 +78,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         dataset = make_dataset(Path(tmp) / "data", args.pairs, max(args.sizes))
         for model in args.models:
@@ -82,11 +88,13 @@ def main() -> None:
                 print(f"{model:>5} {size:>4} px: {row['steps_per_s']:.3f} steps/s", flush=True)
 
     print()
-    print("| model | kind | px | batch | params | steps/s | images/s | s/step | torch threads |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"load average before: {load[0]:.1f}, after: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
+    print("| model | kind | px | batch | params | steps/s | images/s | s/step | CPU s/step | torch threads |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['kind']} | {r['px']} | {r['batch']} | {r['params'] / 1e6:.2f} M | "
-              f"{r['steps_per_s']:.3f} | {r['images_per_s']:.2f} | {1 / r['steps_per_s']:.2f} | {r['threads']} |")
+              f"{r['steps_per_s']:.3f} | {r['images_per_s']:.2f} | {1 / r['steps_per_s']:.2f} | "
+              f"{r['cpu_s_per_step']:.2f} | {r['threads']} |")
 
 
 if __name__ == "__main__":

@@ -48,13 +48,15 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in RUN."),
 ) -> None:
     """Train a mask-to-ultrasound diffusion model (loads with MaskToUltrasoundPipeline.from_pretrained(RUN))."""
-    from sonosynth.diffusion.train import CONFIG_YAML, TrainConfig, train, with_model_size
+    from sonosynth.diffusion.train import CONFIG_YAML, TrainConfig, read_yaml_mapping, train, with_model_size
 
     base = TrainConfig()
     if resume and (out / CONFIG_YAML).is_file():
         base = TrainConfig.from_yaml(out / CONFIG_YAML)
     if config_file is not None:
-        base = TrainConfig.from_dict({**base.to_dict(), **_read_yaml(config_file)}, origin=str(config_file))
+        # Sections replace the defaults' whole: a partial `model:` (e.g. just `size: tiny`) is completed
+        # from that size's preset, not mixed with another preset's widths.
+        base = TrainConfig.from_dict({**base.to_dict(), **read_yaml_mapping(config_file)}, origin=str(config_file))
     overrides: dict[str, Any] = {
         "dataset": str(dataset),
         "image_size": size,
@@ -75,22 +77,6 @@ def train_command(
         )
     result = train(config, out, resume=resume)
     typer.echo(f"trained to step {result.step} in {result.seconds:.0f} s; model in {result.model_dir or out}")
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    from sonosynth.errors import SonosynthError
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SonosynthError(f"{path}: cannot read training config ({exc})") from None
-    if not isinstance(data, dict):
-        raise SonosynthError(f"{path}: a training config must be a YAML mapping")
-    # Sections replace the defaults' whole: a partial `model:` (e.g. just `size: tiny`) is completed
-    # from that size's preset, not mixed with another preset's widths.
-    return data
 
 
 def register(app: typer.Typer) -> None:

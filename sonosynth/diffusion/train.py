@@ -149,20 +149,30 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SonosynthError(f"{path}: cannot read training config ({exc})") from None
-        if not isinstance(data, dict):
-            raise SonosynthError(f"{path}: a training config must be a YAML mapping")
-        return cls.from_dict(data, origin=str(path))
+        return cls.from_dict(read_yaml_mapping(path), origin=str(path))
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".part")
         tmp.write_text(self.to_yaml())
         os.replace(tmp, path)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping, with a one-line error naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise SonosynthError(f"{path}: cannot read training config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SonosynthError(f"{path}: invalid YAML{where} ({getattr(exc, 'problem', None) or 'syntax error'})") \
+            from None
+    if not isinstance(data, dict):
+        raise SonosynthError(f"{path}: a training config must be a YAML mapping")
+    return data
 
 
 def with_model_size(model: ModelConfig, size: str | None = None, kind: str | None = None) -> ModelConfig:
