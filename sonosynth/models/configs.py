@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from sonosynth.models.denoiser import ConditionalDenoiser
 
 KINDS = ("spade", "concat", "joint")
-# "monai": MONAI's SPADE (3x3 convolutions, instance-normalised scale/shift); "light": 1x1
-# scale/shift from the label map, several times cheaper on a CPU (see docs/models.md).
+# "monai": MONAI's SPADE (3x3 convolutions, instance-normalised scale/shift, with
+# `spade_intermediate_channels` hidden); "light": one 1x1 scale/shift from the condition
+# (per-label, CLADE-style), several times cheaper on a CPU (see docs/models.md).
 SPADE_BLOCKS = ("monai", "light")
 
 # Width/depth per size. `attention_levels` marks levels with self-attention; MONAI's U-Nets also
@@ -35,9 +36,9 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
     # For CPU demos at 64-128 px: the label map already carries the layout, so the network needs
     # little capacity or receptive field; no attention above the middle block.
     "small": {
-        "channels": [16, 32, 64, 64],
+        "channels": [16, 32, 64],
         "layers_per_block": 1,
-        "attention_levels": [False, False, False, False],
+        "attention_levels": [False, False, False],
         "norm_num_groups": 8,
         "spade_intermediate_channels": 16,
         "spade_block": "light",

@@ -44,24 +44,26 @@ class SummedAttributeEmbedding(nn.Module):
 
 
 class LightSPADE(nn.Module):
-    """Spatially-adaptive normalisation with 1x1 modulation: norm(x) * (1 + gamma(m)) + beta(m).
+    """Spatially-adaptive normalisation with a 1x1 modulation: norm(x) * (1 + gamma(m)) + beta(m).
 
-    A drop-in for MONAI's `SPADE` (same forward signature). MONAI's version uses 3x3 convolutions
-    and instance-normalises gamma and beta; on a CPU those cost more than the rest of a small
-    U-Net. Here the label map (resized to x) goes through a 1x1 layer and one 1x1 convolution
-    gives gamma and beta together: each decoder level still knows which label every pixel has,
-    and the U-Net's own convolutions supply the spatial context.
+    A drop-in for MONAI's `SPADE` (same forward signature). MONAI's version runs three 3x3
+    convolutions per normaliser (shared, gamma, beta) and instance-normalises gamma and beta; on a
+    CPU those cost more than the rest of a small U-Net. Here one 1x1 convolution of the condition
+    (area-resized to x, so thin structures survive as fractions) gives gamma and beta: on a one-hot
+    label map that is a learned scale and shift per label, plus terms for fov and coordinates, as
+    in class-adaptive normalisation (CLADE, Tan et al. 2021). Each decoder level still knows which
+    label every pixel has; the U-Net's own convolutions supply the spatial context.
     """
 
-    def __init__(self, label_nc: int, norm_nc: int, hidden_channels: int, num_groups: int, eps: float = 1e-6):
+    def __init__(self, label_nc: int, norm_nc: int, num_groups: int, eps: float = 1e-6):
         super().__init__()
         self.param_free_norm = nn.GroupNorm(num_groups, norm_nc, eps=eps, affine=False)
-        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden_channels, 1), nn.SiLU())
-        self.mlp_gamma_beta = nn.Conv2d(hidden_channels, 2 * norm_nc, 1)
+        self.gamma_beta = nn.Conv2d(label_nc, 2 * norm_nc, 1)
 
     def forward(self, x: torch.Tensor, segmap: torch.Tensor) -> torch.Tensor:
-        segmap = nn.functional.interpolate(segmap, size=x.shape[2:], mode="nearest")
-        gamma, beta = self.mlp_gamma_beta(self.mlp_shared(segmap)).chunk(2, dim=1)
+        if segmap.shape[2:] != x.shape[2:]:
+            segmap = nn.functional.interpolate(segmap, size=x.shape[2:], mode="area")
+        gamma, beta = self.gamma_beta(segmap).chunk(2, dim=1)
         return self.param_free_norm(x) * (1 + gamma) + beta
 
 
@@ -76,7 +78,6 @@ def use_light_spade(unet: nn.Module) -> None:
                 light = LightSPADE(
                     label_nc=child.mlp_shared.conv.in_channels,
                     norm_nc=child.mlp_gamma.conv.out_channels,
-                    hidden_channels=child.mlp_shared.conv.out_channels,
                     num_groups=norm.num_groups,
                     eps=norm.eps,
                 )
