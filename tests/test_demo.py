@@ -27,7 +27,7 @@ def test_demo_fast_end_to_end_then_resumes(tmp_path: Path):
     for name in ("results.csv", "results.md", "report.html"):
         assert (report / name).is_file(), name
     cells = sorted((report / "cells").glob("*.json"))
-    assert [json.loads(c.read_text())["arm"] for c in cells] == ["real", "real+synthetic"]
+    assert sorted(json.loads(c.read_text())["arm"] for c in cells) == ["real", "real+synthetic"]
 
     # Every stage is complete, so a second run recomputes nothing and leaves the results as they were.
     before = (report / "results.csv").read_text()
