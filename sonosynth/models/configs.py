@@ -24,10 +24,12 @@ SPADE_BLOCKS = ("monai", "light")
 # always put one attention block in the middle (lowest resolution), which is where it is cheap.
 SIZE_PRESETS: dict[str, dict[str, Any]] = {
     # For tests: a few tens of thousands of parameters.
+    # Three levels so the middle block's attention runs at 1/4 of the side (at 1/2 it needs
+    # (S/2)^4 attention weights: tens of GB at 256 px).
     "tiny": {
-        "channels": [8, 16],
+        "channels": [8, 16, 16],
         "layers_per_block": 1,
-        "attention_levels": [False, False],
+        "attention_levels": [False, False, False],
         "norm_num_groups": 4,
         "spade_intermediate_channels": 8,
         "spade_block": "light",
