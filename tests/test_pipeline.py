@@ -76,6 +76,19 @@ def test_round_trip_model_dir_and_run_dir(tmp_path: Path) -> None:
         MaskToUltrasoundPipeline.from_pretrained(tmp_path / "missing")
 
 
+def test_weights_that_do_not_fit_the_network_are_an_error(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tiny_pipeline().save_pretrained(tmp_path / "model")
+    weights = next((tmp_path / "model" / "unet").glob("*.safetensors"))
+    tensors = load_file(weights)
+    dropped = sorted(tensors)[0]
+    tensors[dropped.replace("unet.", "unet.renamed_", 1)] = tensors.pop(dropped)
+    save_file(tensors, weights)
+    with pytest.raises(SonosynthError, match="do not fit this version"):
+        MaskToUltrasoundPipeline.from_pretrained(tmp_path / "model")
+
+
 def test_determinism_seeds_and_batch_size() -> None:
     pipe = tiny_pipeline()
     labels, fov = label_maps(3)

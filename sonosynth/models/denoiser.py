@@ -165,6 +165,28 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
             time_embed_dim = cfg.channels[0] * 4
             self.unet.class_embedding = SummedAttributeEmbedding(cfg.class_cardinalities, time_embed_dim)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
+        """Like diffusers' loader, but weights that do not fit this version's network are an error.
+
+        diffusers only warns and initialises missing layers at random, which would turn a model
+        saved by another sonosynth version into noise without anyone noticing.
+        """
+        from sonosynth.errors import SonosynthError
+
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
+        mismatched = info.get("mismatched_keys") or []
+        if missing or unexpected or mismatched:
+            raise SonosynthError(
+                f"{pretrained_model_name_or_path}: saved weights do not fit this version's "
+                f"'{model.model_config.kind}' network ({len(missing)} missing, {len(unexpected)} unexpected, "
+                f"{len(mismatched)} of another shape, e.g. {(missing or unexpected or mismatched)[0]}); "
+                "load it with the sonosynth version that trained it, or retrain"
+            )
+        return (model, info) if want_info else model
+
     # -- shape facts -------------------------------------------------------------------------------
     @property
     def sample_channels(self) -> int:
