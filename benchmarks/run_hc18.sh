@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Real-data (HC18) measurements for issues 4, 5 and 6, on the CPU, exactly as recorded in
 # docs/results/hc18/README.md. Outputs go under $WORK (default /tmp), never into the repository.
-#   benchmarks/run_hc18.sh [STAGE ...]   stages: data train segmenter generate fidelity downstream (default: all)
+#   benchmarks/run_hc18.sh [STAGE ...]   stages: data train segmenter plots generate fidelity combine downstream [downstream-real] (default: all but downstream-real)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REPO=$PWD
 PY=${PY:-.venv/bin/python}
 SONO="$PY -m sonosynth"
 HC18=${HC18:-/work/shared/data/hc18}
@@ -12,7 +13,7 @@ DATA=$WORK/hc18-data
 RUN=$WORK/hc18-run
 TRAIN_MINUTES=${TRAIN_MINUTES:-50}   # wall-clock budget of the diffusion training (the issue allows 60 on a CPU)
 RESUME=${RESUME:-0}                  # 1: continue RUN from its latest checkpoint (TRAIN_MINUTES=0: one step, then save)
-STAGES=${*:-data train segmenter generate fidelity downstream}
+STAGES=${*:-data train segmenter plots generate fidelity combine downstream}
 
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -82,38 +83,65 @@ print("loss rows:", len(rows), "grids:", [g.name for g in grids])
 PYEOF
 fi
 
+# The model of this session was trained with the models code of commit d3dcff8; commits 364be96/da0c2e5 changed
+# the SPADE norm layers, and today's code loads that checkpoint with freshly initialised norms (a warning only)
+# and samples NaN (black) images. So generation ran on a read-only export of HEAD with sonosynth/models and
+# sonosynth/diffusion/pipeline.py from d3dcff8:  MODEL_CODE=d3dcff8 benchmarks/run_hc18.sh generate
+MODEL_CODE=${MODEL_CODE:-}
+GEN_PYTHONPATH=""
+if [[ -n "$MODEL_CODE" ]]; then
+  GEN_PYTHONPATH=$WORK/sonosynth-$MODEL_CODE
+  rm -rf "$GEN_PYTHONPATH" && mkdir -p "$GEN_PYTHONPATH"
+  git archive HEAD sonosynth | tar -x -C "$GEN_PYTHONPATH"
+  rm -rf "$GEN_PYTHONPATH/sonosynth/models"
+  git archive "$MODEL_CODE" sonosynth/models sonosynth/diffusion/pipeline.py | tar -x -C "$GEN_PYTHONPATH"
+fi
+
 if has generate; then
   for source in $SOURCES; do
-    $SONO generate "$RUN" --source "$DATA" --masks "$source" --n "$GEN_N" --steps "$GEN_STEPS" --seed 0 \
-      --segmenter "$WORK/hc18-seg" --out "$WORK/synth-hc18-$source" --overwrite
+    # From inside the export (python -m puts the working folder first on sys.path).
+    (cd "${GEN_PYTHONPATH:-.}" && "$REPO/$PY" -m sonosynth generate "$RUN" --source "$DATA" --masks "$source" --n "$GEN_N" --steps "$GEN_STEPS" --seed 0 \
+      --out "$WORK/synth-hc18-$source" --overwrite) &
   done
+  wait
 fi
 
 if has fidelity; then
   # Mask fidelity: Dice between each conditioning mask and the real-trained segmenter's prediction on the
-  # generated image (the `fidelity_dice` column `generate --segmenter` writes); one PNG grid per source.
-  $PY - "$WORK" "$RESULTS" $SOURCES <<'PYEOF'
-import csv, sys
+  # written (64 px) generated image; the reference row scores real test pairs reduced to the same size.
+  # (Scored here because `generate --segmenter` only fills `fidelity_dice` when --filter-dice is given.)
+  $PY - "$WORK" "$RESULTS" "$DATA" $SOURCES <<'PYEOF'
+import sys
 from pathlib import Path
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from sonosynth.data.format import Dataset
+from sonosynth.synthesis.fidelity import score_samples, segmenter_predictor
+from sonosynth.synthesis.grid import reduce_image, reduce_mask
 
-work, results, sources = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+work, results, data, sources = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:]
+predict, num_labels = segmenter_predictor(work / "hc18-seg")
 lines = ["| mask source | pairs | fidelity Dice mean | std | min | median |", "|---|---|---|---|---|---|"]
-for source in sources:
-    folder = work / f"synth-hc18-{source}"
-    dataset = Dataset.open(folder)
-    rows = list(csv.DictReader(open(folder / "manifest.csv")))
-    dice = np.array([float(r["fidelity_dice"]) for r in rows if r.get("fidelity_dice")])
-    lines.append(f"| {source} | {len(rows)} | {dice.mean():.3f} | {dice.std():.3f} | {dice.min():.3f} | "
+
+def row(name, images, masks):
+    dice = np.array(score_samples(images, masks, predict, num_labels))
+    lines.append(f"| {name} | {len(dice)} | {dice.mean():.3f} | {dice.std():.3f} | {dice.min():.3f} | "
                  f"{np.median(dice):.3f} |")
-    shown = min(8, len(dataset))
+    return dice
+
+test = Dataset.open(data).subset("test")
+row("real test pairs (reference), 64 px", [reduce_image(s.image, 64) for s in test],
+    [reduce_mask(s.mask, 64) for s in test])
+for source in sources:
+    dataset = Dataset.open(work / f"synth-hc18-{source}")
+    samples = list(dataset)
+    dice = row(source, [s.image for s in samples], [s.mask for s in samples])
+    shown = min(8, len(samples))
     fig, axes = plt.subplots(2, 2 * ((shown + 1) // 2), figsize=(2 * shown, 4), dpi=64)
     for i in range(shown):
-        sample = dataset[i]
+        sample = samples[i]
         ax_mask, ax_image = axes[i % 2, 2 * (i // 2)], axes[i % 2, 2 * (i // 2) + 1]
         ax_mask.imshow(sample.mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax_image.imshow(sample.image, cmap="gray", vmin=0, vmax=255)
@@ -129,4 +157,36 @@ table = "\n".join(lines)
 (results / "mask_fidelity.md").write_text(table + "\n")
 print(table)
 PYEOF
+fi
+
+if has combine; then
+  # The synthetic set of the downstream arm: the deform and shape pairs together (new masks, not copies of train masks).
+  $PY - "$WORK/synth-hc18" "$WORK/synth-hc18-deform" "$WORK/synth-hc18-shape" <<'PYEOF'
+import sys
+from sonosynth.data.format import Dataset, DatasetWriter
+
+out, parts = sys.argv[1], [Dataset.open(p) for p in sys.argv[2:]]
+with DatasetWriter(out, parts[0].info, overwrite=True) as writer:
+    for part in parts:
+        for sample in part:
+            r = sample.record
+            writer.add(f"{part.root.name}-{r.id}", sample.image, sample.mask, subject=r.subject, split=r.split,
+                       spacing_mm=r.spacing_mm, extra=r.extra, **r.attributes)
+print(out, sum(len(p) for p in parts), "pairs")
+PYEOF
+fi
+
+# Downstream (issue 6): the real+synthetic arm with exactly the settings of the committed real-only arm
+# (docs/results/hc18-downstream-64px: k=5,20, 3 seeds, small U-Net at 64 px, <= 800 steps, patience 3,
+# one thread), so the two tables compare cell for cell (same split procedure, same nested subject draws).
+DS_ARGS=${DS_ARGS:---k 5,20 --seeds 3 --size 64 --net small --steps 800 --val-every 100 --patience 3}
+SYNTH=${SYNTH:-$WORK/synth-hc18}
+
+if has downstream-real; then
+  OMP_NUM_THREADS=1 $SONO evaluate downstream --real "$DATA" --arms real $DS_ARGS --out "$WORK/hc18-downstream-real"
+fi
+
+if has downstream; then
+  OMP_NUM_THREADS=1 $SONO evaluate downstream --real "$DATA" --synthetic "$SYNTH" --arms real+synthetic $DS_ARGS \
+    --out "$WORK/hc18-downstream"
 fi
