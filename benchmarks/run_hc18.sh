@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-data (HC18) measurements for issues 4, 5 and 6, on the CPU, exactly as recorded in
 # docs/results/hc18/README.md. Outputs go under $WORK (default /tmp), never into the repository.
-#   benchmarks/run_hc18.sh [STAGE ...]   stages: data train segmenter plots generate fidelity combine downstream [downstream-real] (default: all but downstream-real)
+#   benchmarks/run_hc18.sh [STAGE ...]   stages: data train segmenter plots generate fidelity combine downstream report [downstream-real] (default: all but downstream-real)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -13,7 +13,7 @@ DATA=$WORK/hc18-data
 RUN=$WORK/hc18-run
 TRAIN_MINUTES=${TRAIN_MINUTES:-50}   # wall-clock budget of the diffusion training (the issue allows 60 on a CPU)
 RESUME=${RESUME:-0}                  # 1: continue RUN from its latest checkpoint (TRAIN_MINUTES=0: one step, then save)
-STAGES=${*:-data train segmenter plots generate fidelity combine downstream}
+STAGES=${*:-data train segmenter plots generate fidelity combine downstream report}
 
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -189,4 +189,14 @@ fi
 if has downstream; then
   OMP_NUM_THREADS=1 $SONO evaluate downstream --real "$DATA" --synthetic "$SYNTH" --arms real+synthetic $DS_ARGS \
     --out "$WORK/hc18-downstream"
+fi
+
+if has report; then
+  # One report with both arms: the committed real-only cells (same split, same settings, same code, see
+  # docs/results/hc18-downstream-64px/settings.json) are copied in; the command then finds every cell done and
+  # only writes results.md/csv and dice_vs_k.png.
+  cp -n docs/results/hc18-downstream-64px/cells/k*__real__seed*.json "$WORK/hc18-downstream/cells/"
+  OMP_NUM_THREADS=1 $SONO evaluate downstream --real "$DATA" --synthetic "$SYNTH" --arms real,real+synthetic $DS_ARGS \
+    --out "$WORK/hc18-downstream"
+  cp "$WORK/hc18-downstream/results.md" "$WORK/hc18-downstream/results.csv" "$WORK/hc18-downstream/dice_vs_k.png" $RESULTS/
 fi
