@@ -11,7 +11,8 @@ HC18=${HC18:-/work/shared/data/hc18}
 WORK=${WORK:-/tmp}
 DATA=$WORK/hc18-data
 RUN=$WORK/hc18-run
-TRAIN_MINUTES=${TRAIN_MINUTES:-50}   # wall-clock budget of the diffusion training (the issue allows 60 on a CPU)
+TRAIN_MINUTES=${TRAIN_MINUTES:-60}   # wall-clock budget of the diffusion training (the issue allows 60 on a CPU)
+MAX_STEPS=${MAX_STEPS:-1200}         # optimizer steps, when the wall-clock budget does not stop it first
 RESUME=${RESUME:-0}                  # 1: continue RUN from its latest checkpoint (TRAIN_MINUTES=0: one step, then save)
 STAGES=${*:-data train segmenter plots generate fidelity combine downstream report}
 
@@ -26,13 +27,15 @@ fi
 if has train; then
   # `sonosynth train` has no wall-clock limit, so the training API's on_step hook stops it after
   # TRAIN_MINUTES; the last step then writes its checkpoint, sample grid and RUN/model like max_steps would.
-  $PY - "$DATA" "$RUN" "$TRAIN_MINUTES" "$RESUME" <<'PYEOF'
+  $PY - "$DATA" "$RUN" "$TRAIN_MINUTES" "$RESUME" "$MAX_STEPS" <<'PYEOF'
 import sys, time
 from sonosynth.diffusion.train import TrainConfig, train, with_model_size
 
 data, run, minutes, resume = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "1"
-config = TrainConfig(dataset=data, image_size=64, batch_size=8, lr=1e-3, warmup_steps=20, max_steps=400,
-                     checkpoint_every=50, sample_every=50, num_samples=4, seed=0)
+max_steps = int(sys.argv[5])
+config = TrainConfig(dataset=data, image_size=64, batch_size=8, lr=1e-3, warmup_steps=20, max_steps=max_steps,
+                     checkpoint_every=max(50, max_steps // 6), sample_every=max(50, max_steps // 3), num_samples=4,
+                     seed=0)
 config.model = with_model_size(config.model, "small", "spade")
 deadline = time.perf_counter() + minutes * 60
 result = train(config, run, resume=resume, on_step=lambda step, loss: time.perf_counter() > deadline)

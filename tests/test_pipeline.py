@@ -89,6 +89,15 @@ def test_weights_that_do_not_fit_the_network_are_an_error(tmp_path: Path) -> Non
         MaskToUltrasoundPipeline.from_pretrained(tmp_path / "model")
 
 
+def test_non_finite_output_is_an_error() -> None:
+    pipe = tiny_pipeline()
+    with torch.no_grad():
+        next(pipe.unet.parameters()).fill_(float("nan"))
+    labels, fov = label_maps(1)
+    with pytest.raises(SonosynthError, match="non-finite"):
+        pipe(labels, fov=fov, num_inference_steps=2, generator=generators(1))
+
+
 def test_determinism_seeds_and_batch_size() -> None:
     pipe = tiny_pipeline()
     labels, fov = label_maps(3)

@@ -130,6 +130,12 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
                 masks.append(mask.cpu())
         image_t = torch.cat(images)
         mask_t = torch.cat(masks) if masks else None
+        if not torch.isfinite(image_t).all():
+            # Otherwise NaNs become silently black PNGs downstream.
+            where = getattr(self.config, "_name_or_path", None) or "model"
+            raise SonosynthError(
+                f"{where}: the model produced non-finite pixels (NaN/inf); its weights are broken (e.g. a diverged run)"
+            )
         if output_type == "pt":
             return MaskToUltrasoundOutput(images=image_t, masks=mask_t)
         return MaskToUltrasoundOutput(
