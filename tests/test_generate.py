@@ -197,6 +197,12 @@ def test_fidelity_filter_drops_or_flags_and_records_scores(tmp_path, toy_run, to
     assert len(kept) == 2 and all(r.extra["flagged"] == "0" for r in kept.records)
     assert all(0.0 <= float(r.extra["fidelity_dice"]) <= 1.0 for r in kept.records)
 
+    scored = Dataset.open(generate_dataset(  # a segmenter without a threshold: scores recorded, nothing filtered
+        toy_run, toy_source, tmp_path / "scored", GenerateConfig(n=2, steps=1), predictor=finds_nothing,
+        progress=False))
+    assert len(scored) == 2
+    assert all(float(r.extra["fidelity_dice"]) == 0.0 and r.extra["flagged"] == "" for r in scored.records)
+
 
 def test_bad_requests_fail_cleanly(tmp_path, toy_run, toy_source):
     with pytest.raises(SonosynthError, match="segmenter"):

@@ -234,8 +234,8 @@ def generate_dataset(
 ) -> Path:
     """Write `config.n` synthetic pairs to `out` (see module docstring); returns `out`.
 
-    `predictor` (images -> label maps, e.g. from `fidelity.segmenter_predictor`) is needed when
-    `config.filter_dice` is set.
+    `predictor` (images -> label maps, e.g. from `fidelity.segmenter_predictor`) scores every pair's
+    mask fidelity into the manifest; it is required when `config.filter_dice` is set.
     """
     import torch
     from tqdm.auto import tqdm
@@ -295,8 +295,9 @@ def generate_dataset(
                 output_type="np",
             )
             images = from_square(output.images, [c.mask.shape for c in batch])
-            scores = None if rule is None else score_samples(images, [c.mask for c in batch], predictor,
-                                                             info.num_labels)
+            # A segmenter always scores (recorded in `fidelity_dice`); only a threshold drops or flags.
+            scores = None if predictor is None else score_samples(images, [c.mask for c in batch], predictor,
+                                                                  info.num_labels)
             for i, (c, image, attrs, seed) in enumerate(zip(batch, images, rows, batch_seeds, strict=True)):
                 keep, flagged = True, False
                 if rule is not None:
