@@ -14,12 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One torch thread per test process: `make test` runs one pytest-xdist worker per core, and tiny
-    convolutions on oversubscribed cores run many times slower than on one thread each."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
+    """One torch thread per test process: `make test` runs one pytest-xdist worker per core, and the
+    tiny convolutions of the tests run many times slower on two contended threads than on one."""
+    import torch
 
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
 
 
 def hc18_dir() -> Path:

@@ -16,14 +16,6 @@ from sonosynth.synthesis.edit import EditConfig, edit_files, edit_region, repain
 from sonosynth.synthesis.sampling import load_synthesis_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return load_synthesis_model(save_tiny_run(tmp_path_factory.mktemp("run") / "run", size=32))

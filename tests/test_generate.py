@@ -50,14 +50,6 @@ def write_cardiac_dataset(out: Path, n: int = 6, atrium_in_2ch: bool = True) -> 
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny convolutions run ~40x faster on one thread than on two contended ones (shared CI cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory) -> Path:
