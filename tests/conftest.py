@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sonosynth.data.format import DatasetInfo, DatasetWriter
 
@@ -16,8 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 def pytest_configure(config: pytest.Config) -> None:
     """One torch thread per test process: `make test` runs one pytest-xdist worker per core, and the
     tiny convolutions of the tests run many times slower on two contended threads than on one."""
-    import torch
-
     torch.set_num_threads(1)
 
 
@@ -57,6 +56,15 @@ def write_toy_dataset(out: Path, n: int = 6, seed: int = 0, height: int = 48, wi
             image, mask = ellipse_pair(rng, height, width)
             writer.add(f"toy_{i:03d}", image, mask, subject=f"s{i // 2}", spacing_mm=0.2, view="ab"[i % 2])
     return out
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Untrained MONAI U-Nets end in a zero conv; random weights make outputs depend on the inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    return model.eval()
 
 
 @pytest.fixture

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomize
 
 from sonosynth.errors import SonosynthError
 from sonosynth.models import SIZE_PRESETS, ModelConfig, build_model
 from sonosynth.models.denoiser import ConditionalDenoiser
 
 SIDE = 16
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Untrained MONAI U-Nets end in a zero conv; random weights make outputs depend on the inputs."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
-    return model.eval()
 
 
 def make_batch(batch: int = 2, num_labels: int = 3, attributes: int = 0, seed: int = 0) -> dict[str, torch.Tensor]:

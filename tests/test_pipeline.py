@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import randomize
 from typer.testing import CliRunner
 
 from sonosynth import MaskToUltrasoundPipeline
@@ -19,15 +20,6 @@ from sonosynth.errors import DataError, SonosynthError
 from sonosynth.models import ModelConfig, build_model
 
 SIDE = 16
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Untrained MONAI U-Nets end in a zero conv; random weights make outputs depend on the inputs."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
-    return model.eval()
 
 
 def tiny_pipeline(kind: str = "spade", class_cardinalities: tuple[int, ...] = (), seed: int = 0):
