@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sonosynth.data.format import Dataset, DatasetWriter, prepare_output
-from sonosynth.errors import SonosynthError
+from sonosynth.devices import resolve_device
 
 DATA, RUN, SYNTH, REPORT = "data", "model-run", "synthetic", "report"
 
@@ -82,9 +82,9 @@ def _stage(name: str, config: DemoConfig, log: Callable[[str], None]) -> Iterato
 
 def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) every stage of the demo under `out`; returns the report folder."""
+    resolve_device(config.device)  # fail before any stage starts
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_device(config.device)
     started = time.perf_counter()
 
     with _stage("phantom", config, log):
@@ -122,20 +122,12 @@ def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = p
                 size=config.image_size, net=config.segment_net, max_steps=config.segment_steps, seed=config.seed
             ),
         )
-        report = run_downstream(data, out / REPORT, downstream, synthetic_path=synthetic, command="sonosynth demo")
+        report = run_downstream(data, out / REPORT, downstream, synthetic_path=synthetic, command="sonosynth demo",
+                                device=config.device)
 
     config.timings["total"] = time.perf_counter() - started
     (out / "demo-timings.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return report
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise SonosynthError(f"--device {device}: choose auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SonosynthError("--device cuda: no CUDA device is available here")
 
 
 def _train_diffusion(data: Path, run: Path, config: DemoConfig) -> None:
@@ -154,7 +146,7 @@ def _train_diffusion(data: Path, run: Path, config: DemoConfig) -> None:
         seed=config.seed,
     )
     resume = (run / "checkpoints").is_dir()
-    train(train_config, run, resume=resume)
+    train(train_config, run, resume=resume, device=config.device)
 
 
 def _generate(run: Path, data: Path, synthetic: Path, config: DemoConfig) -> None:
@@ -169,7 +161,8 @@ def _generate(run: Path, data: Path, synthetic: Path, config: DemoConfig) -> Non
                 run,
                 data,
                 part,
-                GenerateConfig(mask_source=source, n=n, steps=config.sample_steps, seed=config.seed),
+                GenerateConfig(mask_source=source, n=n, steps=config.sample_steps, seed=config.seed,
+                               device=config.device),
                 overwrite=True,
             )
         parts.append((source, part))

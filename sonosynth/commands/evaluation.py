@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from sonosynth.devices import DEVICE_HELP
+
 evaluate_app = typer.Typer(help="Downstream segmentation experiment and image-quality report.", no_args_is_help=True)
 
 
@@ -44,6 +46,7 @@ def downstream_command(
     val_every: int = typer.Option(100, help="Validate every N steps."),
     patience: int = typer.Option(5, help="Stop after N validations without improvement."),
     synthetic_ratio: float = typer.Option(0.5, help="Fraction of each real+synthetic batch that is synthetic."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     head_circumference: bool | None = typer.Option(
         None, "--hc/--no-hc", help="Report head-circumference error (default: when label 1 is 'head')."
     ),
@@ -71,7 +74,7 @@ def downstream_command(
         head_circumference=head_circumference,
     )
     command = command_line(ctx, "downstream")
-    path = run_downstream(real, out, config, synthetic_path=synthetic, command=command)
+    path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device)
     typer.echo(f"results in {path}/results.md, {path}/results.csv, {path}/report.html")
 
 
@@ -88,6 +91,7 @@ def quality_command(
     size: int = typer.Option(128, help="Images are letterboxed to size x size for the measures."),
     near_copy_ratio: float = typer.Option(0.5, help="Flag synthetic images closer than this x real-to-real."),
     seed: int = typer.Option(0),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing report folder."),
 ) -> None:
     """Mask fidelity, FID/KID, MS-SSIM diversity, intensity/speckle statistics and memorisation."""
@@ -97,7 +101,7 @@ def quality_command(
     command = command_line(ctx, "quality")
     path = evaluate_quality(
         real, synthetic, out, config, segmenter_path=segmenter, inception_path=inception, overwrite=overwrite,
-        command=command,
+        command=command, device=device,
     )
     typer.echo(f"quality report in {path}/quality.md and {path}/report.html")
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from sonosynth.devices import DEVICE_HELP
+
 segment_app = typer.Typer(help="Train and apply segmentation networks (MONAI U-Net).", no_args_is_help=True)
 
 
@@ -25,6 +27,7 @@ def train_command(
     augment: bool = typer.Option(True, help="Small affine + gain/gamma augmentation."),
     flip: bool = typer.Option(False, help="Also flip left-right (off: fans have an orientation)."),
     seed: int = typer.Option(0),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Train a segmenter with Dice + cross-entropy and early stopping on the validation split."""
@@ -43,7 +46,8 @@ def train_command(
         flip=flip,
         seed=seed,
     )
-    path = train_from_folders(dataset, out, config, extra_path=extra, overwrite=overwrite)
+    path = train_from_folders(dataset, out, config, extra_path=extra, overwrite=overwrite,
+                              device=device)
     typer.echo(f"segmenter written to {path}")
 
 
@@ -52,12 +56,13 @@ def predict_command(
     segrun: Path = typer.Argument(..., help="Run folder written by `segment train`."),
     images: Path = typer.Argument(..., help="A dataset folder, a folder of PNG images, or one PNG."),
     out: Path = typer.Option(..., "--out", help="Output folder for the label-map PNGs."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Write one label-map PNG per image, at the image's original size."""
     from sonosynth.segmentation.predict import predict_folder
 
-    path = predict_folder(segrun, images, out, overwrite=overwrite)
+    path = predict_folder(segrun, images, out, overwrite=overwrite, device=device)
     typer.echo(f"label maps written to {path}")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from sonosynth.devices import DEVICE_HELP
 from sonosynth.errors import SonosynthError
 
 
@@ -40,6 +41,7 @@ def generate_command(
     filter_dice: float | None = typer.Option(None, "--filter-dice", help="Minimum mask-fidelity Dice."),
     filter_mode: str = typer.Option("drop", "--filter-mode", help="drop (regenerate) or flag (keep, flagged=1)."),
     segmenter: Path | None = typer.Option(None, "--segmenter", help="Segmenter run (`segment train`) for Dice."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Write a synthetic dataset (images, masks, manifest with provenance) from a trained model."""
@@ -49,11 +51,11 @@ def generate_command(
     config = GenerateConfig(
         mask_source=masks, n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
         batch_size=batch_size, target_hc_mm=_hc_range(hc_mm), filter_dice=filter_dice, filter_mode=filter_mode,
-        attributes=AttributePolicy.parse(attr, attr_dist),
+        attributes=AttributePolicy.parse(attr, attr_dist), device=device,
     )
     predictor = None
     if segmenter is not None:
-        predictor, _ = segmenter_predictor(segmenter)
+        predictor, _ = segmenter_predictor(segmenter, device=device)
     elif filter_dice is not None:
         raise SonosynthError("--filter-dice needs --segmenter SEGRUN")
     path = generate_dataset(run, source, out, config, predictor=predictor, overwrite=overwrite)
@@ -73,6 +75,7 @@ def edit_command(
     guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, "--seed"),
     attr: list[str] = typer.Option([], "--attr", help="Condition on an attribute: NAME=VALUE (repeatable)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Regenerate a real image only where the edited mask differs (RePaint), keeping the rest."""
@@ -80,7 +83,7 @@ def edit_command(
     from sonosynth.synthesis.generate import AttributePolicy
 
     config = EditConfig(steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample, margin_px=margin,
-                        guidance_scale=guidance, seed=seed)
+                        guidance_scale=guidance, seed=seed, device=device)
     attributes = AttributePolicy.parse(attr).fixed
     path = edit_files(run, image, mask, edited_mask, out, config, attributes, overwrite=overwrite)
     typer.echo(f"edited image written to {path}")

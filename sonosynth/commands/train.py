@@ -13,6 +13,8 @@ from typing import Any
 
 import typer
 
+from sonosynth.devices import DEVICE_HELP
+
 
 class ModelSize(str, Enum):
     tiny = "tiny"
@@ -46,6 +48,7 @@ def train_command(
     mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="auto, no, fp16 or bf16."),
     log_with: str | None = typer.Option(None, "--log-with", help="'tensorboard' to log into RUN/."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in RUN."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Train a mask-to-ultrasound diffusion model (loads with MaskToUltrasoundPipeline.from_pretrained(RUN))."""
     from sonosynth.diffusion.train import CONFIG_YAML, TrainConfig, read_yaml_mapping, train, with_model_size
@@ -75,7 +78,7 @@ def train_command(
         config.model = with_model_size(
             config.model, None if model is None else model.value, None if kind is None else kind.value
         )
-    result = train(config, out, resume=resume)
+    result = train(config, out, resume=resume, device=device)
     typer.echo(f"trained to step {result.step} in {result.seconds:.0f} s; model in {result.model_dir or out}")
 
 

@@ -20,6 +20,7 @@ import torch
 
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter, Record
 from sonosynth.data.transforms import Letterbox, field_of_view, letterbox_mask, unletterbox
+from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 
 OUTPUT_SIZES = ("source", "cropped", "square")
@@ -41,16 +42,6 @@ class SampleConfig:
     batch_size: int = 8
     output_size: str = "source"
     device: str = "auto"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SonosynthError("--device cuda: no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise SonosynthError(f"--device must be auto, cpu or cuda, got '{name}'")
-    return torch.device(name)
 
 
 def training_step_of(run: Path, pipe: Any) -> str:
@@ -108,11 +99,12 @@ def sample_dataset(config: SampleConfig, out: str | Path, overwrite: bool = Fals
         raise SonosynthError(f"--output-size must be one of {', '.join(OUTPUT_SIZES)}, got '{config.output_size}'")
     if config.steps < 1 or config.batch_size < 1:
         raise SonosynthError("--steps and --batch-size must be at least 1")
+    device = resolve_device(config.device)
     run = Path(config.run)
     pipe = MaskToUltrasoundPipeline.from_pretrained(run)
     pipe.scheduler = make_scheduler(config.scheduler, config=pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(resolve_device(config.device))
+    pipe.to(device)
     model_cfg = pipe.unet.model_config
     size = pipe.config.get("sample_size")
     if not size:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from sonosynth.devices import resolve_device
 from sonosynth.diffusion.augment import AugmentConfig
 from sonosynth.errors import SonosynthError
 from sonosynth.models.configs import SIZE_PRESETS, ModelConfig
@@ -312,8 +313,12 @@ def train(
     resume: bool = False,
     on_step: Callable[[int, float], bool | None] | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> TrainResult:
     """Train (or resume) into `run_dir`; return when `config.max_steps` optimizer steps are done.
+
+    `device`: auto lets accelerate choose (the process's GPU under `accelerate launch`/`torchrun`,
+    else CUDA when there is one); cpu forces the CPU; cuda fails clearly without a GPU.
 
     `on_step(step, loss)` is called after every optimizer step (and after its checkpoint). If it
     returns True on any process, this step becomes the last one: the final checkpoint, sample grid
@@ -347,9 +352,10 @@ def train(
             raise SonosynthError("log_with=tensorboard needs the tensorboard package (pip install tensorboard)") \
                 from None
 
+    resolve_device(device)  # a clear error for an unknown name or cuda without a GPU
     accelerator = Accelerator(
         # Under torchrun without a GPU, accelerate only sets up gloo multi-CPU training when told `cpu`.
-        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        cpu=device == "cpu" or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1),
         mixed_precision=_mixed_precision(config.mixed_precision),
         log_with=config.log_with,
         project_dir=str(run_dir),

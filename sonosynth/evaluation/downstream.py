@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sonosynth.data.format import Dataset
+from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
 from sonosynth.segmentation.train import SegmentationConfig
 
@@ -95,6 +96,7 @@ def run_downstream(
     synthetic_path: str | Path | None = None,
     command: str = "",
     progress: bool = True,
+    device: str = "cpu",
 ) -> Path:
     """Run (or resume) every missing cell, then write results.csv, results.md, the plot and report.html."""
     import torch
@@ -111,6 +113,7 @@ def run_downstream(
     )
 
     config.validate(synthetic_path is not None)
+    resolve_device(device)
     real = Dataset.open(real_path)
     synthetic = Dataset.open(synthetic_path) if synthetic_path is not None else None
     if synthetic is not None:
@@ -153,6 +156,7 @@ def run_downstream(
                 val_pairs,
                 synth_pairs if cell.arm != "real" else None,
                 progress=False,
+                device=device,
             )
             segmenter = Segmenter(result.model, cell_config)
             with torch.no_grad():

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from sonosynth.data.format import Dataset, commit_folder, prepare_output
+from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
 
 TEXTURE_FEATURES = "sonosynth-texture-v1"
@@ -96,7 +97,8 @@ def texture_features(images: np.ndarray) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def inception_features(images: np.ndarray, weights: str | Path, batch_size: int = 16) -> np.ndarray:
+def inception_features(images: np.ndarray, weights: str | Path, batch_size: int = 16,
+                       device: str | torch.device = "cpu") -> np.ndarray:
     """2048-d pool features of the standard FID Inception (pt_inception-2015-12-05) from a local file.
 
     Uses torch-fidelity's TF-compatible InceptionV3 (optional dependency) with the given weights
@@ -116,13 +118,15 @@ def inception_features(images: np.ndarray, weights: str | Path, batch_size: int 
                                                 feature_extractor_weights_path=str(weights))
     except Exception as exc:  # corrupt or foreign weight files raise many types
         raise SonosynthError(f"{weights}: cannot load Inception weights ({exc})") from None
+    device = resolve_device(device)
+    extractor.to(device)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             gray = torch.as_tensor(np.round(images[start : start + batch_size] * 255)).to(torch.uint8)
-            rgb = gray[:, None].expand(-1, 3, -1, -1).contiguous()
+            rgb = gray[:, None].expand(-1, 3, -1, -1).contiguous().to(device)
             (features,) = extractor(rgb)
-            out.append(features.double().numpy())
+            out.append(features.double().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -318,12 +322,12 @@ def memorisation_table(
 # ------------------------------------------------------------------------------------------ runner
 
 
-def mask_fidelity(segmenter_path: str | Path, dataset: Dataset) -> dict[str, Any]:
+def mask_fidelity(segmenter_path: str | Path, dataset: Dataset, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Dice between each image's mask and the segmenter's prediction (per label, mean ± std)."""
     from sonosynth.evaluation.metrics import dice_per_label
     from sonosynth.segmentation.predict import load_segmenter, predict_masks
 
-    segmenter = load_segmenter(segmenter_path)
+    segmenter = load_segmenter(segmenter_path, device)
     if segmenter.num_labels != dataset.info.num_labels:
         raise SonosynthError(
             f"{segmenter_path}: segmenter labels {segmenter.labels} do not match {dataset.root}'s {dataset.info.labels}"
@@ -350,6 +354,7 @@ def evaluate_quality(
     overwrite: bool = False,
     command: str = "",
     progress: bool = True,
+    device: str = "cpu",
 ) -> Path:
     """Write REPORT (quality.json, quality.md, memorisation.csv, report.html) atomically."""
     from tqdm.auto import tqdm
@@ -359,6 +364,7 @@ def evaluate_quality(
 
     config = config or QualityConfig()
     out = prepare_output(out, overwrite)
+    resolve_device(device)
     real, synthetic = Dataset.open(real_path), Dataset.open(synthetic_path)
     check_compatible_labels(real, synthetic)
     if len(synthetic) < 2 or len(real) < 2:
@@ -385,7 +391,7 @@ def evaluate_quality(
     extractor: Callable[[np.ndarray], np.ndarray]
     if inception_path is not None:
         def extractor(images: np.ndarray) -> np.ndarray:
-            return inception_features(images, inception_path)
+            return inception_features(images, inception_path, device=device)
         feature_name, comparable = "pt_inception-2015-12-05 pool3 (2048-d)", True
     else:
         extractor, feature_name, comparable = texture_features, TEXTURE_FEATURES, False
@@ -413,9 +419,9 @@ def evaluate_quality(
 
     result["mask_fidelity"] = None
     if segmenter_path is not None:
-        result["mask_fidelity"] = {"synthetic": mask_fidelity(segmenter_path, synthetic)}
+        result["mask_fidelity"] = {"synthetic": mask_fidelity(segmenter_path, synthetic, device)}
         if len(held_out):
-            result["mask_fidelity"]["real_held_out"] = mask_fidelity(segmenter_path, held_out)
+            result["mask_fidelity"]["real_held_out"] = mask_fidelity(segmenter_path, held_out, device)
     bar.update(1)
 
     synth_ssim, synth_pairs = mean_pairwise_ms_ssim(synth_images, config.max_pairs, config.seed)

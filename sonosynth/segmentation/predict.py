@@ -19,6 +19,7 @@ import torch
 from sonosynth.data.format import DATASET_JSON, Dataset, commit_folder, prepare_output
 from sonosynth.data.imageio import read_image, write_png
 from sonosynth.data.transforms import letterbox_image, unletterbox
+from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.segmentation.nets import build_unet
 from sonosynth.segmentation.train import CONFIG_FILE, MODEL_FILE, SegmentationConfig
@@ -38,6 +39,10 @@ class Segmenter:
     @property
     def num_labels(self) -> int:
         return self.config.num_labels
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
 
 
 def image_to_model(image: np.ndarray, size: int) -> torch.Tensor:
@@ -59,10 +64,11 @@ def image_to_model(image: np.ndarray, size: int) -> torch.Tensor:
     return letterbox_image(unit * 2.0, size)[None] - 1.0
 
 
-def load_segmenter(path: str | Path) -> Segmenter:
-    """Load SEGRUN (config.yaml + model.safetensors) written by `sonosynth segment train`."""
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
+    """Load SEGRUN (config.yaml + model.safetensors) written by `sonosynth segment train` onto `device`."""
     from safetensors.torch import load_file
 
+    device = resolve_device(device)
     path = Path(path)
     config_path, model_path = path / CONFIG_FILE, path / MODEL_FILE
     for required in (config_path, model_path):
@@ -75,7 +81,7 @@ def load_segmenter(path: str | Path) -> Segmenter:
         network.load_state_dict(state)
     except Exception as exc:  # safetensors/torch raise several types for corrupt or mismatched files
         raise SonosynthError(f"{model_path}: cannot load weights ({exc})") from None
-    network.eval()
+    network.to(device).eval()
     return Segmenter(network, config)
 
 
@@ -88,8 +94,8 @@ def predict_probabilities(
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            batch = torch.stack([image_to_model(im, size) for im in chunk])
-            probs = torch.softmax(segmenter.network(batch), dim=1)
+            batch = torch.stack([image_to_model(im, size) for im in chunk]).to(segmenter.device)
+            probs = torch.softmax(segmenter.network(batch), dim=1).cpu()
             for image, p in zip(chunk, probs, strict=True):
                 h, w = np.asarray(image).shape
                 out.append(unletterbox(p, h, w, mode="bilinear"))
@@ -118,13 +124,14 @@ def list_images(source: str | Path) -> list[tuple[str, Path]]:
 
 
 def predict_folder(
-    segrun: str | Path, source: str | Path, out: str | Path, overwrite: bool = False, progress: bool = True
+    segrun: str | Path, source: str | Path, out: str | Path, overwrite: bool = False, progress: bool = True,
+    device: str = "cpu",
 ) -> Path:
     """`sonosynth segment predict`: write OUT/<name>.png label maps at the original image sizes."""
     from tqdm.auto import tqdm
 
     out = prepare_output(out, overwrite)
-    segmenter = load_segmenter(segrun)
+    segmenter = load_segmenter(segrun, device)
     items = list_images(source)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import yaml
 
 from sonosynth.data.format import Dataset, commit_folder, prepare_output
+from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.segmentation.nets import UNET_SIZES, build_unet, min_image_size
 
@@ -189,10 +190,11 @@ def validation_dice(model: torch.nn.Module, pairs: PairTensors, num_labels: int,
 
     metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
-            logits = model(pairs.images[start : start + batch_size])
-            pred = F.one_hot(logits.argmax(1), num_labels).permute(0, 3, 1, 2)
+            logits = model(pairs.images[start : start + batch_size].to(device))
+            pred = F.one_hot(logits.argmax(1).cpu(), num_labels).permute(0, 3, 1, 2)
             truth = F.one_hot(pairs.labels[start : start + batch_size], num_labels).permute(0, 3, 1, 2)
             metric(pred, truth)
     per_label = metric.aggregate()
@@ -207,8 +209,13 @@ def train_segmenter(
     val: PairTensors | None = None,
     extra: PairTensors | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> TrainingResult:
-    """Train a U-Net with Dice + cross-entropy; `extra` pairs fill `synthetic_ratio` of each batch."""
+    """Train a U-Net with Dice + cross-entropy; `extra` pairs fill `synthetic_ratio` of each batch.
+
+    Pairs stay in host memory and batches are drawn and augmented there with a CPU generator, so
+    the batches (and thus the run) do not depend on the device; only the network runs on `device`.
+    """
     from monai.losses import DiceCELoss
     from tqdm.auto import tqdm
 
@@ -219,6 +226,8 @@ def train_segmenter(
     with torch.random.fork_rng(devices=[]):  # MONAI layers initialise from the global generator
         torch.manual_seed(config.seed)
         model = build_unet(config.net, config.num_labels)
+    model_device = resolve_device(device)
+    model.to(model_device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     generator = torch.Generator().manual_seed(config.seed)
@@ -245,6 +254,7 @@ def train_segmenter(
         images, labels = torch.cat(parts_img), torch.cat(parts_lab)
         if config.augment:
             images, labels = augment_batch(images, labels, generator, flip=config.flip)
+        images, labels = images.to(model_device), labels.to(model_device)
         loss = loss_fn(model(images), labels[:, None])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -290,7 +300,7 @@ def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[
     out = prepare_output(out, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
-        state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE))
         (tmp / CONFIG_FILE).write_text(result.config.to_yaml())
         metrics = {**result.metrics(), **(extra_metrics or {})}
@@ -337,9 +347,11 @@ def train_from_folders(
     extra_path: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    device: str = "cpu",
 ) -> Path:
     """`sonosynth segment train`: train on DATASET's train split (+ EXTRA), early-stop on its val split."""
     out = prepare_output(out, overwrite)
+    resolve_device(device)
     dataset = Dataset.open(dataset_path)
     train, val, _ = real_splits(dataset, seed=config.seed)
     extra_ds = Dataset.open(extra_path) if extra_path is not None else None
@@ -350,7 +362,7 @@ def train_from_folders(
     train_pairs = load_pairs(train, config.size, progress)
     val_pairs = load_pairs(val, config.size, progress)
     extra_pairs = load_pairs(extra_ds, config.size, progress) if extra_ds is not None else None
-    result = train_segmenter(config, train_pairs, val_pairs, extra_pairs, progress=progress)
+    result = train_segmenter(config, train_pairs, val_pairs, extra_pairs, progress=progress, device=device)
     info = {
         "dataset": str(Path(dataset_path).resolve()),
         "extra": None if extra_path is None else str(Path(extra_path).resolve()),

@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from sonosynth.data.format import commit_folder, prepare_output
 from sonosynth.data.imageio import read_image, read_label_map, write_png
+from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 
 
@@ -42,6 +43,7 @@ class EditConfig:
     guidance_scale: float = 1.5
     eta: float = 0.0
     seed: int = 0
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.jump_length < 1 or self.jump_n_sample < 1 or self.margin_px < 0:
@@ -152,8 +154,9 @@ def edit_files(run: str | Path, image_path: str | Path, mask_path: str | Path, e
 
     config = config or EditConfig()
     out = prepare_output(out, overwrite)
+    resolve_device(config.device)
     image, mask, edited = read_image(image_path), read_label_map(mask_path), read_label_map(edited_path)
-    model = load_synthesis_model(run)
+    model = load_synthesis_model(run, device=config.device)
     class_labels = None
     if attributes:
         unknown = [k for k in attributes if k not in model.class_attributes]

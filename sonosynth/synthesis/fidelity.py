@@ -80,11 +80,11 @@ def score_samples(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], pre
     return [mask_dice(m, p, num_labels) for m, p in zip(masks, predictions, strict=True)]
 
 
-def segmenter_predictor(segrun: str | Path, batch_size: int = 16) -> tuple[Predictor, int]:
+def segmenter_predictor(segrun: str | Path, batch_size: int = 16, device: str = "cpu") -> tuple[Predictor, int]:
     """A predictor from a segmenter run folder (`sonosynth segment train`), and its number of labels."""
     from sonosynth.segmentation.predict import load_segmenter, predict_masks
 
-    segmenter = load_segmenter(segrun)
+    segmenter = load_segmenter(segrun, device)
 
     def predict(images: Sequence[np.ndarray]) -> list[np.ndarray]:
         return predict_masks(segmenter, images, batch_size=batch_size)

@@ -22,6 +22,7 @@ import numpy as np
 
 from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter, Record, prepare_output
+from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.synthesis.fidelity import FidelityFilter, Predictor, score_samples
 from sonosynth.synthesis.grid import reduce_mask, reduced_fov, reduced_spacing
@@ -106,6 +107,7 @@ class GenerateConfig:
     filter_mode: str = "drop"
     max_draws_factor: float = 4.0  # drop mode: give up after n * factor draws
     attributes: AttributePolicy = field(default_factory=AttributePolicy)
+    device: str = "auto"  # the same seed gives the same images on the same device
 
     def __post_init__(self) -> None:
         if self.mask_source not in MASK_SOURCES:
@@ -246,12 +248,13 @@ def generate_dataset(
 
     config = config or GenerateConfig()
     prepare_output(out, overwrite)  # fail before the slow part
+    resolve_device(config.device)
     if config.filter_dice is not None and predictor is None:
         raise SonosynthError("--filter-dice needs a segmenter (--segmenter SEGRUN)")
     dataset = Dataset.open(source)
     info = dataset.info
     config.attributes.validate(info, str(source))
-    model = load_synthesis_model(run, config.scheduler)
+    model = load_synthesis_model(run, config.scheduler, config.device)
     if model.kind == "joint":
         raise SonosynthError(f"{run}: a 'joint' model makes its own masks; generate needs a mask-conditioned "
                              "model (spade or concat)")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
 
 
@@ -57,16 +58,18 @@ class SynthesisModel:
         return out
 
 
-def load_synthesis_model(run: str | Path, scheduler: str | None = None) -> SynthesisModel:
-    """Load a run folder (or saved model folder) written by `sonosynth train`, optionally switching
-    its sampler (`dpm++`, `ddim`, `unipc`, `ddpm`) on the same noise schedule."""
+def load_synthesis_model(run: str | Path, scheduler: str | None = None, device: str = "cpu") -> SynthesisModel:
+    """Load a run folder (or saved model folder) written by `sonosynth train` onto `device` (auto, cpu,
+    cuda), optionally switching its sampler (`dpm++`, `ddim`, `unipc`, `ddpm`) on the same noise schedule."""
     import yaml
 
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
     from sonosynth.diffusion.schedulers import make_scheduler
 
     run = Path(run)
+    torch_device = resolve_device(device)  # before the slow load
     pipe = MaskToUltrasoundPipeline.from_pretrained(run)
+    pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, config=pipe.scheduler.config)
