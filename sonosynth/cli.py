@@ -43,14 +43,21 @@ for _module_name in (
     _module.register(app)
 
 
+INTERRUPTED = "interrupted: nothing half-written was left behind; run again to resume"
+
+
 def main() -> None:
     try:
         app()
     except SonosynthError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C into a silent exit 130
+            typer.echo(INTERRUPTED, err=True)
+        raise
     except KeyboardInterrupt:
-        typer.echo("interrupted: nothing half-written was left behind; run again to resume", err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
 
 

@@ -1,28 +1,61 @@
-"""`sonosynth demo --fast` end to end, and its resume behaviour."""
+"""`sonosynth demo --fast` end to end, interrupted (Ctrl-C) and resumed."""
 
 import json
+import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from sonosynth.cli import app
+from sonosynth.cli import app, main
 from sonosynth.data.format import Dataset
 
 
-def test_demo_fast_end_to_end_then_resumes(tmp_path: Path):
+def interrupt_second_generate_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the second synthetic part (shape masks) is being written."""
+    import sonosynth.synthesis.grid as grid
+
+    calls = []
+    real_from_square = grid.from_square
+
+    def from_square(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_from_square(*args, **kwargs)
+
+    monkeypatch.setattr(grid, "from_square", from_square)
+
+
+def test_demo_fast_end_to_end_survives_ctrl_c_then_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture):
     out = tmp_path / "demo"
+    with monkeypatch.context() as patch:
+        interrupt_second_generate_batch(patch)
+        patch.setattr(sys, "argv", ["sonosynth", "demo", "--fast", "--out", str(out), "--device", "cpu"])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted: nothing half-written" in err, err[-600:]
+    # The model and the finished deform part stay; the interrupted part left nothing behind.
+    assert (out / "model-run" / "model" / "model_index.json").is_file()
+    assert len(Dataset.open(out / "synthetic-deform")) == 8
+    assert not (out / "synthetic-shape").exists() and not (out / "synthetic").exists()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
     runner = CliRunner()
     first = runner.invoke(app, ["demo", "--fast", "--out", str(out), "--device", "cpu"])
     assert first.exit_code == 0, first.output
     assert "Dice" in first.output and "HC" in first.output
     for stage in ("phantom", "train", "generate", "evaluate"):
         assert f"stage {stage}: done" in first.output
+    assert json.loads((out / "demo-timings.json").read_text())["timings"]["train"] < 5  # resumed, not retrained
 
     real, synthetic = Dataset.open(out / "data"), Dataset.open(out / "synthetic")
     assert {r.split for r in real.records} == {"train", "val", "test"}
     assert len(synthetic) == 16
     assert {r.extra["mask_source"] for r in synthetic.records} == {"deform", "shape"}
-    assert (out / "model-run" / "model" / "model_index.json").is_file()
     report = out / "report"
     for name in ("results.csv", "results.md", "report.html"):
         assert (report / name).is_file(), name
