@@ -86,25 +86,10 @@ print("loss rows:", len(rows), "grids:", [g.name for g in grids])
 PYEOF
 fi
 
-# The model of this session was trained with the models code of commit d3dcff8; commits 364be96/da0c2e5 changed
-# the SPADE norm layers, and today's code loads that checkpoint with freshly initialised norms (a warning only)
-# and samples NaN (black) images. So generation ran on a read-only export of HEAD with sonosynth/models and
-# sonosynth/diffusion/pipeline.py from d3dcff8:  MODEL_CODE=d3dcff8 benchmarks/run_hc18.sh generate
-MODEL_CODE=${MODEL_CODE:-}
-GEN_PYTHONPATH=""
-if [[ -n "$MODEL_CODE" ]]; then
-  GEN_PYTHONPATH=$WORK/sonosynth-$MODEL_CODE
-  rm -rf "$GEN_PYTHONPATH" && mkdir -p "$GEN_PYTHONPATH"
-  git archive HEAD sonosynth | tar -x -C "$GEN_PYTHONPATH"
-  rm -rf "$GEN_PYTHONPATH/sonosynth/models"
-  git archive "$MODEL_CODE" sonosynth/models sonosynth/diffusion/pipeline.py | tar -x -C "$GEN_PYTHONPATH"
-fi
-
 if has generate; then
   for source in $SOURCES; do
-    # From inside the export (python -m puts the working folder first on sys.path).
-    (cd "${GEN_PYTHONPATH:-.}" && "$REPO/$PY" -m sonosynth generate "$RUN" --source "$DATA" --masks "$source" --n "$GEN_N" --steps "$GEN_STEPS" --seed 0 \
-      --out "$WORK/synth-hc18-$source" --overwrite) &
+    OMP_NUM_THREADS=1 $PY -m sonosynth generate "$RUN" --source "$DATA" --masks "$source" --n "$GEN_N" \
+      --steps "$GEN_STEPS" --seed 0 --out "$WORK/synth-hc18-$source" --overwrite &
   done
   wait
 fi
@@ -112,7 +97,6 @@ fi
 if has fidelity; then
   # Mask fidelity: Dice between each conditioning mask and the real-trained segmenter's prediction on the
   # written (64 px) generated image; the reference row scores real test pairs reduced to the same size.
-  # (Scored here because `generate --segmenter` only fills `fidelity_dice` when --filter-dice is given.)
   $PY - "$WORK" "$RESULTS" "$DATA" $SOURCES <<'PYEOF'
 import sys
 from pathlib import Path
