@@ -4,10 +4,9 @@
 #   benchmarks/run_hc18.sh [STAGE ...]   stages: data train segmenter plots generate fidelity combine downstream report [downstream-real] (default: all but downstream-real)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 PY=${PY:-.venv/bin/python}
 SONO="$PY -m sonosynth"
-HC18=${HC18:-/work/shared/data/hc18}
+HC18=${HC18:-${SONOSYNTH_DATA_DIR:-../shared/data}/hc18}
 WORK=${WORK:-/tmp}
 DATA=$WORK/hc18-data
 RUN=$WORK/hc18-run
