@@ -10,6 +10,7 @@ fidelity. The table gives mean Dice, the paired difference to the reference sett
 by default the published 1000-step DDPM) with a 95 % bootstrap interval, and the sampling time.
 Real images of the same split give the ceiling. Each setting's samples are kept under --out (a
 rerun skips settings already sampled), so the grid and numbers can be inspected afterwards.
+`--grid PNG` also writes rows of (mask | one sample per setting | real image) for the first masks.
 """
 
 from __future__ import annotations
@@ -36,6 +37,41 @@ def paired_interval(diff: np.ndarray, seed: int = 0, rounds: int = 10_000) -> tu
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def write_grid(path: Path, masks: Path, out: Path, names: list[str], ids: list[str], rows: int = 4,
+               width: int = 160) -> None:
+    """Rows of (mask | each setting's sample | real image), the same source mask per row, side by side."""
+    from PIL import Image
+
+    from sonosynth.data.format import Dataset
+
+    generated = {}
+    for name in names:
+        dataset = Dataset.open(out / name)
+        generated[name] = {r.extra.get("source_id", r.id): dataset[i].image for i, r in enumerate(dataset.records)}
+    real = Dataset.open(masks)
+    position = {r.id: i for i, r in enumerate(real.records)}
+
+    def tile(array: np.ndarray, resample: int) -> Image.Image:
+        image = Image.fromarray(array.astype(np.uint8))
+        return image.resize((width, round(width * array.shape[0] / array.shape[1])), resample)
+
+    tiles = []
+    for source in ids[:rows]:
+        pair = real[position[source]]
+        real_image = pair.image if pair.image.ndim == 2 else pair.image[..., 0]
+        row = [tile((pair.mask > 0) * 255, Image.NEAREST)]
+        row += [tile(generated[name][source], Image.BILINEAR) for name in names]
+        row.append(tile(real_image, Image.BILINEAR))
+        tiles.append(row)
+    height = max(t.height for row in tiles for t in row)
+    picture = Image.new("L", (width * len(tiles[0]), height * len(tiles)))
+    for r, row in enumerate(tiles):
+        for c, t in enumerate(row):
+            picture.paste(t, (c * width, r * height))
+    picture.save(path)
+    print(f"grid: {path} (columns: mask | {' | '.join(names)} | real image)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
@@ -48,6 +84,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=1.5)
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", type=Path, default=None, help="also write a PNG of samples per setting")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -107,6 +144,8 @@ def main() -> None:
     rows.append({"setting": "real", "mean_dice": float(real_values.mean()), "std": float(real_values.std())})
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     Console().print(table)
+    if args.grid is not None:
+        write_grid(args.grid, args.masks, args.out, [f"{s}-{n}" for s, n in settings], ids)
 
 
 if __name__ == "__main__":
