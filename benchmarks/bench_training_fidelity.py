@@ -5,10 +5,11 @@
 
 Trains on the dataset's `train` split and stops once the process has used `--cpu-minutes` of CPU
 time (all threads; on an idle machine that is at most as many wall minutes). A checkpoint (with
-EMA weights) is kept every `--checkpoint-every` steps. Each checkpoint then generates an image for
-every `test` mask with the few-step sampler, a segmenter trained on real images (SEGRUN, from
-`sonosynth segment train`) segments them, and the Dice against the conditioning mask is the mask
-fidelity. Prints a table of CPU minutes, steps and mean Dice; real test images give the ceiling.
+EMA weights) is kept every `--checkpoint-every` steps. Each checkpoint whose step is a multiple of
+`--eval-every` (and the last one) then generates an image for every `test` mask with the few-step
+sampler, a segmenter trained on real images (SEGRUN, from `sonosynth segment train`) segments
+them, and the Dice against the conditioning mask is the mask fidelity. Prints a table of CPU
+minutes, steps and mean Dice; real test images give the ceiling.
 """
 
 from __future__ import annotations
@@ -81,7 +82,11 @@ def evaluate(args: argparse.Namespace, run: Path) -> list[dict]:
     model = MaskToUltrasoundPipeline.from_pretrained(run).unet
     names = [n for n, _ in model.named_parameters()]
     rows = []
-    for step, path in ckpt.list_checkpoints(run):
+    checkpoints = ckpt.list_checkpoints(run)
+    last = checkpoints[-1][0] if checkpoints else None
+    for step, path in checkpoints:
+        if step % args.eval_every and step != last:
+            continue
         ema = load_file(path / "ema.safetensors")
         with torch.no_grad():
             for name, param in model.named_parameters():
@@ -112,6 +117,7 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=24)
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=100, help="score checkpoints whose step is a multiple")
     parser.add_argument("--eval-only", action="store_true")
     args = parser.parse_args()
 
