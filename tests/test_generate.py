@@ -15,6 +15,7 @@ from test_masks import cardiac_mask
 from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.synthesis.fidelity import score_samples
 from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset
 from sonosynth.synthesis.masks import AnatomyRules, DeformConfig
 
@@ -194,6 +195,37 @@ def test_fidelity_filter_drops_or_flags_and_records_scores(tmp_path, toy_run, to
         progress=False))
     assert len(scored) == 2
     assert all(float(r.extra["fidelity_dice"]) == 0.0 and r.extra["flagged"] == "" for r in scored.records)
+
+
+def test_joint_model_draws_its_own_masks_and_scores_their_fit(tmp_path, toy_source):
+    run = save_tiny_run(tmp_path / "joint", kind="joint")
+    seen = []
+
+    def segments_the_bright_half(images):
+        seen.extend(images)
+        return [(im > np.median(im)).astype(np.uint8) for im in images]
+
+    out = generate_dataset(run, toy_source, tmp_path / "pairs", GenerateConfig(n=3, steps=1, batch_size=2),
+                           predictor=segments_the_bright_half, progress=False)
+    pairs = Dataset.open(out)
+    assert len(pairs) == 3 and len(seen) == 3
+    for pair in pairs:
+        assert pair.image.shape == pair.mask.shape and max(pair.image.shape) == 32
+        assert set(np.unique(pair.mask)) <= {0, 1}
+        expected = score_samples([pair.image], [pair.mask], segments_the_bright_half, 2)[0]
+        assert float(pair.record.extra["fidelity_dice"]) == pytest.approx(expected, abs=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["joint", "pairs"]  # no staging folder left
+
+    with pytest.raises(SonosynthError, match="mask-conditioned"):
+        generate_dataset(run, toy_source, tmp_path / "deformed", GenerateConfig(mask_source="deform", n=1),
+                         progress=False)
+    with pytest.raises(SonosynthError, match="mask-conditioned"):
+        generate_dataset(run, toy_source, tmp_path / "filtered", GenerateConfig(n=1, filter_dice=0.5),
+                         predictor=segments_the_bright_half, progress=False)
+    with pytest.raises(SonosynthError, match="mask-conditioned"):
+        generate_dataset(run, toy_source, tmp_path / "fixed",
+                         GenerateConfig(n=1, attributes=AttributePolicy(fixed={"view": "a"})), progress=False)
+    assert not any((tmp_path / name).exists() for name in ("deformed", "filtered", "fixed"))
 
 
 def test_bad_requests_fail_cleanly(tmp_path, toy_run, toy_source):

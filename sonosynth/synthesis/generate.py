@@ -8,25 +8,39 @@ Mask sources:
 Every pair is written with its provenance (model, sampler, steps, guidance, seed, mask source,
 source pair) and, with a segmenter, its mask-fidelity Dice; low-fidelity pairs are dropped or
 flagged. The output is a normal dataset folder (exportable to nnU-Net like any other).
+A `joint` model needs no mask source: it draws image and mask together (source pairs give only
+the field of view and classes), and its score is how well each mask fits its own image.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sonosynth.data.ellipse import head_circumference_mm
-from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter, Record, prepare_output
+from sonosynth.data.format import (
+    Dataset,
+    DatasetInfo,
+    DatasetWriter,
+    Record,
+    commit_folder,
+    prepare_output,
+    update_records,
+)
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.synthesis.fidelity import FidelityFilter, Predictor, score_samples
 from sonosynth.synthesis.grid import reduce_mask, reduced_fov, reduced_spacing
 from sonosynth.synthesis.masks import DeformConfig, ShapeModel, ShapeModelConfig, deform_mask
+
+if TYPE_CHECKING:
+    from sonosynth.synthesis.sampling import SynthesisModel
 
 MASK_SOURCES = ("train", "deform", "shape")
 HC_ATTRIBUTE = "hc_mm"
@@ -256,8 +270,7 @@ def generate_dataset(
     config.attributes.validate(info, str(source))
     model = load_synthesis_model(run, config.scheduler, config.device)
     if model.kind == "joint":
-        raise SonosynthError(f"{run}: a 'joint' model makes its own masks; generate needs a mask-conditioned "
-                             "model (spade or concat)")
+        return _generate_joint(model, source, Path(out), config, predictor, overwrite, progress)
     if info.num_labels != model.num_labels:
         raise DataError(f"{source}: {info.num_labels} labels but the model {run} was trained with {model.num_labels}")
     pairs = load_source_pairs(source_records(dataset, config.split), model.size, progress)
@@ -348,3 +361,47 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _generate_joint(model: SynthesisModel, source: str | Path, out: Path, config: GenerateConfig,
+                    predictor: Predictor | None, overwrite: bool, progress: bool) -> Path:
+    """A joint model draws image and mask together: `n` pairs, with fov and classes from the source pairs.
+
+    There is no conditioning mask, so the fidelity score compares the generated mask with the
+    segmenter's reading of the generated image: how well the mask fits its own image.
+    """
+    import tempfile
+
+    from sonosynth.diffusion.sample import SampleConfig, sample_dataset
+    from sonosynth.diffusion.schedulers import scheduler_name
+
+    if config.mask_source != "train":
+        raise SonosynthError(f"{model.run}: a 'joint' model draws its own masks; mask source "
+                             f"'{config.mask_source}' needs a mask-conditioned model (spade or concat)")
+    if config.attributes.fixed or config.attributes.distribution:
+        raise SonosynthError("--attr/--attr-dist need a mask-conditioned model; a joint model's pairs take the "
+                             "classes of the source pairs")
+    if config.filter_dice is not None:
+        raise SonosynthError("--filter-dice needs a mask-conditioned model; a joint model's pairs are scored "
+                             "(fidelity_dice) when --segmenter is given, and can be filtered afterwards")
+    sample_config = SampleConfig(
+        run=model.run, masks=str(source), split="train" if config.split == "auto" else config.split, n=config.n,
+        scheduler=config.scheduler or scheduler_name(model.pipe.scheduler), steps=config.steps,
+        guidance=config.guidance_scale, seed=config.seed, batch_size=config.batch_size, output_size="cropped",
+        device=config.device,
+    )
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.joint-", dir=out.parent))
+    try:
+        written = sample_dataset(sample_config, staging / out.name, progress=progress)
+        if predictor is not None:
+            dataset = Dataset.open(written)
+            pairs = list(dataset)
+            scores = score_samples([p.image for p in pairs], [p.mask for p in pairs], predictor,
+                                   dataset.info.num_labels)
+            for record, score in zip(dataset.records, scores, strict=True):
+                record.extra["fidelity_dice"] = f"{score:.4f}"
+            update_records(written, dataset.records)
+        commit_folder(written, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
