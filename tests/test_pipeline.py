@@ -138,7 +138,7 @@ def test_class_conditioned_sampling() -> None:
     np.testing.assert_array_equal(unknown, missing)
 
 
-@pytest.mark.parametrize("name", ["dpm++", "unipc", "ddim", "ddpm"])
+@pytest.mark.parametrize("name", ["dpm++", "dpm++sde", "unipc", "ddim", "ddpm"])
 def test_schedulers_by_name_keep_the_noise_schedule(name: str) -> None:
     trained = make_scheduler("ddpm", prediction_type="v_prediction", num_train_timesteps=500)
     scheduler = make_scheduler(name, config=trained.config)
@@ -150,6 +150,10 @@ def test_schedulers_by_name_keep_the_noise_schedule(name: str) -> None:
     image = pipe(labels, fov=fov, num_inference_steps=2, generator=generators(1)).images
     again = pipe(labels, fov=fov, num_inference_steps=2, generator=generators(1)).images
     np.testing.assert_array_equal(image, again)  # ddpm's step noise also comes from the generators
+    batched = pipe(labels.repeat(2, 1, 1), fov=fov.repeat(2, 1, 1, 1), num_inference_steps=2,
+                   generator=generators(2)).images
+    np.testing.assert_allclose(batched[:1], image, atol=1 / 255)  # each image's noise is its own generator's
+    assert np.abs(batched[1] - batched[0]).max() > 1e-3
     with pytest.raises(SonosynthError, match="unknown scheduler"):
         make_scheduler("euler")
 

@@ -15,7 +15,7 @@ def sample(
     n: Optional[int] = typer.Option(None, "--n", help="Number of pairs (default: one per mask; masks repeat)."),  # noqa: UP045
     split: str = typer.Option("train", "--split", help="Masks from this split: train, val, test or all."),
     steps: int = typer.Option(25, "--steps", help="Denoising steps."),
-    scheduler: str = typer.Option("dpm++", "--scheduler", help="Sampler: dpm++, unipc, ddim or ddpm."),
+    scheduler: str = typer.Option("dpm++", "--scheduler", help="Sampler: dpm++, dpm++sde, unipc, ddim or ddpm."),
     guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale (1.0: none)."),
     seed: int = typer.Option(0, "--seed", help="Image i uses seed + i."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),

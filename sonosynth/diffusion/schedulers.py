@@ -1,6 +1,7 @@
 """Samplers by name. All share the training noise schedule; only the way of stepping differs.
 
 - `dpm++` (default): DPM-Solver++ (2nd order multistep), good images in 20-25 steps.
+- `dpm++sde`: its stochastic (SDE) form: fresh noise every step, like `ddpm`, in 20-50 steps.
 - `unipc`: UniPC multistep, a similar few-step solver.
 - `ddim`: deterministic DDIM, for comparison.
 - `ddpm`: the ancestral sampler the model was trained for; needs ~1000 steps.
@@ -12,8 +13,8 @@ from typing import Any
 
 from sonosynth.errors import SonosynthError
 
-SCHEDULERS = ("dpm++", "unipc", "ddim", "ddpm")
-DEFAULT_STEPS = {"dpm++": 25, "unipc": 25, "ddim": 50, "ddpm": 1000}
+SCHEDULERS = ("dpm++", "dpm++sde", "unipc", "ddim", "ddpm")
+DEFAULT_STEPS = {"dpm++": 25, "dpm++sde": 25, "unipc": 25, "ddim": 50, "ddpm": 1000}
 
 
 def _scheduler_classes() -> dict[str, Any]:
@@ -21,6 +22,7 @@ def _scheduler_classes() -> dict[str, Any]:
 
     return {
         "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "dpm++sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
         "unipc": (UniPCMultistepScheduler, {}),
         "ddim": (DDIMScheduler, {}),
         "ddpm": (DDPMScheduler, {}),
@@ -59,7 +61,8 @@ def make_scheduler(
 
 def scheduler_name(scheduler: Any) -> str:
     """The short name of a scheduler instance (for provenance columns), or its class name."""
-    for name, (cls, _) in _scheduler_classes().items():
-        if type(scheduler) is cls:
+    config = getattr(scheduler, "config", {})
+    for name, (cls, defaults) in _scheduler_classes().items():
+        if type(scheduler) is cls and all(config.get(k, v) == v for k, v in defaults.items()):
             return name
     return type(scheduler).__name__
