@@ -1,15 +1,16 @@
 """Mask fidelity versus sampling steps: how few steps suffice?
 
-    python benchmarks/bench_quality_vs_steps.py RUN MASKS SEGRUN --out /tmp/qvs \
+    python benchmarks/bench_quality_vs_steps.py RUN MASKS SEGRUN --out /tmp/qvs --seeds 0,1 \
         --settings dpm++:10,dpm++:25,dpm++:50,ddim:25,ddim:50,ddpm:1000
 
-For every setting (scheduler:steps) the trained model RUN generates one image per mask of MASKS'
-`--split` (same seed per mask in every setting, so the comparison is paired), a segmenter trained
-on real images (SEGRUN) segments them, and the Dice against the conditioning mask is the mask
-fidelity. The table gives mean Dice, the paired difference to the reference setting (the last one,
-by default the published 1000-step DDPM) with a 95 % bootstrap interval, and the sampling time.
-Real images of the same split give the ceiling. Each setting's samples are kept under --out (a
-rerun skips settings already sampled), so the grid and numbers can be inspected afterwards.
+For every seed and setting (scheduler:steps) the trained model RUN generates one image per mask of
+MASKS' `--split` (the same seed per mask in every setting, so the comparison is paired), a
+segmenter trained on real images (SEGRUN) segments them, and the Dice against the conditioning
+mask is the mask fidelity. The table gives mean Dice, the paired difference to the reference
+setting (the last one, by default the published 1000-step DDPM) of the same seed, pooled over
+seeds with a 95 % bootstrap interval that resamples masks, per seed, and the fastest sampling time
+over seeds. Real images of the same split give the ceiling. Samples are kept under
+--out/seed-S/SETTING (a rerun skips settings already sampled), so they can be inspected afterwards.
 `--grid PNG` also writes rows of (mask | one sample per setting | real image) for the first masks.
 """
 
@@ -72,6 +73,36 @@ def write_grid(path: Path, masks: Path, out: Path, names: list[str], ids: list[s
     print(f"grid: {path} (columns: mask | {' | '.join(names)} | real image)")
 
 
+def sample_and_score(args: argparse.Namespace, seed: int, settings: list[tuple[str, int]]) -> tuple[dict, dict]:
+    """Per setting: {source mask id: Dice} and the sampling seconds, for one seed (folder out/seed-S)."""
+    from sonosynth.data.format import Dataset
+    from sonosynth.diffusion.sample import SampleConfig, sample_dataset
+
+    out = args.out / f"seed-{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    scores: dict[str, dict[str, float]] = {}
+    for scheduler, steps in settings:
+        name = f"{scheduler}-{steps}"
+        folder = out / name
+        if not (folder / "manifest.csv").is_file():
+            config = SampleConfig(
+                run=str(args.run), masks=str(args.masks), split=args.split, n=args.n, scheduler=scheduler,
+                steps=steps, guidance=args.guidance, seed=seed, batch_size=args.batch_size,
+                output_size="source", device="cpu",
+            )
+            start = time.perf_counter()
+            sample_dataset(config, folder, overwrite=True)
+            timings[name] = time.perf_counter() - start
+            timings_path.write_text(json.dumps(timings, indent=2))
+        # ids of generated pairs are sample-<i>; key them by their source mask instead
+        generated = Dataset.open(folder)
+        by_sample = fidelity(args.segrun, folder)
+        scores[name] = {r.extra.get("source_id", r.id): by_sample[r.id] for r in generated.records}
+    return scores, timings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
@@ -83,7 +114,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=None, help="first N masks of the split (default all)")
     parser.add_argument("--guidance", type=float, default=1.5)
     parser.add_argument("--batch-size", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated; each gives every image new noise")
     parser.add_argument("--grid", type=Path, default=None, help="also write a PNG of samples per setting")
     args = parser.parse_args()
 
@@ -91,61 +122,45 @@ def main() -> None:
     from rich.table import Table
 
     from sonosynth.data.format import Dataset
-    from sonosynth.diffusion.sample import SampleConfig, sample_dataset, select_masks
+    from sonosynth.diffusion.sample import select_masks
 
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split(",")]
-    args.out.mkdir(parents=True, exist_ok=True)
-    timings_path = args.out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    scores: dict[str, dict[str, float]] = {}
-    for scheduler, steps in settings:
-        name = f"{scheduler}-{steps}"
-        folder = args.out / name
-        if not (folder / "manifest.csv").is_file():
-            config = SampleConfig(
-                run=str(args.run), masks=str(args.masks), split=args.split, n=args.n, scheduler=scheduler,
-                steps=steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
-                output_size="source", device="cpu",
-            )
-            start = time.perf_counter()
-            sample_dataset(config, folder, overwrite=True)
-            timings[name] = time.perf_counter() - start
-            timings_path.write_text(json.dumps(timings, indent=2))
-        # ids of generated pairs are sample-<i>; key them by their source mask instead
-        generated = Dataset.open(folder)
-        by_sample = fidelity(args.segrun, folder)
-        scores[name] = {r.extra.get("source_id", r.id): by_sample[r.id] for r in generated.records}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = {seed: sample_and_score(args, seed, settings) for seed in seeds}
+    names = [f"{scheduler}-{steps}" for scheduler, steps in settings]
+    reference = names[-1]
+    ids = sorted(runs[seeds[0]][0][reference])
+
+    def dice(name: str) -> np.ndarray:  # (seeds, masks)
+        return np.array([[runs[seed][0][name][i] for i in ids] for seed in seeds])
 
     real = select_masks(Dataset.open(args.masks), args.split)
     real_ids = [r.id for r in real.records][: args.n]
     real_scores = fidelity(args.segrun, args.masks)
-    reference = f"{settings[-1][0]}-{settings[-1][1]}"
-    ids = sorted(scores[reference])
-    ref = np.array([scores[reference][i] for i in ids])
-    n_images = len(ids)
-
-    table = Table(title=f"mask fidelity vs sampling steps ({n_images} {args.split} masks, guidance {args.guidance}, "
-                  f"reference {reference})")
-    for column in ("setting", "mean Dice", "std", "Δ vs ref (Dice pts)", "95% CI", "s/image"):
+    title = (f"mask fidelity vs sampling steps ({len(ids)} {args.split} masks x {len(seeds)} seeds, guidance "
+             f"{args.guidance}; Δ in Dice points vs {reference} of the same seed, 95% CI by resampling masks)")
+    table = Table(title=title)
+    columns = ["setting", "mean Dice", "Δ pooled", "95% CI", *(f"Δ seed {s}" for s in seeds), "s/image (best)"]
+    for column in columns:
         table.add_column(column, justify="right")
     rows = []
-    for scheduler, steps in settings:
-        name = f"{scheduler}-{steps}"
-        values = np.array([scores[name][i] for i in ids])
-        diff = (values - ref) * 100
-        low, high = paired_interval(diff) if name != reference else (0.0, 0.0)
-        per_image = timings.get(name, float("nan")) / n_images
-        rows.append({"setting": name, "mean_dice": float(values.mean()), "std": float(values.std()),
-                     "delta_pts": float(diff.mean()), "ci_low": low, "ci_high": high, "s_per_image": per_image})
-        table.add_row(name, f"{values.mean():.4f}", f"{values.std():.4f}", f"{diff.mean():+.2f}",
-                      f"[{low:+.2f}, {high:+.2f}]", f"{per_image:.2f}")
+    for name in names:
+        diff = (dice(name) - dice(reference)) * 100  # (seeds, masks)
+        low, high = paired_interval(diff.mean(axis=0)) if name != reference else (0.0, 0.0)
+        per_seed = [float(d.mean()) for d in diff]
+        seconds = min(runs[seed][1].get(name, float("nan")) for seed in seeds) / len(ids)
+        rows.append({"setting": name, "mean_dice": float(dice(name).mean()), "delta_pts": float(diff.mean()),
+                     "ci_low": low, "ci_high": high, "delta_pts_per_seed": dict(zip(seeds, per_seed, strict=True)),
+                     "s_per_image": seconds})
+        table.add_row(name, f"{dice(name).mean():.4f}", f"{diff.mean():+.2f}", f"[{low:+.2f}, {high:+.2f}]",
+                      *(f"{d:+.2f}" for d in per_seed), f"{seconds:.2f}")
     real_values = np.array([real_scores[i] for i in real_ids])
-    table.add_row("real images", f"{real_values.mean():.4f}", f"{real_values.std():.4f}", "", "", "")
+    table.add_row("real images", f"{real_values.mean():.4f}", "", "", *("" for _ in seeds), "")
     rows.append({"setting": "real", "mean_dice": float(real_values.mean()), "std": float(real_values.std())})
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     Console().print(table)
     if args.grid is not None:
-        write_grid(args.grid, args.masks, args.out, [f"{s}-{n}" for s, n in settings], ids)
+        write_grid(args.grid, args.masks, args.out / f"seed-{seeds[-1]}", names, ids)
 
 
 if __name__ == "__main__":
