@@ -88,8 +88,12 @@ def select_masks(masks: Dataset, split: str) -> Dataset:
     return chosen
 
 
-def sample_dataset(config: SampleConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
-    """Generate `config.n` pairs and write them to `out` (atomically) with provenance columns."""
+def sample_dataset(config: SampleConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+                   pipe: Any = None) -> Path:
+    """Generate `config.n` pairs and write them to `out` (atomically) with provenance columns.
+
+    `pipe`: the pipeline of `config.run` when the caller has already loaded it (it is not loaded again).
+    """
     from tqdm.auto import tqdm
 
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
@@ -101,7 +105,8 @@ def sample_dataset(config: SampleConfig, out: str | Path, overwrite: bool = Fals
         raise SonosynthError("--steps and --batch-size must be at least 1")
     device = resolve_device(config.device)
     run = Path(config.run)
-    pipe = MaskToUltrasoundPipeline.from_pretrained(run)
+    if pipe is None:
+        pipe = MaskToUltrasoundPipeline.from_pretrained(run)
     pipe.scheduler = make_scheduler(config.scheduler, config=pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)

@@ -270,7 +270,7 @@ def generate_dataset(
     config.attributes.validate(info, str(source))
     model = load_synthesis_model(run, config.scheduler, config.device)
     if model.kind == "joint":
-        return _generate_joint(model, source, Path(out), config, predictor, overwrite, progress)
+        return _generate_joint(model, source, Path(out), config, predictor, progress)
     if info.num_labels != model.num_labels:
         raise DataError(f"{source}: {info.num_labels} labels but the model {run} was trained with {model.num_labels}")
     pairs = load_source_pairs(source_records(dataset, config.split), model.size, progress)
@@ -364,8 +364,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _generate_joint(model: SynthesisModel, source: str | Path, out: Path, config: GenerateConfig,
-                    predictor: Predictor | None, overwrite: bool, progress: bool) -> Path:
+                    predictor: Predictor | None, progress: bool) -> Path:
     """A joint model draws image and mask together: `n` pairs, with fov and classes from the source pairs.
+
+    `out` was already checked by `prepare_output`; the finished folder replaces it at the end.
 
     There is no conditioning mask, so the fidelity score compares the generated mask with the
     segmenter's reading of the generated image: how well the mask fits its own image.
@@ -392,7 +394,7 @@ def _generate_joint(model: SynthesisModel, source: str | Path, out: Path, config
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.joint-", dir=out.parent))
     try:
-        written = sample_dataset(sample_config, staging / out.name, progress=progress)
+        written = sample_dataset(sample_config, staging / out.name, progress=progress, pipe=model.pipe)
         if predictor is not None:
             dataset = Dataset.open(written)
             pairs = list(dataset)
