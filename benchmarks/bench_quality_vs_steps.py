@@ -45,10 +45,12 @@ def write_grid(path: Path, masks: Path, out: Path, names: list[str], ids: list[s
 
     from sonosynth.data.format import Dataset
 
+    shown = ids[:rows]
     generated = {}
-    for name in names:
+    for name in names:  # load only the samples shown, keyed by their source mask
         dataset = Dataset.open(out / name)
-        generated[name] = {r.extra.get("source_id", r.id): dataset[i].image for i, r in enumerate(dataset.records)}
+        position = {r.extra.get("source_id", r.id): i for i, r in enumerate(dataset.records)}
+        generated[name] = {source: dataset[position[source]].image for source in shown}
     real = Dataset.open(masks)
     position = {r.id: i for i, r in enumerate(real.records)}
 
@@ -57,7 +59,7 @@ def write_grid(path: Path, masks: Path, out: Path, names: list[str], ids: list[s
         return image.resize((width, round(width * array.shape[0] / array.shape[1])), resample)
 
     tiles = []
-    for source in ids[:rows]:
+    for source in shown:
         pair = real[position[source]]
         real_image = pair.image if pair.image.ndim == 2 else pair.image[..., 0]
         row = [tile((pair.mask > 0) * 255, Image.NEAREST)]
@@ -131,8 +133,8 @@ def main() -> None:
     reference = names[-1]
     ids = sorted(runs[seeds[0]][0][reference])
 
-    def dice(name: str) -> np.ndarray:  # (seeds, masks)
-        return np.array([[runs[seed][0][name][i] for i in ids] for seed in seeds])
+    # Dice per setting as a (seeds, masks) array
+    dice = {name: np.array([[runs[seed][0][name][i] for i in ids] for seed in seeds]) for name in names}
 
     real = select_masks(Dataset.open(args.masks), args.split)
     real_ids = [r.id for r in real.records][: args.n]
@@ -145,14 +147,14 @@ def main() -> None:
         table.add_column(column, justify="right")
     rows = []
     for name in names:
-        diff = (dice(name) - dice(reference)) * 100  # (seeds, masks)
+        diff = (dice[name] - dice[reference]) * 100  # (seeds, masks)
         low, high = paired_interval(diff.mean(axis=0)) if name != reference else (0.0, 0.0)
         per_seed = [float(d.mean()) for d in diff]
         seconds = min(runs[seed][1].get(name, float("nan")) for seed in seeds) / len(ids)
-        rows.append({"setting": name, "mean_dice": float(dice(name).mean()), "delta_pts": float(diff.mean()),
+        rows.append({"setting": name, "mean_dice": float(dice[name].mean()), "delta_pts": float(diff.mean()),
                      "ci_low": low, "ci_high": high, "delta_pts_per_seed": dict(zip(seeds, per_seed, strict=True)),
                      "s_per_image": seconds})
-        table.add_row(name, f"{dice(name).mean():.4f}", f"{diff.mean():+.2f}", f"[{low:+.2f}, {high:+.2f}]",
+        table.add_row(name, f"{dice[name].mean():.4f}", f"{diff.mean():+.2f}", f"[{low:+.2f}, {high:+.2f}]",
                       *(f"{d:+.2f}" for d in per_seed), f"{seconds:.2f}")
     real_values = np.array([real_scores[i] for i in real_ids])
     table.add_row("real images", f"{real_values.mean():.4f}", "", "", *("" for _ in seeds), "")
