@@ -13,14 +13,13 @@ interrupted with Ctrl-C resumes where it stopped):
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sonosynth.data.format import Dataset, DatasetWriter, prepare_output
+from sonosynth.data.format import Dataset
 from sonosynth.devices import resolve_device
 
 DATA, RUN, SYNTH, REPORT = "data", "model-run", "synthetic", "report"
@@ -155,44 +154,12 @@ def _train_diffusion(data: Path, run: Path, config: DemoConfig) -> None:
 
 def _generate(run: Path, data: Path, synthetic: Path, config: DemoConfig) -> None:
     """Deformed and shape-model masks, merged into one synthetic dataset."""
-    from sonosynth.synthesis.generate import GenerateConfig, generate_dataset
+    from sonosynth.synthesis.generate import GenerateConfig, generate_from_sources
 
-    parts = []
-    for source, n in (("deform", config.n_deform), ("shape", config.n_shape)):
-        part = synthetic.with_name(f"{synthetic.name}-{source}")
-        if not (part / "manifest.csv").is_file():
-            generate_dataset(
-                run,
-                data,
-                part,
-                GenerateConfig(mask_source=source, n=n, steps=config.sample_steps, seed=config.seed,
-                               device=config.device),
-                overwrite=True,
-            )
-        parts.append((source, part))
-    _merge(parts, synthetic)
-    for _, part in parts:
-        shutil.rmtree(part, ignore_errors=True)
-
-
-def _merge(parts: list[tuple[str, Path]], out: Path) -> None:
-    datasets = [(name, Dataset.open(path)) for name, path in parts]
-    info = datasets[0][1].info
-    prepare_output(out, overwrite=True)
-    with DatasetWriter(out, info, overwrite=True) as writer:
-        for name, dataset in datasets:
-            for sample in dataset:
-                r = sample.record
-                writer.add(
-                    f"{name}_{r.id}",
-                    sample.image,
-                    sample.mask,
-                    subject=r.subject,
-                    split=r.split,
-                    spacing_mm=r.spacing_mm,
-                    extra=r.extra,
-                    **r.attributes,
-                )
+    generate_from_sources(
+        run, data, synthetic, {"deform": config.n_deform, "shape": config.n_shape},
+        GenerateConfig(steps=config.sample_steps, seed=config.seed, device=config.device),
+    )
 
 
 def results_table(report: Path) -> str:

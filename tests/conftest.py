@@ -1,13 +1,16 @@
-"""Shared fixtures: tiny synthetic datasets and the real HC18 folder (skipped when absent, except in CI)."""
+"""Shared fixtures: tiny synthetic datasets and the real HC18, BUSI and CAMUS-224 folders (skipped when absent,
+except in CI)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 
 from sonosynth.data.format import DatasetInfo, DatasetWriter
 
@@ -20,21 +23,50 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
-def hc18_dir() -> Path:
-    """HC18 lives outside the repo: $SONOSYNTH_DATA_DIR/hc18, else ../shared/data/hc18."""
+def data_dir(name: str) -> Path:
+    """Real data lives outside the repo: $SONOSYNTH_DATA_DIR/<name>, else ../shared/data/<name>."""
     base = os.environ.get("SONOSYNTH_DATA_DIR")
     root = Path(base) if base else REPO.parent / "shared" / "data"
-    return root / "hc18"
+    return root / name
+
+
+def require_data(name: str, inside: str, title: str) -> Path:
+    """data_dir(name) if it holds `inside`; else skip the test, or fail it under CI=true."""
+    path = data_dir(name)
+    if not (path / inside).is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{title} data not found at {path} (required under CI=true)")
+        pytest.skip(f"{title} data not found at {path}; set SONOSYNTH_DATA_DIR to the folder holding {name}/")
+    return path
 
 
 @pytest.fixture(scope="session")
 def hc18() -> Path:
-    path = hc18_dir()
-    if not (path / "training_set").is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"HC18 data not found at {path} (required under CI=true)")
-        pytest.skip(f"HC18 data not found at {path}; set SONOSYNTH_DATA_DIR to the folder holding hc18/")
-    return path
+    return require_data("hc18", "training_set", "HC18")
+
+
+@pytest.fixture(scope="session")
+def busi() -> Path:
+    """The BUSI development subset's Dataset_BUSI_with_GT folder (holding benign/, malignant/, normal/)."""
+    return require_data("busi", "Dataset_BUSI_with_GT/benign", "BUSI") / "Dataset_BUSI_with_GT"
+
+
+@pytest.fixture(scope="session")
+def camus224() -> Path:
+    """The CAMUS-224 folder (holding images/patientNNNN_<view>_<phase>[_gt].png)."""
+    return require_data("camus-224", "images", "CAMUS-224")
+
+
+def imported_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> Path:
+    """`make(out)` run once per test session (real imports are slow), shared by xdist workers through a lock."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    out = base / name
+    with FileLock(str(out) + ".lock"):
+        if not out.exists():
+            make(out)
+    return out
 
 
 def ellipse_pair(rng: np.random.Generator, height: int = 48, width: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -144,6 +144,24 @@ def test_output_folder_that_already_exists(tmp_path: Path, monkeypatch, capsys):
     assert len(Dataset.open(out)) == 4 and not (out / "keep.txt").exists()
 
 
+def test_name_not_matching_the_name_pattern(tmp_path: Path, monkeypatch, capsys):
+    src = write_folder_source(tmp_path / "src")
+    write_png(src / "img" / "scan_9.png", np.zeros((24, 32), np.uint8))
+    write_png(src / "lbl" / "scan_9_mask.png", np.zeros((24, 32), np.uint8))
+    args = ["data", "import", "folder", src, tmp_path / "out", *FOLDER_ARGS, "--name-pattern", r"case_(?P<n>\d)"]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    message = f"{src / 'img' / 'scan_9.png'}: name does not match --name-pattern"
+    assert_clean_failure(code, err, message, tmp_path / "out")
+
+
+def test_subject_pattern_and_name_pattern_together(tmp_path: Path, monkeypatch, capsys):
+    src = write_folder_source(tmp_path / "src")
+    patterns = ["--subject-pattern", r"(case)_", "--name-pattern", r"(?P<subject>case)_"]
+    args = ["data", "import", "folder", src, tmp_path / "out", *FOLDER_ARGS, *patterns]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert_clean_failure(code, err, "--subject-pattern and --name-pattern: give one of them", tmp_path / "out")
+
+
 def test_options_of_another_format_are_refused(tmp_path: Path, monkeypatch, capsys):
     src = write_folder_source(tmp_path / "src")
     code, _, err = run_cli(["data", "import", "busi", src, tmp_path / "out", "--images", "*.png"], monkeypatch, capsys)

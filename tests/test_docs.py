@@ -49,7 +49,8 @@ def shown_commands(markdown: str) -> list[str]:
     for block in code_blocks(markdown, "bash"):
         for line in block.replace("\\\n", " ").splitlines():
             # a command line, or one shown in a comment after "NAME: "; comments and "(...)" notes cut off
-            found = re.search(r"(?:^|: )(sonosynth [^#(]+)", line)
+            # (a quoted argument such as a regex may hold '#' and '(')
+            found = re.search(r"(?:^|: )(sonosynth (?:'[^']*'|\"[^\"]*\"|[^#('\"])+)", line)
             if found:
                 commands.append(found.group(1).strip())
     commands += [span for span in re.findall(r"`([^`\n]+)`", markdown) if span.startswith("sonosynth ")]

@@ -10,10 +10,20 @@ import pytest
 from conftest import write_toy_dataset
 from PIL import Image
 
+from sonosynth.data.format import Dataset
 from sonosynth.errors import SonosynthError
-from sonosynth.evaluation.downstream import Cell, DownstreamConfig, nested_subjects, plan_cells, run_downstream
+from sonosynth.evaluation.downstream import (
+    ARMS,
+    Cell,
+    DownstreamConfig,
+    converged,
+    nested_subjects,
+    plan_cells,
+    run_downstream,
+)
+from sonosynth.evaluation.generators import GeneratorRecipe
 from sonosynth.evaluation.report import aggregate_cells
-from sonosynth.segmentation.train import SegmentationConfig
+from sonosynth.segmentation.train import SegmentationConfig, real_splits
 
 TINY = SegmentationConfig(size=32, net="tiny", max_steps=4, val_every=2, batch_size=4)
 
@@ -51,7 +61,8 @@ def test_plan_has_synthetic_only_once_per_seed() -> None:
 def test_end_to_end_report_and_resume(datasets: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
     real, synth = datasets
     out = tmp_path / "report"
-    run_downstream(real, out, config(), synthetic_path=synth, command="sonosynth evaluate downstream ...",
+    three = config(arms=["real", "real+synthetic", "synthetic"])
+    run_downstream(real, out, three, synthetic_path=synth, command="sonosynth evaluate downstream ...",
                    progress=False)
 
     cells = sorted(p.name for p in (out / "cells").glob("*.json"))
@@ -90,9 +101,9 @@ def test_end_to_end_report_and_resume(datasets: tuple[Path, Path], tmp_path: Pat
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_segmenter", counting)
-    run_downstream(real, out, config(), synthetic_path=synth, progress=False)
+    run_downstream(real, out, three, synthetic_path=synth, progress=False)
     assert len(trained) == 1 and (out / "cells" / "k1__real__seed1.json").is_file()
-    run_downstream(real, out, config(), synthetic_path=synth, progress=False)
+    run_downstream(real, out, three, synthetic_path=synth, progress=False)
     assert len(trained) == 1
 
 
@@ -107,7 +118,7 @@ def test_changed_settings_refuse_to_resume(datasets: tuple[Path, Path], tmp_path
 
 def test_bad_requests_fail_with_a_clear_message(datasets: tuple[Path, Path], tmp_path: Path) -> None:
     real, _ = datasets
-    with pytest.raises(SonosynthError, match="need --synthetic"):
+    with pytest.raises(SonosynthError, match="need --generator-per-k RECIPE or --synthetic SYNTH"):
         run_downstream(real, tmp_path / "r", config(), progress=False)
     with pytest.raises(SonosynthError, match="k=50 exceeds"):
         run_downstream(real, tmp_path / "r2", config(ks=["50"], seeds=1, arms=["real"]), progress=False)
@@ -123,3 +134,63 @@ def test_aggregation_mean_and_sample_std() -> None:
     (row,) = aggregate_cells([cell(0, 0.6), cell(1, 0.8), cell(2, 0.7)])
     assert row["dice_1_mean"] == pytest.approx(0.7) and row["dice_1_std"] == pytest.approx(0.1)
     assert row["n_seeds"] == 3
+
+
+TINY_RECIPE = GeneratorRecipe(model_size="tiny", image_size=32, train_steps=4, batch_size=4,
+                              mask_sources={"deform": 3, "shape": 3}, sample_steps=2)
+
+
+def test_generator_per_k_sees_only_the_cell_subjects(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    """The honest protocol end to end: a generator per (k, seed) on those k subjects, all five arms."""
+    real, _ = datasets
+    out = tmp_path / "report"
+    cfg = config(ks=["1", "2"], seeds=1, arms=list(ARMS), generator=TINY_RECIPE)
+    run_downstream(real, out, cfg, command="sonosynth evaluate downstream --generator-per-k r.yaml", progress=False)
+
+    cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    assert len(cells) == 2 * len(ARMS)  # the synthetic-only arm runs per k too
+    real_cell = cells["k2__real__seed0"]
+    chosen = {r.subject for r in Dataset.open(out / "generators" / "k2__seed0" / "data").records}
+    assert len(chosen) == 2 == real_cell["n_real_subjects"]
+    # the generator's data is exactly the real arm's subjects, and its new masks come from them only
+    assert chosen == set(nested_subjects(real_splits(Dataset.open(real))[0].subjects, "2", 0))
+    synthetic = Dataset.open(out / "generators" / "k2__seed0" / "synthetic")
+    assert len(synthetic) == 6
+    sources = {r.extra["source_id"] for r in synthetic.records if r.extra["mask_source"] == "deform"}
+    assert sources <= {r.id for r in Dataset.open(out / "generators" / "k2__seed0" / "data").records}
+    mixed = cells["k1__real+synthetic+classical__seed0"]
+    assert mixed["n_synthetic_images"] == 6 and mixed["generator"]["folder"] == "generators/k1__seed0"
+    assert cells["k1__synthetic__seed0"]["n_real_images"] == 0
+    for cell in cells.values():
+        assert {"steps", "best_step", "converged", "max_steps"} <= set(cell)
+        assert set(cell["per_image"][0]) >= {"dice", "hd95", "in_truth", "in_pred"}
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["generator_per_k"]["mask_sources"] == {"deform": 3, "shape": 3}
+
+    report = (out / "results.md").read_text()
+    assert "generator per k" in report and "not a scarce-data result" not in report
+    assert "| 2 | real+synthetic | real+classical | Dice head (points) |" in report
+    with open(out / "comparisons.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["verdict"] for r in rows} <= {"better", "worse", "no detectable difference"}
+    assert {(r["arm"], r["baseline"]) for r in rows} >= {("real+classical", "real"), ("synthetic", "real")}
+
+    # resume: nothing is retrained, the generators are not rebuilt
+    stamp = (out / "generators" / "k1__seed0" / "synthetic" / "manifest.csv").stat().st_mtime_ns
+    run_downstream(real, out, cfg, progress=False)
+    assert (out / "generators" / "k1__seed0" / "synthetic" / "manifest.csv").stat().st_mtime_ns == stamp
+
+
+def test_shared_synthetic_report_says_the_generator_saw_more(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    real, synth = datasets
+    run_downstream(real, tmp_path / "r", config(ks=["1"], seeds=1, arms=["real", "real+synthetic"]),
+                   synthetic_path=synth, progress=False)
+    assert "not a scarce-data result" in (tmp_path / "r" / "results.md").read_text()
+
+
+def test_converged_means_validation_stopped_improving() -> None:
+    history = [{"step": s, "val_dice": d} for s, d in enumerate([0.1, 0.5, 0.4, 0.45, 0.5], start=1)]
+    assert converged(history, patience=3)  # best at the 2nd check, three checks without improvement
+    assert not converged(history, patience=4)
+    rising = [{"step": s, "val_dice": 0.1 * s} for s in range(1, 6)]
+    assert not converged(rising, patience=2)

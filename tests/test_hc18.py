@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from filelock import FileLock
+from conftest import imported_once
 from PIL import Image
 from scipy import ndimage
 from skimage.draw import ellipse_perimeter, polygon_perimeter
@@ -25,15 +24,8 @@ from sonosynth.errors import DataError
 
 @pytest.fixture(scope="session")
 def hc18_dataset(hc18: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real HC18 subset imported once per test session, shared by xdist workers through a lock."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    out = base / "hc18_imported"
-    with FileLock(str(out) + ".lock"):
-        if not out.exists():
-            import_hc18(hc18, out)
-    return out
+    """The real HC18 subset imported once per test session."""
+    return imported_once(tmp_path_factory, "hc18_imported", lambda out: import_hc18(hc18, out))
 
 
 def test_real_hc18_yields_493_pairs_with_spacing_subjects_and_hc(hc18_dataset: Path):

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from sonosynth.data.format import Dataset
 from sonosynth.data.imageio import write_png
 from sonosynth.data.importers import import_dataset
+from sonosynth.data.importers.busi import near_duplicate_groups
 from sonosynth.data.importers.camus import to_uint8_or_16
 from sonosynth.data.importers.folder import parse_label_map
 from sonosynth.errors import DataError
@@ -61,6 +63,32 @@ def test_busi_merges_masks_converts_rgb_and_keeps_pathology(tmp_path: Path):
     assert benign.record.attributes == {"pathology": "benign"}
     assert samples["normal_1"].mask.max() == 0
     assert ds.info.attributes == {"pathology": ["benign", "malignant", "normal"]}
+
+
+def test_busi_gives_near_duplicates_one_subject(tmp_path: Path):
+    write_busi(tmp_path / "busi")
+    smooth = ndimage.gaussian_filter(np.random.default_rng(5).normal(size=(60, 80)), 6)
+    scan = ((smooth - smooth.min()) / np.ptp(smooth) * 255).astype(np.uint8)
+    copy = np.asarray(Image.fromarray(scan[1:, 1:]).resize((100, 72)))  # cropped by a pixel and rescaled
+    for name, image in (("benign (2)", scan), ("malignant (2)", copy)):
+        folder = tmp_path / "busi" / name.split()[0]
+        write_png(folder / f"{name}.png", image)
+        write_png(folder / f"{name}_mask.png", _box(image.shape, 10, 10, 8))
+    summary = import_dataset("busi", tmp_path / "busi", tmp_path / "out")
+    assert "; 1 group of near-duplicate images (2 images, largest 2; correlation > 0.95)" in summary.describe()
+    subjects = {r.id: r.subject for r in Dataset.open(tmp_path / "out").records}
+    assert subjects["benign_2"] == subjects["malignant_2"] == "benign_2"
+    assert [subjects[i] for i in ("benign_1", "malignant_1", "normal_1")] == ["benign_1", "malignant_1", "normal_1"]
+    import_dataset("busi", tmp_path / "busi", tmp_path / "strict", near_duplicate_threshold=1.0)
+    assert len({r.subject for r in Dataset.open(tmp_path / "strict").records}) == 5
+
+
+def test_near_duplicate_groups_are_transitive():
+    angles = np.radians([0.0, 15.0, 30.0, 90.0, 180.0])  # a~b and b~c (cos 15 > 0.95) but not a~c (cos 30)
+    rows = np.stack([np.cos(angles), np.sin(angles), np.zeros(5)], axis=1)
+    rows = np.vstack([rows, [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    assert near_duplicate_groups(rows, 0.95) == [[0, 1, 2], [5, 6]]
+    assert near_duplicate_groups(rows, 0.99) == [[5, 6]]
 
 
 def test_busi_mask_without_image_is_a_missing_pair(tmp_path: Path):
@@ -195,6 +223,51 @@ def test_folder_pairs_by_template_maps_labels_and_groups_subjects(tmp_path: Path
     assert sample.image.dtype == np.uint16  # 16-bit images stay 16-bit
     assert sorted(np.unique(sample.mask).tolist()) == [0, 1, 2]
     assert sample.record.extra["source_image"] == "img/p1_a.png"
+
+
+def _write_named_pairs(root: Path, stems: list[str]) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    for stem in stems:
+        write_png(root / "images" / f"{stem}.png", _speckle(rng))
+        write_png(root / "images" / f"{stem}_gt.png", _box((40, 56), 3, 3, 10, 2))
+    return root
+
+
+NAMED = dict(images="images/*_E[DS].png", masks="images/{stem}_gt.png", label_names=["a", "b"])
+
+
+def test_folder_name_pattern_gives_subject_and_declared_attributes(tmp_path: Path):
+    src = _write_named_pairs(tmp_path / "src", ["p01_4CH_ES", "p01_2CH_ED", "p02_4CH_ED"])
+    pattern = r"(?P<subject>p\d+)_(?P<view>2CH|4CH)_(?P<phase>ED|ES)"
+    import_dataset("folder", src, tmp_path / "out", name_pattern=pattern, **NAMED)
+    ds = Dataset.open(tmp_path / "out")
+    assert ds.info.attributes == {"view": ["2CH", "4CH"], "phase": ["ED", "ES"]}
+    assert [(r.id, r.subject, r.attributes) for r in ds.records] == [
+        ("p01_2CH_ED", "p01", {"view": "2CH", "phase": "ED"}),
+        ("p01_4CH_ES", "p01", {"view": "4CH", "phase": "ES"}),
+        ("p02_4CH_ED", "p02", {"view": "4CH", "phase": "ED"}),
+    ]
+    # without a subject group each image is its own subject
+    import_dataset("folder", src, tmp_path / "own", name_pattern=r"_(?P<view>\dCH)_", **NAMED)
+    ds = Dataset.open(tmp_path / "own")
+    assert ds.info.attributes == {"view": ["2CH", "4CH"]}
+    assert [r.subject for r in ds.records] == [r.id for r in ds.records]
+
+
+def test_folder_name_pattern_refuses_what_it_cannot_use(tmp_path: Path):
+    src = _write_named_pairs(tmp_path / "src", ["p01_2CH_ED", "x_ES"])
+    with pytest.raises(DataError, match=r"x_ES\.png: name does not match --name-pattern"):
+        import_dataset("folder", src, tmp_path / "out", name_pattern=r"(?P<subject>p\d+)_", **NAMED)
+    with pytest.raises(DataError, match="--subject-pattern and --name-pattern: give one of them"):
+        import_dataset("folder", src, tmp_path / "out", name_pattern="(?P<subject>.)", subject_pattern="(.)", **NAMED)
+    with pytest.raises(DataError, match="needs named groups"):
+        import_dataset("folder", src, tmp_path / "out", name_pattern=r"(p\d+)", **NAMED)
+    with pytest.raises(DataError, match=r"group names \['split'\] are manifest columns"):
+        import_dataset("folder", src, tmp_path / "out", name_pattern=r"_(?P<split>E.)", **NAMED)
+    with pytest.raises(DataError, match=r"x_ES\.png: --name-pattern groups \['subject'\] match nothing"):
+        import_dataset("folder", src, tmp_path / "out", name_pattern=r"^(?P<subject>p?\d*)", **NAMED)
+    assert not (tmp_path / "out").exists()
 
 
 def test_folder_label_map_parsing_and_defaults():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from sonosynth.cli import app
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
 from sonosynth.data.imageio import read_label_map
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.segmentation.classical import ClassicalAugmentConfig
 from sonosynth.segmentation.predict import image_to_model, load_segmenter, predict_masks
 from sonosynth.segmentation.train import (
     PairTensors,
@@ -79,21 +81,27 @@ def test_multi_label_masks(tmp_path: Path) -> None:
     assert mask.shape == (40, 56) and set(np.unique(mask)) <= {0, 1, 2}
 
 
-def test_same_seed_same_weights_and_different_seed_differs() -> None:
+def trained_weights(seed: int, **settings: Any) -> torch.Tensor:
+    """All weights after 3 steps on four 32 px toy pairs."""
     rng = np.random.default_rng(0)
     pairs = [ellipse_pair(rng, 32, 32) for _ in range(4)]
     tensors = PairTensors(
         torch.stack([image_to_model(i, 32) for i, _ in pairs]),
         torch.stack([torch.as_tensor(m.astype(np.int64)) for _, m in pairs]),
     )
+    config = SegmentationConfig(max_steps=3, seed=seed, labels={"0": "bg", "1": "head"}, **TINY, **settings)
+    model = train_segmenter(config, tensors, progress=False).model
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
-    def weights(seed: int) -> torch.Tensor:
-        config = SegmentationConfig(max_steps=3, seed=seed, labels={"0": "bg", "1": "head"}, **TINY)
-        model = train_segmenter(config, tensors, progress=False).model
-        return torch.cat([p.detach().flatten() for p in model.parameters()])
 
-    assert torch.equal(weights(1), weights(1))
-    assert not torch.equal(weights(1), weights(2))
+@pytest.mark.parametrize("settings", [{}, {"classical": ClassicalAugmentConfig()}], ids=["light", "classical"])
+def test_same_seed_same_weights_and_different_seed_differs(settings: dict[str, Any]) -> None:
+    assert torch.equal(trained_weights(1, **settings), trained_weights(1, **settings))
+    assert not torch.equal(trained_weights(1, **settings), trained_weights(2, **settings))
+
+
+def test_classical_augmentation_changes_training() -> None:
+    assert not torch.equal(trained_weights(1), trained_weights(1, classical=ClassicalAugmentConfig()))
 
 
 def test_batch_composition_follows_the_ratio() -> None:

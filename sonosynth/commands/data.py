@@ -31,6 +31,12 @@ def import_command(
     subject_pattern: str | None = typer.Option(
         None, "--subject-pattern", help="folder: regex on the image file name whose group 1 is the subject."
     ),
+    name_pattern: str | None = typer.Option(
+        None,
+        "--name-pattern",
+        help="folder: regex on the image file name with named groups: (?P<subject>...) is the subject, every "
+        "other named group a categorical attribute, e.g. '(?P<subject>p\\d+)_(?P<view>2CH|4CH)'.",
+    ),
     spacing_mm: float | None = typer.Option(None, "--spacing-mm", help="folder: pixel size in mm for all images."),
     name: str | None = typer.Option(None, "--name", help="folder: dataset name (default: OUT's folder name)."),
 ) -> None:
@@ -45,6 +51,7 @@ def import_command(
         "--label-map": label_map or None,
         "--labels": labels,
         "--subject-pattern": subject_pattern,
+        "--name-pattern": name_pattern,
         "--spacing-mm": spacing_mm,
         "--name": name,
     }
@@ -58,6 +65,7 @@ def import_command(
             label_map=parse_label_map(label_map),
             label_names=[n.strip() for n in labels.split(",") if n.strip()] if labels else None,
             subject_pattern=subject_pattern,
+            name_pattern=name_pattern,
             spacing_mm=spacing_mm,
             name=name,
         )

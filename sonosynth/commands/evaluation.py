@@ -22,6 +22,9 @@ def command_line(ctx: typer.Context, name: str) -> str:
         if isinstance(value, bool):
             flags = param.opts if value else getattr(param, "secondary_opts", [])
             parts.extend(flags[:1])
+        elif isinstance(value, list | tuple):
+            for item in value:
+                parts += [param.opts[0], shlex.quote(str(item))]
         else:
             parts += [param.opts[0], shlex.quote(str(value))]
     return " ".join(parts)
@@ -32,15 +35,29 @@ def downstream_command(
     ctx: typer.Context,
     real: Path = typer.Option(..., "--real", help="Real dataset folder (train/val/test splits)."),
     out: Path = typer.Option(..., "--out", help="Report folder (resumed if it exists)."),
-    synthetic: Path | None = typer.Option(None, "--synthetic", help="Synthetic dataset folder."),
+    generator_per_k: Path | None = typer.Option(
+        None, "--generator-per-k",
+        help="Generator recipe YAML: train a generator on each cell's k subjects only (the honest protocol).",
+    ),
+    synthetic: Path | None = typer.Option(
+        None, "--synthetic", help="One synthetic dataset for every k (its generator saw more real data: reported)."
+    ),
     k: str = typer.Option("5,10,20,all", "--k", help="Real training subjects per cell, comma separated."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per cell (mean ± std over them)."),
     arms: str = typer.Option(
-        "real,real+synthetic,synthetic", "--arms", help="Arms: real, real+synthetic, synthetic (comma separated)."
+        "auto", "--arms",
+        help="Comma separated among real, real+classical, real+synthetic, real+synthetic+classical, synthetic "
+        "(auto: all, or real,real+classical without synthetic data).",
+    ),
+    structure: list[str] = typer.Option(
+        [], "--structure", help="Score a union of labels as one structure, NAME=1+2 (repeatable; default: each label)."
+    ),
+    classical_config: Path | None = typer.Option(
+        None, "--classical-config", help="YAML with the ranges of the +classical arms' augmentation."
     ),
     size: int = typer.Option(64, help="Segmenter training size in pixels."),
     net: str = typer.Option("small", help="Network size: tiny, small or base."),
-    steps: int = typer.Option(2000, help="Maximum training steps per cell."),
+    steps: int = typer.Option(4000, help="Maximum training steps per cell."),
     batch_size: int = typer.Option(8),
     learning_rate: float = typer.Option(1e-3),
     val_every: int = typer.Option(100, help="Validate every N steps."),
@@ -51,12 +68,16 @@ def downstream_command(
         None, "--hc/--no-hc", help="Report head-circumference error (default: when label 1 is 'head')."
     ),
 ) -> None:
-    """Train segmenters for each k x arm x seed and tabulate Dice, HD95 and HC error on the real test split."""
-    from sonosynth.evaluation.downstream import DownstreamConfig, parse_ks, run_downstream
+    """Segmenters for each k x arm x seed: Dice, HD95, HC error and paired differences on the real test split."""
+    from sonosynth.data.format import Dataset
+    from sonosynth.evaluation.downstream import ARMS, DownstreamConfig, parse_ks, run_downstream
+    from sonosynth.evaluation.generators import GeneratorRecipe
+    from sonosynth.evaluation.metrics import parse_structures
+    from sonosynth.segmentation.classical import ClassicalAugmentConfig
     from sonosynth.segmentation.train import SegmentationConfig
 
-    if synthetic is None and arms == "real,real+synthetic,synthetic":
-        arms = "real"
+    if arms == "auto":
+        arms = ",".join(ARMS if synthetic or generator_per_k else ("real", "real+classical"))
     config = DownstreamConfig(
         ks=parse_ks(k),
         seeds=seeds,
@@ -72,10 +93,14 @@ def downstream_command(
             synthetic_ratio=synthetic_ratio,
         ),
         head_circumference=head_circumference,
+        generator=None if generator_per_k is None else GeneratorRecipe.from_yaml(generator_per_k),
+        classical=ClassicalAugmentConfig() if classical_config is None
+        else ClassicalAugmentConfig.from_yaml_file(classical_config),
+        structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
     )
     command = command_line(ctx, "downstream")
     path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device)
-    typer.echo(f"results in {path}/results.md, {path}/results.csv, {path}/report.html")
+    typer.echo(f"results in {path}/results.md, {path}/results.csv, {path}/comparisons.csv, {path}/report.html")
 
 
 @evaluate_app.command("quality")

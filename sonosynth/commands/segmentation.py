@@ -24,15 +24,26 @@ def train_command(
     learning_rate: float = typer.Option(1e-3),
     val_every: int = typer.Option(100, help="Validate every N steps."),
     patience: int = typer.Option(5, help="Stop after N validations without improvement."),
-    augment: bool = typer.Option(True, help="Small affine + gain/gamma augmentation."),
+    augment: bool = typer.Option(True, help="Augmentation on or off (light affine + gain/gamma unless --classical)."),
     flip: bool = typer.Option(False, help="Also flip left-right (off: fans have an orientation)."),
+    classical: bool = typer.Option(
+        False, "--classical", help="Strong classical (MONAI) augmentation instead of the light one."
+    ),
+    classical_config: Path | None = typer.Option(
+        None, "--classical-config", help="YAML of classical augmentation ranges (implies --classical)."
+    ),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Train a segmenter with Dice + cross-entropy and early stopping on the validation split."""
+    from sonosynth.segmentation.classical import ClassicalAugmentConfig
     from sonosynth.segmentation.train import SegmentationConfig, train_from_folders
 
+    if classical_config is not None:
+        classical_settings = ClassicalAugmentConfig.from_yaml_file(classical_config)
+    else:
+        classical_settings = ClassicalAugmentConfig() if classical else None
     config = SegmentationConfig(
         size=size,
         net=net,
@@ -45,6 +56,7 @@ def train_command(
         augment=augment,
         flip=flip,
         seed=seed,
+        classical=classical_settings,
     )
     path = train_from_folders(dataset, out, config, extra_path=extra, overwrite=overwrite,
                               device=device)

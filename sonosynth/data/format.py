@@ -389,3 +389,11 @@ def update_records(root: str | Path, records: Sequence[Record]) -> None:
     root = Path(root)
     info = Dataset.open(root).info
     write_manifest(root / MANIFEST_CSV, info, records)
+
+
+def copy_pairs(writer: DatasetWriter, dataset: Dataset, prefix: str = "") -> None:
+    """Add every pair of `dataset` (with subject, split, spacing, attributes, extras) to an open writer."""
+    for sample in dataset:
+        r = sample.record
+        writer.add(f"{prefix}{r.id}", sample.image, sample.mask, subject=r.subject, split=r.split,
+                   spacing_mm=r.spacing_mm, extra=r.extra, **r.attributes)

@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,14 +136,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SonosynthError(f"{origin}: unknown training config fields {unknown}")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
-            raise SonosynthError(f"{origin}: {exc}") from None
+        from sonosynth.settings import strict_from_dict
+
+        return strict_from_dict(cls, data, origin, "training config")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -159,20 +154,20 @@ class TrainConfig:
         os.replace(tmp, path)
 
 
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping, with a one-line error naming the file."""
+def read_yaml_mapping(path: str | Path, what: str = "training config") -> dict[str, Any]:
+    """A YAML file's top-level mapping, with a one-line error naming the file (and `what` it holds)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise SonosynthError(f"{path}: cannot read training config ({exc.strerror})") from None
+        raise SonosynthError(f"{path}: cannot read {what} ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SonosynthError(f"{path}: invalid YAML{where} ({getattr(exc, 'problem', None) or 'syntax error'})") \
             from None
     if not isinstance(data, dict):
-        raise SonosynthError(f"{path}: a training config must be a YAML mapping")
+        raise SonosynthError(f"{path}: a {what} must be a YAML mapping")
     return data
 
 

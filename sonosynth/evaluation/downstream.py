@@ -1,9 +1,19 @@
 """The downstream experiment: does adding synthetic pairs help a segmenter when real data is scarce?
 
 For each k (real training subjects, nested: a seeded permutation of the training subjects, first k)
-and each arm (real, real+synthetic, synthetic), a segmenter is trained and scored on the real test
-split in the original pixel grid. Each (k, arm, seed) is a cell saved as REPORT/cells/<cell>.json
-the moment it finishes, so an interrupted run resumes where it stopped.
+and each arm, a segmenter is trained and scored on the real test split in the original pixel grid.
+Arms: `real`; `real+classical` (strong classical augmentation, the baseline a user would pick
+instead); `real+synthetic`; `real+synthetic+classical`; `synthetic` (no real training pair).
+Each (k, arm, seed) is a cell saved as REPORT/cells/<cell>.json the moment it finishes, so an
+interrupted run resumes where it stopped.
+
+Where the synthetic pairs come from:
+- generator per k (`DownstreamConfig.generator`, the honest scarce-data protocol and the default of
+  `sonosynth evaluate downstream --generator-per-k RECIPE`): for every (k, seed) a diffusion model
+  is trained on exactly the k subjects of the real arm and its new masks come from their masks only
+  (`generators.py`); the synthetic-only arm is then run per k too;
+- one given synthetic dataset (`synthetic_path`) for every k: its generator saw whatever it was
+  trained on, in general more real data than the segmenter, and every report says so.
 """
 
 from __future__ import annotations
@@ -20,9 +30,11 @@ import numpy as np
 from sonosynth.data.format import Dataset
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
+from sonosynth.evaluation.generators import GeneratorRecipe, ensure_generator, generator_folder
+from sonosynth.segmentation.classical import ClassicalAugmentConfig
 from sonosynth.segmentation.train import SegmentationConfig
 
-ARMS = ("real", "real+synthetic", "synthetic")
+ARMS = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
 CELLS_DIR = "cells"
 SETTINGS_FILE = "settings.json"
 
@@ -34,13 +46,21 @@ class DownstreamConfig:
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     head_circumference: bool | None = None  # None: on when label 1 is named 'head'
+    generator: GeneratorRecipe | None = None  # set: a generator per (k, seed), trained on those subjects only
+    classical: ClassicalAugmentConfig = field(default_factory=ClassicalAugmentConfig)  # ranges of *+classical
+    structures: dict[str, list[int]] = field(default_factory=dict)  # empty: each foreground label alone
 
     def validate(self, has_synthetic: bool) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
             raise SonosynthError(f"unknown arms {unknown} (choose from {', '.join(ARMS)})")
-        if not has_synthetic and any(a != "real" for a in self.arms):
-            raise SonosynthError("arms with synthetic data need --synthetic SYNTH (or use --arms real)")
+        if has_synthetic and self.generator is not None:
+            raise SonosynthError("give either --synthetic SYNTH or --generator-per-k RECIPE, not both")
+        if not (has_synthetic or self.generator is not None) and any(uses_synthetic(a) for a in self.arms):
+            raise SonosynthError(
+                "arms with synthetic data need --generator-per-k RECIPE or --synthetic SYNTH "
+                "(or use --arms real,real+classical)"
+            )
         for k in self.ks:
             if k != "all" and (not k.isdigit() or int(k) < 1):
                 raise SonosynthError(f"--k {k}: each k must be a positive integer or 'all'")
@@ -59,17 +79,30 @@ class Cell:
         return f"k{self.k if self.k != '-' else 'none'}__{self.arm}__seed{self.seed}"
 
 
+def uses_synthetic(arm: str) -> bool:
+    return "synthetic" in arm
+
+
+def uses_classical(arm: str) -> bool:
+    return arm.endswith("+classical")
+
+
 def parse_ks(text: str) -> list[str]:
     return [k.strip().lower() for k in text.split(",") if k.strip()]
 
 
 def plan_cells(config: DownstreamConfig) -> list[Cell]:
-    """All cells, seed-major so a partial run already has every arm for the first seeds."""
+    """All cells, seed-major so a partial run already has every arm for the first seeds.
+
+    With one shared synthetic dataset the synthetic-only arm does not depend on k (one cell per
+    seed); with a generator per k it does (one per k and seed).
+    """
+    per_k = config.generator is not None
     cells = []
     for seed in range(config.seeds):
         for k in config.ks:
-            cells.extend(Cell(k, arm, seed) for arm in config.arms if arm != "synthetic")
-        if "synthetic" in config.arms:
+            cells.extend(Cell(k, arm, seed) for arm in config.arms if arm != "synthetic" or per_k)
+        if "synthetic" in config.arms and not per_k:
             cells.append(Cell("-", "synthetic", seed))
     return cells
 
@@ -99,18 +132,11 @@ def run_downstream(
     device: str = "cpu",
 ) -> Path:
     """Run (or resume) every missing cell, then write results.csv, results.md, the plot and report.html."""
-    import torch
     from tqdm.auto import tqdm
 
-    from sonosynth.evaluation.metrics import score_pair, summarize
+    from sonosynth.evaluation.metrics import label_structures
     from sonosynth.evaluation.report import write_downstream_report
-    from sonosynth.segmentation.predict import Segmenter, predict_masks
-    from sonosynth.segmentation.train import (
-        check_compatible_labels,
-        load_pairs,
-        real_splits,
-        train_segmenter,
-    )
+    from sonosynth.segmentation.train import check_compatible_labels, load_pairs, real_splits
 
     config.validate(synthetic_path is not None)
     resolve_device(device)
@@ -124,6 +150,9 @@ def run_downstream(
     segmentation = replace(config.segmentation, labels=dict(real.info.labels))
     segmentation.validate()
     head_label = 1 if uses_head_circumference(real, config.head_circumference) else None
+    structures = config.structures or label_structures(real.info.num_labels)
+    for k in config.ks:  # a k beyond the training subjects fails before any work
+        nested_subjects(train.subjects, k, 0)
 
     out = Path(out)
     cells_dir = out / CELLS_DIR
@@ -131,7 +160,10 @@ def run_downstream(
     settings = {
         "real": str(Path(real_path).resolve()),
         "synthetic": None if synthetic_path is None else str(Path(synthetic_path).resolve()),
+        "generator_per_k": None if config.generator is None else config.generator.to_dict(),
         "segmentation": asdict(segmentation),
+        "classical": config.classical.to_dict(),
+        "structures": structures,
         "head_circumference": head_label is not None,
     }
     _check_or_write_settings(out / SETTINGS_FILE, settings)
@@ -139,51 +171,91 @@ def run_downstream(
     cells = plan_cells(config)
     todo = [c for c in cells if not (cells_dir / f"{c.name}.json").is_file()]
     if todo:
-        train_pairs = load_pairs(train, segmentation.size, progress)
         val_pairs = load_pairs(val, segmentation.size, progress)
-        synth_pairs = load_pairs(synthetic, segmentation.size, progress) if synthetic is not None else None
+        shared_synthetic = load_pairs(synthetic, segmentation.size, progress) if synthetic is not None else None
         test_samples = list(test)
         subject_of = [r.subject or r.id for r in train.records]
+        train_pairs = load_pairs(train, segmentation.size, progress)
+        loaded: dict[Path, Any] = {}  # the synthetic pairs of the current generator (cells are k-major)
         for cell in tqdm(todo, desc="downstream cells", disable=not progress):
-            real_index: list[int] = []
-            if cell.arm != "synthetic":
-                chosen = set(nested_subjects(train.subjects, cell.k, cell.seed))
-                real_index = [i for i, s in enumerate(subject_of) if s in chosen]
-            cell_config = replace(segmentation, seed=cell.seed)
-            result = train_segmenter(
-                cell_config,
-                train_pairs.select(real_index),
-                val_pairs,
-                synth_pairs if cell.arm != "real" else None,
-                progress=False,
-                device=device,
+            chosen = nested_subjects(train.subjects, cell.k, cell.seed) if cell.k != "-" else []
+            synth_pairs, generator = shared_synthetic, None
+            if config.generator is not None and uses_synthetic(cell.arm):
+                folder = generator_folder(out, cell.k, cell.seed)
+                synth_dir = ensure_generator(folder, train, chosen, config.generator, cell.seed, device, progress)
+                if synth_dir not in loaded:
+                    loaded = {synth_dir: load_pairs(Dataset.open(synth_dir), segmentation.size, progress)}
+                synth_pairs = loaded[synth_dir]
+                generator = {"folder": str(folder.relative_to(out)), "real_subjects": len(chosen)}
+            real_index = [] if cell.arm == "synthetic" else [i for i, s in enumerate(subject_of) if s in set(chosen)]
+            record = _run_cell(
+                cell, replace(segmentation, seed=cell.seed,
+                              classical=config.classical if uses_classical(cell.arm) else None),
+                train_pairs.select(real_index), val_pairs, synth_pairs if uses_synthetic(cell.arm) else None,
+                test_samples, real.info.num_labels, structures, head_label, device,
             )
-            segmenter = Segmenter(result.model, cell_config)
-            with torch.no_grad():
-                predictions = predict_masks(segmenter, [s.image for s in test_samples])
-            scores = [
-                score_pair(pred, s.mask, real.info.num_labels, s.record.spacing_mm, head_label)
-                for pred, s in zip(predictions, test_samples, strict=True)
-            ]
-            record = {
-                **asdict(cell),
-                "n_real_subjects": len({subject_of[i] for i in real_index}),
-                "n_real_images": len(real_index),
-                "n_synthetic_images": 0 if cell.arm == "real" or synth_pairs is None else len(synth_pairs),
-                "n_test_images": len(test_samples),
-                "hd95_unit": "mm" if all(s.record.spacing_mm for s in test_samples) else "px",
-                **{k: v for k, v in result.metrics().items() if k != "history"},
-                "metrics": summarize(scores),
-                "per_image": [
-                    {"id": s.id, "dice": sc.dice, "hd95": sc.hd95, "hc_abs_error_mm": sc.hc_abs_error_mm}
-                    for s, sc in zip(test_samples, scores, strict=True)
-                ],
-            }
+            record.update(
+                n_real_subjects=len({subject_of[i] for i in real_index}),
+                n_real_images=len(real_index),
+                generator=generator,
+            )
             _write_json_atomic(cells_dir / f"{cell.name}.json", record)
 
     finished = [json.loads((cells_dir / f"{c.name}.json").read_text()) for c in cells]
     write_downstream_report(out, finished, real, synthetic, settings, command=command)
     return out
+
+
+def _run_cell(
+    cell: Cell,
+    config: SegmentationConfig,
+    real_pairs: Any,
+    val_pairs: Any,
+    synth_pairs: Any | None,
+    test_samples: list[Any],
+    num_labels: int,
+    structures: dict[str, list[int]],
+    head_label: int | None,
+    device: str,
+) -> dict[str, Any]:
+    """Train one cell's segmenter and score it on every test image (per-image scores are kept)."""
+    import torch
+
+    from sonosynth.evaluation.metrics import score_pair, summarize
+    from sonosynth.segmentation.predict import Segmenter, predict_masks
+    from sonosynth.segmentation.train import train_segmenter
+
+    result = train_segmenter(config, real_pairs, val_pairs, synth_pairs, progress=False, device=device)
+    segmenter = Segmenter(result.model, config)
+    with torch.no_grad():
+        predictions = predict_masks(segmenter, [s.image for s in test_samples])
+    scores = [
+        score_pair(pred, s.mask, num_labels, s.record.spacing_mm, head_label, structures)
+        for pred, s in zip(predictions, test_samples, strict=True)
+    ]
+    metrics = result.metrics()
+    return {
+        **asdict(cell),
+        "n_synthetic_images": 0 if synth_pairs is None else len(synth_pairs),
+        "n_test_images": len(test_samples),
+        "hd95_unit": "mm" if all(s.record.spacing_mm for s in test_samples) else "px",
+        **{k: v for k, v in metrics.items() if k != "history"},
+        "max_steps": config.max_steps,
+        "converged": converged(metrics["history"], config.patience),
+        "val_curve": [[h["step"], h.get("val_dice")] for h in metrics["history"]],
+        "metrics": summarize(scores),
+        "per_image": [
+            {"id": s.id, "dice": sc.dice, "hd95": sc.hd95, "hc_abs_error_mm": sc.hc_abs_error_mm,
+             "in_truth": sc.in_truth, "in_pred": sc.in_pred}
+            for s, sc in zip(test_samples, scores, strict=True)
+        ],
+    }
+
+
+def converged(history: list[dict[str, float]], patience: int) -> bool:
+    """Validation stopped improving: the last `patience` validations were all below the best one."""
+    dice = [h["val_dice"] for h in history if "val_dice" in h]
+    return bool(dice) and dice.index(max(dice)) < len(dice) - patience
 
 
 def _check_or_write_settings(path: Path, settings: dict[str, Any]) -> None:

@@ -1,29 +1,66 @@
-"""Segmentation metrics in the image's own pixel grid: Dice and HD95 per label (MONAI), HC error.
+"""Segmentation metrics in the image's own pixel grid: Dice and HD95 per structure (MONAI), HC error.
+
+A structure is one label or a union of labels (CAMUS: LV epicardium = cavity + myocardium); by
+default each foreground label is one structure, keyed by its value.
 
 An empty prediction is a result, not a crash: Dice is 0, HD95 is infinite (the structure was
 missed entirely) and the head circumference error is NaN (no ellipse to fit). Aggregation reports
 how many such cases there were instead of hiding them in a mean.
+
+Dice policy (one for the whole package's reports): a structure's mean Dice is taken over the images
+whose reference contains it; images whose reference lacks it instead count towards its
+false-positive rate (the share of them where the prediction draws it), e.g. BUSI's normal images.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from sonosynth.data.ellipse import head_circumference_mm
+from sonosynth.errors import SonosynthError
 
 
 @dataclass
 class PairScores:
     """Scores of one predicted label map against its reference."""
 
-    dice: dict[str, float] = field(default_factory=dict)  # label value -> Dice (NaN: absent in both)
-    hd95: dict[str, float] = field(default_factory=dict)  # label value -> HD95 (mm if spacing, else px)
+    dice: dict[str, float] = field(default_factory=dict)  # structure -> Dice (NaN: absent in both)
+    hd95: dict[str, float] = field(default_factory=dict)  # structure -> HD95 (mm if spacing, else px)
     hc_abs_error_mm: float | None = None
+    in_truth: dict[str, bool] = field(default_factory=dict)  # structure -> present in the reference
+    in_pred: dict[str, bool] = field(default_factory=dict)  # structure -> present in the prediction
+
+
+Structures = Mapping[str, Sequence[int]]
+
+
+def label_structures(num_labels: int) -> dict[str, list[int]]:
+    """The default structures: each foreground label alone, keyed by its value."""
+    return {str(label): [label] for label in range(1, num_labels)}
+
+
+def parse_structures(items: Sequence[str], num_labels: int) -> dict[str, list[int]]:
+    """['LV epicardium=1+2', ...] -> {'LV epicardium': [1, 2]}; labels must exist in the dataset."""
+    out: dict[str, list[int]] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        try:
+            labels = [int(v) for v in spec.split("+")] if sep else []
+        except ValueError:
+            labels = []
+        if not name.strip() or not labels:
+            raise SonosynthError(f"--structure '{item}': expected NAME=LABEL[+LABEL...], e.g. 'LV epicardium=1+2'")
+        bad = [v for v in labels if not 1 <= v < num_labels]
+        if bad:
+            raise SonosynthError(f"--structure '{item}': labels {bad} are not foreground labels 1..{num_labels - 1}")
+        out[name.strip()] = labels
+    return out
 
 
 def _one_hot(label_map: np.ndarray, num_labels: int) -> torch.Tensor:
@@ -87,28 +124,37 @@ def score_pair(
     num_labels: int,
     spacing_mm: float | None = None,
     head_label: int | None = None,
+    structures: Structures | None = None,
 ) -> PairScores:
     """All metrics for one image; HC error only when `head_label` and a pixel spacing are given."""
-    scores = PairScores(
-        dice=dice_per_label(pred, truth, num_labels), hd95=hd95_per_label(pred, truth, num_labels, spacing_mm)
-    )
+    scores = PairScores()
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    for name, labels in (structures or label_structures(num_labels)).items():
+        p, t = np.isin(pred, labels).astype(np.uint8), np.isin(truth, labels).astype(np.uint8)
+        scores.dice[name] = dice_per_label(p, t, 2)["1"]
+        scores.hd95[name] = hd95_per_label(p, t, 2, spacing_mm)["1"]
+        scores.in_truth[name], scores.in_pred[name] = bool(t.any()), bool(p.any())
     if head_label is not None and spacing_mm is not None:
         scores.hc_abs_error_mm = head_circumference_error_mm(pred, truth, spacing_mm, head_label)
     return scores
 
 
 def summarize(scores: list[PairScores]) -> dict[str, float]:
-    """Means over images: dice_<label>, hd95_<label> (finite cases), hd95_<label>_missed, hc_abs_error_mm."""
+    """Means over images: dice_<s> (images whose reference has s), hd95_<s> (finite cases),
+    hd95_<s>_missed, fp_rate_<s> (when some references lack s), hc_abs_error_mm."""
     out: dict[str, float] = {"n_images": float(len(scores))}
     if not scores:
         return out
-    for label in scores[0].dice:
-        dice = np.array([s.dice[label] for s in scores], dtype=np.float64)
-        hd = np.array([s.hd95[label] for s in scores], dtype=np.float64)
-        out[f"dice_{label}"] = _nanmean(dice)
+    for name in scores[0].dice:
+        in_truth = np.array([s.in_truth.get(name, True) for s in scores])
+        dice = np.array([s.dice[name] for s in scores], dtype=np.float64)
+        hd = np.array([s.hd95[name] for s in scores], dtype=np.float64)
+        out[f"dice_{name}"] = _nanmean(dice[in_truth])
         finite = hd[np.isfinite(hd)]
-        out[f"hd95_{label}"] = float(finite.mean()) if finite.size else float("nan")
-        out[f"hd95_{label}_missed"] = float(np.isinf(hd).sum())
+        out[f"hd95_{name}"] = float(finite.mean()) if finite.size else float("nan")
+        out[f"hd95_{name}_missed"] = float(np.isinf(hd).sum())
+        if not in_truth.all():
+            out[f"fp_rate_{name}"] = float(np.mean([s.in_pred[name] for s in scores if not s.in_truth[name]]))
     hc = [s.hc_abs_error_mm for s in scores if s.hc_abs_error_mm is not None]
     if hc:
         values = np.array(hc, dtype=np.float64)

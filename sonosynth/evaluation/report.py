@@ -20,7 +20,15 @@ import numpy as np
 
 from sonosynth.data.format import Dataset
 
-ARM_ORDER = ("real", "real+synthetic", "synthetic")
+ARM_ORDER = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
+COMPARISONS = (  # (arm, baseline): every arm against real, and the synthetic arms against classical
+    ("real+classical", "real"),
+    ("real+synthetic", "real"),
+    ("real+synthetic+classical", "real"),
+    ("synthetic", "real"),
+    ("real+synthetic", "real+classical"),
+    ("real+synthetic+classical", "real+classical"),
+)
 
 
 def aggregate_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -37,6 +45,9 @@ def aggregate_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "n_real_images": float(np.mean([m["n_real_images"] for m in members])),
             "n_synthetic_images": int(members[0]["n_synthetic_images"]),
             "hd95_unit": members[0].get("hd95_unit", "px"),
+            "n_converged": sum(bool(m.get("converged")) for m in members),
+            "best_step_mean": float(np.mean([m.get("best_step", math.nan) for m in members])),
+            "steps_mean": float(np.mean([m.get("steps", math.nan) for m in members])),
         }
         keys = [key for key in members[0]["metrics"] if key != "n_images"]
         for key in keys:
@@ -90,17 +101,28 @@ def _pm(row: dict[str, Any], key: str, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def results_markdown(rows: list[dict[str, Any]], labels: dict[str, str]) -> str:
-    """The table: Dice per label, HD95 per label, HC error, each mean ± std over seeds."""
-    foreground = [(v, name) for v, name in sorted(labels.items(), key=lambda kv: int(kv[0])) if v != "0"]
+def structure_names(structures: dict[str, list[int]], labels: dict[str, str]) -> dict[str, str]:
+    """Display names: a single label keyed by its value shows the label's name."""
+    return {key: labels.get(key, key) if members == [int(key)] else key
+            for key, members in ((k, [int(v) for v in m]) for k, m in structures.items())
+            } if structures else {}
+
+
+def results_markdown(rows: list[dict[str, Any]], labels: dict[str, str],
+                     structures: dict[str, list[int]] | None = None) -> str:
+    """The table: Dice and HD95 per structure, false positives, HC error (mean ± std over seeds), convergence."""
+    names = structure_names(structures or {v: [int(v)] for v in labels if v != "0"}, labels)
     unit = rows[0]["hd95_unit"] if rows else "px"
     has_hc = any("hc_abs_error_mm_mean" in r for r in rows)
+    with_fp = [key for key in names if any(f"fp_rate_{key}_mean" in r for r in rows)]
     header = ["k (real subjects)", "arm", "seeds", "real images", "synthetic images"]
-    header += [f"Dice {name}" for _, name in foreground]
-    header += [f"HD95 {name} ({unit})" for _, name in foreground]
+    header += [f"Dice {name}" for name in names.values()]
+    header += [f"HD95 {name} ({unit})" for name in names.values()]
     header += ["HD95 missed"]
+    header += [f"false-positive rate {names[key]}" for key in with_fp]
     if has_hc:
         header.append("HC abs. error (mm)")
+    header += ["converged", "best step (mean)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [
@@ -110,12 +132,65 @@ def results_markdown(rows: list[dict[str, Any]], labels: dict[str, str]) -> str:
             f"{row['n_real_images']:.0f}",
             str(row["n_synthetic_images"]),
         ]
-        cells += [_pm(row, f"dice_{v}", 3) for v, _ in foreground]
-        cells += [_pm(row, f"hd95_{v}", 2) for v, _ in foreground]
-        cells.append(" / ".join(f"{row.get(f'hd95_{v}_missed_mean', 0):.1f}" for v, _ in foreground))
+        cells += [_pm(row, f"dice_{key}", 3) for key in names]
+        cells += [_pm(row, f"hd95_{key}", 2) for key in names]
+        cells.append(" / ".join(f"{row.get(f'hd95_{key}_missed_mean', 0):.1f}" for key in names))
+        cells += [_pm(row, f"fp_rate_{key}", 3) for key in with_fp]
         if has_hc:
             cells.append(_pm(row, "hc_abs_error_mm", 2))
+        cells += [f"{row.get('n_converged', 0)}/{row['n_seeds']}", f"{row.get('best_step_mean', math.nan):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_rows(cells: Sequence[dict[str, Any]], structures: dict[str, list[int]],
+                    labels: dict[str, str]) -> list[dict[str, Any]]:
+    """Paired differences (arm - baseline) per k and metric, with bootstrap intervals and verdicts."""
+    from sonosynth.evaluation.statistics import paired_bootstrap, per_image_matrix
+
+    names = structure_names(structures, labels)
+    by_key: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for cell in cells:
+        by_key.setdefault((str(cell["k"]), cell["arm"]), {})[int(cell["seed"])] = cell
+    ks = sorted({k for k, _ in by_key if k != "-"}, key=_k_order)
+    rows = []
+    for k in ks:
+        for arm, baseline in COMPARISONS:
+            a_cells = by_key.get((k, arm)) or (by_key.get(("-", arm)) if arm == "synthetic" else None)
+            b_cells = by_key.get((k, baseline))
+            if not a_cells or not b_cells:
+                continue
+            seeds = sorted(set(a_cells) & set(b_cells))
+            if not seeds:
+                continue
+            a_list, b_list = [a_cells[s] for s in seeds], [b_cells[s] for s in seeds]
+            ids = [entry["id"] for entry in a_list[0]["per_image"]]
+            metrics = [(f"Dice {names[key]} (points)", "dice", key, True, 100.0) for key in names]
+            metrics += [(f"HD95 {names[key]}", "hd95", key, False, 1.0) for key in names]
+            if any(not e.get("in_truth", {}).get(key, True) for e in a_list[0]["per_image"] for key in names):
+                metrics += [(f"false positives {names[key]} (points)", "fp", key, False, 100.0) for key in names]
+            if a_list[0]["per_image"] and a_list[0]["per_image"][0].get("hc_abs_error_mm") is not None:
+                metrics.append(("HC abs. error (mm)", "hc_abs_error_mm", None, False, 1.0))
+            for title, metric, key, higher, scale in metrics:
+                diff = paired_bootstrap(per_image_matrix(a_list, ids, metric, key) * scale,
+                                        per_image_matrix(b_list, ids, metric, key) * scale, higher_is_better=higher)
+                if diff.n_images == 0:
+                    continue
+                rows.append({"k": k, "arm": arm, "baseline": baseline, "metric": title, "mean": diff.mean,
+                             "low": diff.low, "high": diff.high, "n_seeds": diff.n_seeds,
+                             "n_images": diff.n_images, "verdict": diff.verdict})
+    return rows
+
+
+def comparisons_markdown(rows: list[dict[str, Any]]) -> str:
+    header = ["k", "arm", "vs", "metric", "difference [95 % CI]", "seeds x images", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append(
+            f"| {r['k']} | {r['arm']} | {r['baseline']} | {r['metric']} | "
+            f"{r['mean']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] | {r['n_seeds']} x {r['n_images']} | "
+            f"{r['verdict']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -127,13 +202,15 @@ def plot_dice_vs_k(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ks = sorted({r["k"] for r in rows if r["k"] != "-"}, key=_k_order)
+    if not ks:
+        ks = ["-"]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     positions = {k: i for i, k in enumerate(ks)}
     for arm in ARM_ORDER:
         arm_rows = [r for r in rows if r["arm"] == arm]
         if not arm_rows:
             continue
-        if arm == "synthetic":
+        if arm == "synthetic" and arm_rows[0]["k"] == "-":  # one shared synthetic set: no k axis
             (r,) = arm_rows[:1]
             mean, std = r["dice_mean_mean"], r["dice_mean_std"]
             ax.axhline(mean, linestyle="--", color="tab:green", label="synthetic only")
@@ -228,32 +305,94 @@ def write_downstream_report(
     settings: dict[str, Any],
     command: str = "",
 ) -> None:
+    """results.csv, comparisons.csv, results.md (tables, protocol in words, verdicts), dice_vs_k.png, report.html."""
     rows = aggregate_cells(cells)
     write_results_csv(out / "results.csv", rows)
-    table = results_markdown(rows, real.info.labels)
-    seg = settings["segmentation"]
-    notes = (
-        f"Real data: `{settings['real']}`; synthetic data: `{settings['synthetic'] or 'none'}`.\n"
-        f"Segmenter: MONAI U-Net '{seg['net']}' at {seg['size']} px, up to {seg['max_steps']} steps "
-        f"(batch {seg['batch_size']}, early stopping on the real val split, patience {seg['patience']} x "
-        f"{seg['val_every']} steps), synthetic ratio {seg['synthetic_ratio']} in real+synthetic batches.\n"
-        "Metrics on the real test split in the original pixel grid; mean ± sample std over seeds. "
-        "HD95 averages images where both maps have the label; 'HD95 missed' counts images (per seed) where "
-        "the prediction or the reference lacks it.\n"
+    structures = settings.get("structures") or {v: [int(v)] for v in real.info.labels if v != "0"}
+    table = results_markdown(rows, real.info.labels, structures)
+    compared = comparison_rows(cells, structures, real.info.labels)
+    write_results_csv(out / "comparisons.csv", compared)
+    notes = _protocol_notes(settings, cells, command)
+    verdicts = comparisons_markdown(compared) if compared else "No paired comparison (one arm only).\n"
+    write_text_atomic(
+        out / "results.md",
+        f"# Downstream segmentation\n\n{notes}\n{table}\n## Paired differences against the baseline\n\n"
+        "Mean of (arm - baseline) over seeds x test images, paired per image at the same k and seed; "
+        "95 % percentile bootstrap interval resampling seeds and test images. Verdict: the interval "
+        "excludes zero on the good side (better), on the bad side (worse), or it does not "
+        "(no detectable difference). Dice and false positives in points (x100); HD95 in the table's unit.\n\n"
+        f"{verdicts}",
     )
-    if command:
-        notes += f"\nCommand: `{command}`\n"
-    write_text_atomic(out / "results.md", f"# Downstream segmentation\n\n{notes}\n{table}")
     plot_dice_vs_k(rows, out / "dice_vs_k.png")
     sets = [("real test", real.subset("test") if len(real.subset("test")) else real)]
     if synthetic is not None:
         sets.append(("synthetic", synthetic))
+    for cell in cells:  # per-k generators: show the first one's data and samples
+        folder = (cell.get("generator") or {}).get("folder")
+        if folder and (out / folder / "synthetic" / "manifest.csv").is_file():
+            sets += [(f"k={cell['k']} generator data", Dataset.open(out / folder / "data")),
+                     (f"k={cell['k']} synthetic", Dataset.open(out / folder / "synthetic"))]
+            break
     sections = [
         ("Results", markdown_table_to_html(table) + f"<p>{html.escape(notes)}</p>"),
+        ("Paired differences", markdown_table_to_html(verdicts)),
         ("Dice vs k", png_tag((out / "dice_vs_k.png").read_bytes(), "Dice vs k")),
-        ("Samples (mask outlines in yellow)", png_tag(sample_grid_png(sets), "sample grid")),
     ]
+    grid = sample_grid_png(sets)
+    (out / "samples.tmp.png").write_bytes(grid)
+    os.replace(out / "samples.tmp.png", out / "samples.png")
+    sections.append(("Samples (mask outlines in yellow)", png_tag(grid, "sample grid")))
     write_text_atomic(out / "report.html", html_page("sonosynth downstream experiment", sections))
+
+
+def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], command: str) -> str:
+    """The experiment in words: where the synthetic pairs came from, the segmenter, convergence."""
+    seg = settings["segmentation"]
+    recipe = settings.get("generator_per_k")
+    if recipe:
+        sources = ", ".join(f"{n} {name}" for name, n in recipe["mask_sources"].items())
+        origin = (
+            "Synthetic pairs: **generator per k** (no leak): for every k and seed a "
+            f"`{recipe['model_size']}` {recipe['model_kind']} diffusion model was trained at {recipe['image_size']} px "
+            f"for {recipe['train_steps']} steps on exactly the k subjects of the real arm"
+            + (f", conditioned on {', '.join(recipe['class_attributes'])}" if recipe["class_attributes"] else "")
+            + f"; {sources} masks made from those subjects' masks only; sampled with "
+            f"{recipe['sample_steps']} {recipe['sampler'] or 'dpm++'} steps, guidance {recipe['guidance_scale']}. "
+            "Generators, their data and samples are under `generators/`.\n"
+        )
+    elif settings.get("synthetic"):
+        origin = (
+            f"Synthetic pairs: one dataset for every k (`{settings['synthetic']}`). **Its generator was not trained "
+            "on each cell's k subjects and in general saw more real data than the segmenter: this is not a "
+            "scarce-data result.** Use `--generator-per-k RECIPE` for the honest protocol.\n"
+        )
+    else:
+        origin = "No synthetic data.\n"
+    hc = settings.get("classical") or {}
+    classical = ", ".join(f"{k}={v}" for k, v in hc.items())
+    unconverged = [c for c in cells if not c.get("converged")]
+    convergence = (
+        f"Every one of the {len(cells)} segmenters converged (validation Dice stopped improving before the step cap).\n"
+        if not unconverged else
+        f"**{len(unconverged)} of {len(cells)} segmenters did not converge** (still improving when they stopped: "
+        + ", ".join(f"k={c['k']} {c['arm']} seed {c['seed']}" for c in unconverged[:8])
+        + (" ..." if len(unconverged) > 8 else "") + "): their rows are not results.\n"
+    )
+    notes = (
+        f"Real data: `{settings['real']}`.\n{origin}"
+        f"Segmenter: MONAI U-Net '{seg['net']}' at {seg['size']} px, up to {seg['max_steps']} steps "
+        f"(batch {seg['batch_size']}, lr {seg['learning_rate']}, early stopping on the real val split, patience "
+        f"{seg['patience']} x {seg['val_every']} steps), synthetic ratio {seg['synthetic_ratio']} in real+synthetic "
+        "batches; `+classical` arms replace the light augmentation by strong classical augmentation (MONAI "
+        f"transforms: {classical}).\n{convergence}"
+        "Metrics on the real test split in the original pixel grid; mean ± sample std over seeds. Dice is "
+        "averaged over images whose reference has the structure; the false-positive rate is the share of "
+        "images without it where the prediction draws it. HD95 averages images where both maps have the "
+        "structure; 'HD95 missed' counts images (per seed) where one of them lacks it.\n"
+    )
+    if command:
+        notes += f"\nCommand: `{command}`\n"
+    return notes
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

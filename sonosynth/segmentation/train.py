@@ -24,6 +24,7 @@ import yaml
 from sonosynth.data.format import Dataset, commit_folder, prepare_output
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.segmentation.classical import ClassicalAugmentConfig, build_classical_transform, classical_augment_batch
 from sonosynth.segmentation.nets import UNET_SIZES, build_unet, min_image_size
 
 MODEL_FILE = "model.safetensors"
@@ -33,7 +34,12 @@ METRICS_FILE = "metrics.json"
 
 @dataclass
 class SegmentationConfig:
-    """Everything that defines a segmenter training run (saved as SEGRUN/config.yaml)."""
+    """Everything that defines a segmenter training run (saved as SEGRUN/config.yaml).
+
+    `augment` switches augmentation on or off. When on, `classical` chooses the kind: None is the
+    light affine + gain/gamma of `augment_batch`; a `ClassicalAugmentConfig` replaces it with the
+    strong classical (MONAI) augmentation, seeded from `seed`.
+    """
 
     size: int = 64
     net: str = "small"
@@ -48,6 +54,11 @@ class SegmentationConfig:
     flip: bool = False  # ultrasound fans have an orientation: no flips unless asked
     seed: int = 0
     labels: dict[str, str] = field(default_factory=dict)  # filled from the training data
+    classical: ClassicalAugmentConfig | None = None  # strong classical augmentation instead of the light one
+
+    def __post_init__(self) -> None:
+        if isinstance(self.classical, dict):
+            self.classical = ClassicalAugmentConfig.from_dict(self.classical)
 
     @property
     def num_labels(self) -> int:
@@ -66,9 +77,13 @@ class SegmentationConfig:
             raise SonosynthError(f"synthetic ratio must be within [0, 1], got {self.synthetic_ratio}")
         if self.batch_size < 1 or self.max_steps < 1 or self.val_every < 1:
             raise SonosynthError("batch size, steps and validation interval must be positive")
+        if self.classical is not None and not self.augment:
+            raise SonosynthError("classical augmentation needs augmentation on (drop --no-augment or --classical)")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(asdict(self), sort_keys=False)
+        data = asdict(self)
+        data["classical"] = None if self.classical is None else self.classical.to_dict()
+        return yaml.safe_dump(data, sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str, origin: str = CONFIG_FILE) -> SegmentationConfig:
@@ -83,6 +98,8 @@ class SegmentationConfig:
         if unknown:
             raise SonosynthError(f"{origin}: unknown settings {unknown}")
         data["labels"] = {str(k): str(v) for k, v in (data.get("labels") or {}).items()}
+        if data.get("classical") is not None:
+            data["classical"] = ClassicalAugmentConfig.from_dict(data["classical"], origin=f"{origin}: classical")
         return cls(**data)
 
 
@@ -215,6 +232,8 @@ def train_segmenter(
 
     Pairs stay in host memory and batches are drawn and augmented there with a CPU generator, so
     the batches (and thus the run) do not depend on the device; only the network runs on `device`.
+    With `config.classical` set, the classical MONAI augmentation (seeded with `config.seed`)
+    replaces the light `augment_batch`.
     """
     from monai.losses import DiceCELoss
     from tqdm.auto import tqdm
@@ -231,6 +250,9 @@ def train_segmenter(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     generator = torch.Generator().manual_seed(config.seed)
+    classical = None  # validate() refused classical without augment
+    if config.classical is not None:
+        classical = build_classical_transform(config.classical, config.size, seed=config.seed, flip=config.flip)
 
     n_real, n_extra = batch_composition(
         config.batch_size, config.synthetic_ratio, len(train), 0 if extra is None else len(extra)
@@ -252,7 +274,9 @@ def train_segmenter(
                 parts_img.append(pairs.images[index])
                 parts_lab.append(pairs.labels[index])
         images, labels = torch.cat(parts_img), torch.cat(parts_lab)
-        if config.augment:
+        if classical is not None:
+            images, labels = classical_augment_batch(images, labels, classical)
+        elif config.augment:
             images, labels = augment_batch(images, labels, generator, flip=config.flip)
         images, labels = images.to(model_device), labels.to(model_device)
         loss = loss_fn(model(images), labels[:, None])

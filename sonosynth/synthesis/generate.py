@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from sonosynth.data.format import (
     DatasetWriter,
     Record,
     commit_folder,
+    copy_pairs,
     prepare_output,
     update_records,
 )
@@ -349,6 +350,40 @@ def generate_dataset(
     if kept < config.n and progress:
         print(f"warning: only {kept} of {config.n} samples passed the fidelity filter in {drawn} draws")
     return Path(out)
+
+
+def generate_from_sources(
+    run: str | Path,
+    source: str | Path,
+    out: str | Path,
+    counts: Mapping[str, int],
+    config: GenerateConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """One synthetic dataset from several mask sources, e.g. {'deform': 100, 'shape': 100}.
+
+    Each source is generated with `config` (its mask source and n replaced) into a part folder
+    that is kept until the merge is written, so an interrupted run redoes only missing parts.
+    Ids are prefixed with the source name; the first part's dataset description is kept.
+    """
+    config = config or GenerateConfig()
+    out = Path(out)
+    prepare_output(out)
+    parts = []
+    for mask_source, n in counts.items():
+        part = out.with_name(f"{out.name}-{mask_source}")
+        if not (part / "manifest.csv").is_file():
+            generate_dataset(run, source, part, replace(config, mask_source=mask_source, n=int(n)), overwrite=True,
+                             progress=progress)
+        parts.append((mask_source, Dataset.open(part)))
+    info = parts[0][1].info
+    info.provenance = {**info.provenance, "mask_sources": {k: int(v) for k, v in counts.items()}}
+    with DatasetWriter(out, info) as writer:
+        for mask_source, dataset in parts:
+            copy_pairs(writer, dataset, prefix=f"{mask_source}_")
+    for _, dataset in parts:
+        shutil.rmtree(dataset.root, ignore_errors=True)
+    return out
 
 
 def _categorical(record: Record, categorical: Mapping[str, Sequence[str]]) -> dict[str, str]:

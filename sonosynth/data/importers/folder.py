@@ -7,6 +7,12 @@ sonosynth data import folder SRC OUT --images 'img/*.png' --masks 'lbl/{stem}_ma
 is the image's name without extension, `{name}` its full name and `{dir}` its folder relative to
 SRC. Mask values are translated by the label map (unlisted values are kept) and must then be
 among the declared labels.
+
+The subject comes from the image file name: `--subject-pattern` is a regex whose group 1 is the
+subject; or `--name-pattern` is a regex with named groups, where `(?P<subject>...)` gives the
+subject and every other named group a categorical attribute, declared in dataset.json with the
+sorted values seen (CAMUS-224: `(?P<subject>patient\\d+)_(?P<view>2CH|4CH)_(?P<phase>ED|ES)`).
+Without either, or without a `subject` group, each image is its own subject.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sonosynth.data.format import DatasetInfo, DatasetWriter
+from sonosynth.data.format import CORE_COLUMNS, HASH_COLUMNS, DatasetInfo, DatasetWriter
 from sonosynth.data.imageio import read_image, read_label_map
 from sonosynth.data.importers.pairing import (
     ImportSummary,
@@ -48,7 +54,12 @@ def parse_label_map(items: Sequence[str]) -> dict[int, int]:
     return mapping
 
 
-def folder_info(name: str, label_names: Sequence[str] | None, label_map: Mapping[int, int]) -> DatasetInfo:
+def folder_info(
+    name: str,
+    label_names: Sequence[str] | None,
+    label_map: Mapping[int, int],
+    attributes: Mapping[str, list[str]] | None = None,
+) -> DatasetInfo:
     """Labels: background plus the given names; without names, one per label the map produces."""
     if label_names:
         names = list(label_names)
@@ -56,7 +67,12 @@ def folder_info(name: str, label_names: Sequence[str] | None, label_map: Mapping
         count = max([1, *label_map.values()])
         names = ["foreground"] if count == 1 else [f"label_{k}" for k in range(1, count + 1)]
     labels = {"0": "background", **{str(k): n for k, n in enumerate(names, start=1)}}
-    return DatasetInfo(name=name, labels=labels, description="imported with `sonosynth data import folder`")
+    return DatasetInfo(
+        name=name,
+        labels=labels,
+        attributes=dict(attributes or {}),
+        description="imported with `sonosynth data import folder`",
+    )
 
 
 def import_folder(
@@ -68,6 +84,7 @@ def import_folder(
     label_map: Mapping[int, int] | None = None,
     label_names: Sequence[str] | None = None,
     subject_pattern: str | None = None,
+    name_pattern: str | None = None,
     spacing_mm: float | None = None,
     name: str | None = None,
     overwrite: bool = False,
@@ -75,16 +92,22 @@ def import_folder(
     """Import pairs found by an image glob and a mask template (see the module docstring)."""
     src = require_source_folder(src)
     label_map = dict(label_map or {})
-    info = folder_info(name or Path(out).name, label_names, label_map)
+    if subject_pattern and name_pattern:
+        raise DataError("--subject-pattern and --name-pattern: give one of them (name the subject group in the other)")
     subject_regex = _compile_subject_pattern(subject_pattern)
+    name_regex = _compile_name_pattern(name_pattern)
     try:
         matches = sorted(p for p in src.glob(images) if p.is_file())
     except (NotImplementedError, ValueError) as exc:
         raise DataError(f"--images '{images}': not a glob relative to SRC ({exc})") from None
     image_paths = require_found(matches, src, f"images matching '{images}'")
+    fields = [_name_fields(name_regex, path) for path in image_paths] if name_regex else [{} for _ in image_paths]
+    attribute_names = [group for group in (name_regex.groupindex if name_regex else {}) if group != "subject"]
+    attributes = {a: sorted({f[a] for f in fields}) for a in attribute_names}
+    info = folder_info(name or Path(out).name, label_names, label_map, attributes)
     summary = ImportSummary(Path(out))
     with DatasetWriter(out, info, overwrite=overwrite) as writer:
-        for image_path in progress(image_paths, "folder"):
+        for image_path, found in progress(zip(image_paths, fields, strict=True), "folder", total=len(image_paths)):
             mask_path = src / _mask_name(masks, image_path, src)
             if not mask_path.is_file():
                 raise DataError(f"{image_path}: missing pair, mask {mask_path} not found")
@@ -96,10 +119,11 @@ def import_folder(
                 record_id,
                 image,
                 mask,
-                subject=_subject(subject_regex, image_path, record_id),
+                subject=found.get("subject") or _subject(subject_regex, image_path, record_id),
                 spacing_mm=spacing_mm,
                 source=str(mask_path),
                 extra={"source_image": str(image_path.relative_to(src))},
+                **{a: found[a] for a in attribute_names},
             )
             summary.note(record_id, mask)
     return summary
@@ -126,14 +150,25 @@ def _read_mapped(mask_path: Path, label_map: Mapping[int, int]) -> np.ndarray:
     return mapped.astype(np.uint8)
 
 
-def _compile_subject_pattern(pattern: str | None) -> re.Pattern[str] | None:
+def _compile_pattern(option: str, pattern: str | None) -> re.Pattern[str] | None:
     if not pattern:
         return None
     try:
-        regex = re.compile(pattern)
+        return re.compile(pattern)
     except re.error as exc:
-        raise DataError(f"--subject-pattern '{pattern}': invalid regular expression ({exc})") from None
-    if regex.groups < 1:
+        raise DataError(f"{option} '{pattern}': invalid regular expression ({exc})") from None
+
+
+def _match_name(regex: re.Pattern[str], option: str, image_path: Path) -> re.Match[str]:
+    match = regex.search(image_path.name)
+    if not match:
+        raise DataError(f"{image_path}: name does not match {option} '{regex.pattern}'")
+    return match
+
+
+def _compile_subject_pattern(pattern: str | None) -> re.Pattern[str] | None:
+    regex = _compile_pattern("--subject-pattern", pattern)
+    if regex is not None and regex.groups < 1:
         raise DataError(f"--subject-pattern '{pattern}': needs one (group) capturing the subject")
     return regex
 
@@ -142,7 +177,29 @@ def _subject(regex: re.Pattern[str] | None, image_path: Path, record_id: str) ->
     """The subject from the image file name via --subject-pattern; each image its own otherwise."""
     if regex is None:
         return record_id
-    match = regex.search(image_path.name)
-    if not match:
-        raise DataError(f"{image_path}: name does not match --subject-pattern '{regex.pattern}'")
-    return match.group(1)
+    return _match_name(regex, "--subject-pattern", image_path).group(1)
+
+
+# Manifest columns a --name-pattern group would collide with (`source_image` is the importer's own).
+_RESERVED_GROUPS = {*CORE_COLUMNS, *HASH_COLUMNS, "source_image"} - {"subject"}
+
+
+def _compile_name_pattern(pattern: str | None) -> re.Pattern[str] | None:
+    regex = _compile_pattern("--name-pattern", pattern)
+    if regex is None:
+        return None
+    if not regex.groupindex:
+        raise DataError(f"--name-pattern '{pattern}': needs named groups, e.g. (?P<subject>p\\d+)_(?P<view>\\w+)")
+    reserved = sorted(_RESERVED_GROUPS & set(regex.groupindex))
+    if reserved:
+        raise DataError(f"--name-pattern '{pattern}': group names {reserved} are manifest columns; rename them")
+    return regex
+
+
+def _name_fields(regex: re.Pattern[str], image_path: Path) -> dict[str, str]:
+    """The named groups of --name-pattern searched on the image file name; each must give a value."""
+    fields = _match_name(regex, "--name-pattern", image_path).groupdict()
+    empty = [group for group, value in fields.items() if not value]
+    if empty:
+        raise DataError(f"{image_path}: --name-pattern groups {empty} match nothing in this name")
+    return fields

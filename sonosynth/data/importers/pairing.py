@@ -26,11 +26,12 @@ _NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 @dataclass
 class ImportSummary:
-    """What an import produced; empty masks are allowed but reported."""
+    """What an import produced; empty masks are allowed but reported, `findings` are what the importer noticed."""
 
     out: Path
     pairs: int = 0
     empty_masks: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
 
     def note(self, id: str, mask: np.ndarray) -> None:
         self.pairs += 1
@@ -39,7 +40,7 @@ class ImportSummary:
 
     def describe(self) -> str:
         empty = f", {len(self.empty_masks)} with an empty mask" if self.empty_masks else ""
-        return f"imported {self.pairs} pairs into {self.out}{empty}"
+        return "; ".join([f"imported {self.pairs} pairs into {self.out}{empty}", *self.findings])
 
 
 def require_source_folder(src: str | Path) -> Path:

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The honest scarce-data protocol on a real dataset, exactly as recorded in docs/results/<dataset>/:
+# import -> subject-wise split (most remaining subjects in test, a few-shot-sized val) -> for every k and
+# seed a generator trained on those k subjects only -> five arms (real, real+classical, real+synthetic,
+# real+synthetic+classical, synthetic) -> paired intervals and verdicts.
+#   benchmarks/run_scarce.sh hc18|busi|camus-224 [STAGE ...]   stages: data run copy (default: all)
+# Outputs go under $WORK (default /tmp/sonosynth-scarce); the report is resumable (rerun to continue) and
+# `copy` puts its tables, plots and cell records into docs/results/<dataset>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NAME=${1:?usage: benchmarks/run_scarce.sh hc18|busi|camus-224 [STAGE ...]}; shift
+STAGES=${*:-data run copy}
+SONO=${SONO:-.venv/bin/sonosynth}
+SRC=${SONOSYNTH_DATA_DIR:-../shared/data}
+WORK=${WORK:-/tmp/sonosynth-scarce}
+DATA=$WORK/$NAME-data
+REPORT=$WORK/$NAME-report
+SEEDS=${SEEDS:-3}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+
+case $NAME in
+  hc18)  # ~400 subjects: 80 % test, 5 % val (20 subjects), the rest a pool for k <= 25
+    IMPORT=(hc18 "$SRC/hc18"); SPLIT=(--val 0.05 --test 0.8); K=${K:-5,10,20}; EXTRA=() ;;
+  busi)  # no patient ids: an image (near-duplicate group) is a subject; k = 25 and 100 images
+    IMPORT=(busi "$SRC/busi/Dataset_BUSI_with_GT"); SPLIT=(--val 0.08 --test 0.62); K=${K:-25,100}; EXTRA=() ;;
+  camus-224)  # 400 patients x 4 images: 50 % test (200 patients), 5 % val (20 patients)
+    IMPORT=(folder "$SRC/camus-224" --images 'images/*_E[DS].png' --masks 'images/{stem}_gt.png'
+            --labels 'LV cavity,LV myocardium,left atrium'
+            --name-pattern '(?P<subject>patient\d+)_(?P<view>2CH|4CH)_(?P<phase>ED|ES)')
+    SPLIT=(--val 0.05 --test 0.5); K=${K:-5,10,25}
+    EXTRA=(--structure 'LV endocardium=1' --structure 'LV epicardium=1+2' --structure 'left atrium=3') ;;
+  *) echo "unknown dataset $NAME" >&2; exit 2 ;;
+esac
+
+mkdir -p "$WORK"
+if has data && [ ! -f "$DATA/manifest.csv" ]; then
+  $SONO data import "${IMPORT[0]}" "${IMPORT[1]}" "$DATA" "${IMPORT[@]:2}"
+  $SONO data split "$DATA" --by subject "${SPLIT[@]}" --seed 0
+  $SONO data check "$DATA"
+fi
+
+if has run; then
+  if [ -d "docs/results/$NAME/cells" ]; then  # continue from the committed cells (same settings) on any machine
+    mkdir -p "$REPORT/cells"
+    [ -f "$REPORT/settings.json" ] || cp "docs/results/$NAME/settings.json" "$REPORT/settings.json"
+    cp -n "docs/results/$NAME/cells/"*.json "$REPORT/cells/"
+  fi
+  $SONO evaluate downstream --real "$DATA" --out "$REPORT" --generator-per-k "benchmarks/scarce/$NAME.yaml" \
+    --k "$K" --seeds "$SEEDS" "${EXTRA[@]}"
+fi
+
+if has copy; then
+  RESULTS=docs/results/$NAME
+  mkdir -p "$RESULTS/cells"
+  cp "$REPORT"/results.md "$REPORT"/results.csv "$REPORT"/comparisons.csv "$REPORT"/dice_vs_k.png \
+     "$REPORT"/samples.png \
+     "$REPORT"/settings.json "$RESULTS"/
+  cp "$REPORT"/cells/*.json "$RESULTS/cells/"
+fi

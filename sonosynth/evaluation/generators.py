@@ -1,0 +1,130 @@
+"""Generator per k: the synthetic arm of a scarce-data cell sees only that cell's k real subjects.
+
+For every (k, seed) of the downstream experiment, `ensure_generator` writes, under
+REPORT/generators/k<k>__seed<seed>/:
+- `data/`: a copy of exactly the k subjects' training pairs (what the real arm trains on);
+- `run/`: a diffusion model trained on `data/` only (resumed from its checkpoints if interrupted);
+- `synthetic/`: pairs sampled from that model with new masks made from `data/`'s masks only.
+Nothing else of the real dataset reaches the synthetic arm, so a leak would have to be visible in
+these folders. Each stage is skipped when its output is complete, so the experiment resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sonosynth.data.format import Dataset, DatasetWriter, copy_pairs
+from sonosynth.errors import SonosynthError
+from sonosynth.settings import strict_from_dict
+
+GENERATORS_DIR = "generators"
+
+
+@dataclass
+class GeneratorRecipe:
+    """How each per-k generator is trained and sampled (saved in the report's settings)."""
+
+    model_kind: str = "spade"
+    model_size: str = "small"
+    image_size: int = 64
+    train_steps: int = 1200
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    class_attributes: list[str] = field(default_factory=list)  # e.g. [pathology] for BUSI, [view, phase] for CAMUS
+    mask_sources: dict[str, int] = field(default_factory=lambda: {"deform": 100, "shape": 100})
+    sample_steps: int = 20
+    guidance_scale: float = 1.5
+    sampler: str | None = None  # None: the sampler saved with the model (dpm++)
+
+    def __post_init__(self) -> None:
+        from sonosynth.synthesis.generate import MASK_SOURCES
+
+        self.class_attributes = [str(a) for a in self.class_attributes]
+        self.mask_sources = {str(k): int(v) for k, v in dict(self.mask_sources).items()}
+        unknown = [s for s in self.mask_sources if s not in MASK_SOURCES]
+        if unknown or not self.mask_sources or any(n < 1 for n in self.mask_sources.values()):
+            raise SonosynthError(
+                f"generator recipe: mask_sources must map {list(MASK_SOURCES)} to positive counts, "
+                f"got {self.mask_sources}"
+            )
+        for name in ("image_size", "train_steps", "batch_size", "sample_steps"):
+            if int(getattr(self, name)) < 1:
+                raise SonosynthError(f"generator recipe: {name} must be at least 1")
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(self.mask_sources.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "recipe") -> GeneratorRecipe:
+        return strict_from_dict(cls, data, origin, "generator recipe")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> GeneratorRecipe:
+        from sonosynth.diffusion.train import read_yaml_mapping
+
+        return cls.from_dict(read_yaml_mapping(path), origin=str(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def generator_folder(report: Path, k: str, seed: int) -> Path:
+    return report / GENERATORS_DIR / f"k{k}__seed{seed}"
+
+
+def ensure_generator(
+    folder: Path,
+    real_train: Dataset,
+    subjects: list[str],
+    recipe: GeneratorRecipe,
+    seed: int,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """Build (or finish) folder/{data,run,synthetic} for these subjects; returns the synthetic folder."""
+    from sonosynth.diffusion.train import TrainConfig, derive_seed, train, with_model_size
+    from sonosynth.models.configs import ModelConfig
+    from sonosynth.synthesis.generate import GenerateConfig, generate_from_sources
+
+    data, run, synthetic = folder / "data", folder / "run", folder / "synthetic"
+    if (synthetic / "manifest.csv").is_file():
+        return synthetic
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (data / "manifest.csv").is_file():
+        chosen = set(subjects)
+        subset = real_train.subset(ids=[r.id for r in real_train.records if (r.subject or r.id) in chosen])
+        with DatasetWriter(data, real_train.info, overwrite=True) as writer:
+            copy_pairs(writer, subset)
+    if not (run / "model" / "model_index.json").is_file():
+        steps = recipe.train_steps
+        config = TrainConfig(
+            dataset=str(data),
+            model=with_model_size(ModelConfig(kind=recipe.model_kind), recipe.model_size),
+            image_size=recipe.image_size,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            warmup_steps=min(recipe.warmup_steps, steps),
+            max_steps=steps,
+            checkpoint_every=max(1, steps // 4),
+            sample_every=steps,
+            class_attributes=list(recipe.class_attributes),
+            seed=derive_seed(seed, "generator"),
+        )
+        train(config, run, resume=(run / "checkpoints").is_dir(), progress=progress, device=device)
+    generate = GenerateConfig(
+        steps=recipe.sample_steps,
+        guidance_scale=recipe.guidance_scale,
+        scheduler=recipe.sampler,
+        seed=derive_seed(seed, "generate"),
+        device=device,
+    )
+    return generate_from_sources(run, data, synthetic, recipe.mask_sources, generate, progress=progress)

@@ -1,0 +1,100 @@
+"""Paired comparisons of two arms of the downstream experiment, with 95 % bootstrap intervals.
+
+Two arms at the same k and seed are scored on the same real test images, so the honest unit is
+the per-image difference. The interval resamples both sources of variation a reviewer cares
+about: seeds (which subjects and initialisation; resampled with replacement) and test images
+(resampled with replacement, the same draw for every seed so the pairing holds). The verdict is
+read off the interval: it excludes zero on the good side (better), on the bad side (worse), or
+it does not (no detectable difference).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of (arm - baseline) over seeds x images, with a percentile bootstrap interval."""
+
+    mean: float
+    low: float
+    high: float
+    n_seeds: int
+    n_images: int  # images with a defined difference in at least one seed
+    higher_is_better: bool
+
+    @property
+    def verdict(self) -> str:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return NO_DIFFERENCE
+        if self.low > 0:
+            return BETTER if self.higher_is_better else WORSE
+        if self.high < 0:
+            return WORSE if self.higher_is_better else BETTER
+        return NO_DIFFERENCE
+
+
+def paired_bootstrap(
+    arm: np.ndarray,
+    baseline: np.ndarray,
+    higher_is_better: bool = True,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> PairedDifference:
+    """`arm` and `baseline` are (seeds, images) arrays of one metric; NaN marks an undefined value.
+
+    A pair where either value is NaN (or infinite, e.g. a missed structure's HD95) is left out of
+    the mean instead of being imputed; the count of images that remain is reported.
+    """
+    arm, baseline = np.asarray(arm, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if arm.shape != baseline.shape or arm.ndim != 2:
+        raise ValueError(f"paired arrays must share a (seeds, images) shape, got {arm.shape} and {baseline.shape}")
+    diff = arm - baseline
+    diff[~np.isfinite(diff)] = np.nan
+    valid = ~np.isnan(diff)
+    n_seeds, n_images = diff.shape
+    used_images = int(valid.any(axis=0).sum())
+    if not valid.any():
+        return PairedDifference(math.nan, math.nan, math.nan, n_seeds, 0, higher_is_better)
+    filled = np.where(valid, diff, 0.0)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for b in range(n_boot):
+        seeds = rng.integers(0, n_seeds, n_seeds)
+        images = rng.integers(0, n_images, n_images)
+        weight = np.bincount(seeds, minlength=n_seeds)[:, None] * np.bincount(images, minlength=n_images)[None, :]
+        count = (weight * valid).sum()
+        means[b] = (weight * filled).sum() / count if count else np.nan
+    low, high = np.nanpercentile(means, [2.5, 97.5])
+    return PairedDifference(float(diff[valid].mean()), float(low), float(high), n_seeds, used_images,
+                            higher_is_better)
+
+
+def per_image_matrix(cells: Sequence[dict], ids: Sequence[str], metric: str, structure: str | None) -> np.ndarray:
+    """(seeds, images) array of one metric from finished cells (one cell per seed, same test images).
+
+    `metric` is 'dice' or 'hd95' (per structure) or 'hc_abs_error_mm'. Dice is only defined on
+    images whose reference contains the structure (the package's Dice policy, see metrics.py).
+    """
+    out = np.full((len(cells), len(ids)), np.nan)
+    position = {image_id: i for i, image_id in enumerate(ids)}
+    for row, cell in enumerate(cells):
+        for entry in cell["per_image"]:
+            column = position.get(entry["id"])
+            if column is None:
+                continue
+            if structure is None:
+                value = entry.get(metric)
+            else:
+                value = entry[metric].get(structure)
+                if metric == "dice" and not entry.get("in_truth", {}).get(structure, True):
+                    value = None
+            out[row, column] = np.nan if value is None else float(value)
+    return out
