@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Real-data (HC18) measurements for issues 4, 5 and 6, on the CPU, exactly as recorded in
-# docs/results/hc18/README.md. Outputs go under $WORK (default /tmp), never into the repository.
+# docs/results/hc18-shared-generator/README.md (a generator trained on the whole train split: not a scarce-data result; the honest protocol is benchmarks/run_scarce.sh). Outputs go under $WORK (default /tmp), never into the repository.
 #   benchmarks/run_hc18.sh [STAGE ...]   stages: data train segmenter plots generate fidelity combine downstream report [downstream-real] (default: all but downstream-real)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +49,7 @@ if has segmenter; then
     --seed 0 --overwrite
 fi
 
-RESULTS=docs/results/hc18
+RESULTS=docs/results/hc18-shared-generator
 SOURCES=${SOURCES:-train deform shape}
 GEN_N=${GEN_N:-16}          # pairs per mask source
 GEN_STEPS=${GEN_STEPS:-10}  # DPM++ steps (the CPU cannot afford more here)

@@ -3,13 +3,15 @@
 # import -> subject-wise split (most remaining subjects in test, a few-shot-sized val) -> for every k and
 # seed a generator trained on those k subjects only -> five arms (real, real+classical, real+synthetic,
 # real+synthetic+classical, synthetic) -> paired intervals and verdicts.
-#   benchmarks/run_scarce.sh hc18|busi|camus-224 [STAGE ...]   stages: data run copy (default: all)
-# Outputs go under $WORK (default /tmp/sonosynth-scarce); the report is resumable (rerun to continue) and
-# `copy` puts its tables, plots and cell records into docs/results/<dataset>/.
+#   benchmarks/run_scarce.sh hc18|busi|camus-224 [STAGE ...]   stages: data run report copy (default: all)
+# Outputs go under $WORK (default /tmp/sonosynth-scarce); the report is resumable (rerun to continue; `run`
+# first restores the cells committed in docs/results/<dataset>/cells), `report` writes the report of the
+# cells finished so far (while `run` goes on elsewhere) and `copy` puts its tables, plots and cell records
+# into docs/results/<dataset>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=${1:?usage: benchmarks/run_scarce.sh hc18|busi|camus-224 [STAGE ...]}; shift
-STAGES=${*:-data run copy}
+STAGES=${*:-data run report copy}
 SONO=${SONO:-.venv/bin/sonosynth}
 SRC=${SONOSYNTH_DATA_DIR:-../shared/data}
 WORK=${WORK:-/tmp/sonosynth-scarce}
@@ -33,6 +35,8 @@ case $NAME in
 esac
 
 mkdir -p "$WORK"
+ARGS=(--real "$DATA" --out "$REPORT" --generator-per-k "benchmarks/scarce/$NAME.yaml" --k "$K" --seeds "$SEEDS"
+      "${EXTRA[@]}")
 if has data && [ ! -f "$DATA/manifest.csv" ]; then
   $SONO data import "${IMPORT[0]}" "${IMPORT[1]}" "$DATA" "${IMPORT[@]:2}"
   $SONO data split "$DATA" --by subject "${SPLIT[@]}" --seed 0
@@ -45,8 +49,11 @@ if has run; then
     [ -f "$REPORT/settings.json" ] || cp "docs/results/$NAME/settings.json" "$REPORT/settings.json"
     cp -n "docs/results/$NAME/cells/"*.json "$REPORT/cells/"
   fi
-  $SONO evaluate downstream --real "$DATA" --out "$REPORT" --generator-per-k "benchmarks/scarce/$NAME.yaml" \
-    --k "$K" --seeds "$SEEDS" "${EXTRA[@]}"
+  $SONO evaluate downstream "${ARGS[@]}"
+fi
+
+if has report; then
+  $SONO evaluate downstream "${ARGS[@]}" --report-only
 fi
 
 if has copy; then

@@ -69,3 +69,47 @@ def test_bad_input_is_one_line_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: {missing}: dataset folder not found"
+
+
+def test_generator_per_k_on_phantom_heads(tmp_path: Path) -> None:
+    """The honest protocol from the command line on phantom fetal heads, tiny models, all five arms."""
+    from sonosynth.data.splits import SplitConfig, split_dataset
+    from sonosynth.phantom.dataset import write_phantom_dataset
+
+    real = write_phantom_dataset(tmp_path / "phantom", "fetal-head", 12, "48x32", seed=0)
+    split_dataset(real, SplitConfig(val=0.2, test=0.3, seed=0))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_size: tiny\nimage_size: 32\ntrain_steps: 3\nbatch_size: 4\n"
+                      "mask_sources: {deform: 2, shape: 2}\nsample_steps: 2\n")
+    out = tmp_path / "report"
+    args = ["evaluate", "downstream", "--real", str(real), "--generator-per-k", str(recipe), "--k", "2",
+            "--seeds", "1", *TINY, "--out", str(out), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    arms = {json.loads(p.read_text())["arm"] for p in (out / "cells").glob("*.json")}
+    assert arms == {"real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic"}
+    report = (out / "results.md").read_text()
+    assert "generator per k" in report and "--generator-per-k" in report and "HC abs. error (mm)" in report
+    assert "| 2 | real+synthetic+classical | real+classical |" in report
+    assert (out / "generators" / "k2__seed0" / "run" / "model" / "model_index.json").is_file()
+
+    (out / "cells" / "k2__synthetic__seed0.json").unlink()  # --report-only trains nothing, says it is partial
+    result = CliRunner().invoke(app, [*args, "--report-only"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "cells" / "k2__synthetic__seed0.json").exists()
+    report = (out / "results.md").read_text()
+    assert "4 of the 5 planned cells" in report and "--report-only" not in report
+
+
+def test_bad_generator_recipe_is_one_line_error(tmp_path: Path) -> None:
+    real = write_toy_dataset(tmp_path / "real", n=12, seed=5)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_size: tiny\nsteps_typo: 3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sonosynth", "evaluate", "downstream", "--real", str(real), "--generator-per-k",
+         str(recipe), "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {recipe}: unknown generator recipe fields ['steps_typo']"
+    assert not (tmp_path / "r").exists()

@@ -170,6 +170,7 @@ def test_generator_per_k_sees_only_the_cell_subjects(datasets: tuple[Path, Path]
     report = (out / "results.md").read_text()
     assert "generator per k" in report and "not a scarce-data result" not in report
     assert "| 2 | real+synthetic | real+classical | Dice head (points) |" in report
+    assert "- k=2: **real+synthetic** vs real+classical, Dice head: **" in report  # the verdict in words
     with open(out / "comparisons.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["verdict"] for r in rows} <= {"better", "worse", "no detectable difference"}

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from sonosynth.data.ellipse import Ellipse
+from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.metrics import (
     dice_per_label,
     hd95_per_label,
     head_circumference_error_mm,
+    parse_structures,
     score_pair,
     summarize,
 )
@@ -67,3 +69,26 @@ def test_head_circumference_error_in_mm() -> None:
     expected = abs(Ellipse(0, 0, 44, 25, 0).circumference(spacing) - Ellipse(0, 0, 40, 25, 0).circumference(spacing))
     assert head_circumference_error_mm(bigger, truth, spacing) == pytest.approx(expected, abs=0.15)
     assert head_circumference_error_mm(truth, truth, spacing) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_structures_union_labels_and_count_false_positives() -> None:
+    truth = ellipse(60)
+    truth[40:50, 55:65] = 2
+    pred = truth.copy()
+    pred[pred == 2] = 1  # label 2 drawn as label 1: wrong per label, right as the union
+    structures = parse_structures(["cavity=1", "epicardium=1+2"], num_labels=3)
+    assert structures == {"cavity": [1], "epicardium": [1, 2]}
+    scores = score_pair(pred, truth, 3, structures=structures)
+    assert scores.dice["cavity"] < 1.0 and scores.dice["epicardium"] == pytest.approx(1.0)
+    assert scores.in_truth == {"cavity": True, "epicardium": True}
+
+    empty = np.zeros(SHAPE, np.uint8)  # a normal image: no lesion in the reference
+    clean, false_positive = score_pair(empty, empty, 2), score_pair(truth.clip(0, 1), empty, 2)
+    hit = score_pair(truth.clip(0, 1), truth.clip(0, 1), 2)
+    summary = summarize([clean, false_positive, hit])
+    assert summary["dice_1"] == pytest.approx(1.0)  # Dice over the images that have a lesion
+    assert summary["fp_rate_1"] == pytest.approx(0.5)  # one of the two lesion-free images got one
+    assert "fp_rate_1" not in summarize([hit])
+    for bad in (["epi=1+9"], ["epi"], ["=1"], ["x=a"]):
+        with pytest.raises(SonosynthError, match="--structure"):
+            parse_structures(bad, num_labels=3)

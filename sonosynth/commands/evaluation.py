@@ -67,6 +67,9 @@ def downstream_command(
     head_circumference: bool | None = typer.Option(
         None, "--hc/--no-hc", help="Report head-circumference error (default: when label 1 is 'head')."
     ),
+    report_only: bool = typer.Option(
+        False, "--report-only", help="Train nothing: write the report of the cells finished so far."
+    ),
 ) -> None:
     """Segmenters for each k x arm x seed: Dice, HD95, HC error and paired differences on the real test split."""
     from sonosynth.data.format import Dataset
@@ -98,8 +101,9 @@ def downstream_command(
         else ClassicalAugmentConfig.from_yaml_file(classical_config),
         structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
     )
-    command = command_line(ctx, "downstream")
-    path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device)
+    command = command_line(ctx, "downstream").replace(" --report-only", "")  # the command that runs the cells
+    path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device,
+                          report_only=report_only)
     typer.echo(f"results in {path}/results.md, {path}/results.csv, {path}/comparisons.csv, {path}/report.html")
 
 

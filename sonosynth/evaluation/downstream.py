@@ -130,8 +130,13 @@ def run_downstream(
     command: str = "",
     progress: bool = True,
     device: str = "cpu",
+    report_only: bool = False,
 ) -> Path:
-    """Run (or resume) every missing cell, then write results.csv, results.md, the plot and report.html."""
+    """Run (or resume) every missing cell, then write results.csv, results.md, the plot and report.html.
+
+    `report_only`: train nothing; write the report of the cells finished so far (e.g. while another
+    process is still running the experiment), saying how many of the planned cells it holds.
+    """
     from tqdm.auto import tqdm
 
     from sonosynth.evaluation.metrics import label_structures
@@ -170,7 +175,7 @@ def run_downstream(
 
     cells = plan_cells(config)
     todo = [c for c in cells if not (cells_dir / f"{c.name}.json").is_file()]
-    if todo:
+    if todo and not report_only:
         val_pairs = load_pairs(val, segmentation.size, progress)
         shared_synthetic = load_pairs(synthetic, segmentation.size, progress) if synthetic is not None else None
         test_samples = list(test)
@@ -201,8 +206,11 @@ def run_downstream(
             )
             _write_json_atomic(cells_dir / f"{cell.name}.json", record)
 
-    finished = [json.loads((cells_dir / f"{c.name}.json").read_text()) for c in cells]
-    write_downstream_report(out, finished, real, synthetic, settings, command=command)
+    finished = [json.loads(path.read_text()) for c in cells if (path := cells_dir / f"{c.name}.json").is_file()]
+    if not finished:
+        raise SonosynthError(f"{out}: no finished cell to report yet")
+    write_downstream_report(out, finished, real, synthetic, {**settings, "planned_cells": len(cells)},
+                            command=command)
     return out
 
 

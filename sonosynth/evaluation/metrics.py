@@ -130,13 +130,27 @@ def score_pair(
     scores = PairScores()
     pred, truth = np.asarray(pred), np.asarray(truth)
     for name, labels in (structures or label_structures(num_labels)).items():
-        p, t = np.isin(pred, labels).astype(np.uint8), np.isin(truth, labels).astype(np.uint8)
+        p, t = _crop_to_union(np.isin(pred, labels).astype(np.uint8), np.isin(truth, labels).astype(np.uint8))
         scores.dice[name] = dice_per_label(p, t, 2)["1"]
         scores.hd95[name] = hd95_per_label(p, t, 2, spacing_mm)["1"]
         scores.in_truth[name], scores.in_pred[name] = bool(t.any()), bool(p.any())
     if head_label is not None and spacing_mm is not None:
         scores.hc_abs_error_mm = head_circumference_error_mm(pred, truth, spacing_mm, head_label)
     return scores
+
+
+def _crop_to_union(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both binary maps cut to the box around their union plus one background pixel of margin.
+
+    Dice and surface distances only depend on that box (every foreground and surface pixel is in
+    it), so the scores are the same as on the whole image, several times faster on large scans.
+    """
+    rows, cols = np.nonzero(p | t)
+    if rows.size == 0:
+        return p[:1, :1], t[:1, :1]
+    top, left = max(rows.min() - 1, 0), max(cols.min() - 1, 0)
+    box = np.s_[top : rows.max() + 2, left : cols.max() + 2]
+    return np.pad(p[box], 1), np.pad(t[box], 1)
 
 
 def summarize(scores: list[PairScores]) -> dict[str, float]:

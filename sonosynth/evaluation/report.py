@@ -95,10 +95,11 @@ def _csv_value(value: Any) -> Any:
 
 
 def _pm(row: dict[str, Any], key: str, digits: int) -> str:
+    """mean ± sample std over seeds; the mean alone for one seed (no spread is known)."""
     mean, std = row.get(f"{key}_mean", math.nan), row.get(f"{key}_std", math.nan)
     if mean is None or math.isnan(mean):
         return "n/a"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if row.get("n_seeds", 2) < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def structure_names(structures: dict[str, list[int]], labels: dict[str, str]) -> dict[str, str]:
@@ -180,6 +181,20 @@ def comparison_rows(cells: Sequence[dict[str, Any]], structures: dict[str, list[
                              "low": diff.low, "high": diff.high, "n_seeds": diff.n_seeds,
                              "n_images": diff.n_images, "verdict": diff.verdict})
     return rows
+
+
+def verdicts_in_words(rows: list[dict[str, Any]]) -> str:
+    """One line per k and synthetic arm: does it beat real, and the classical baseline, on Dice?"""
+    lines = []
+    for r in rows:
+        if "synthetic" not in r["arm"] or not r["metric"].startswith("Dice"):
+            continue
+        structure = r["metric"].removeprefix("Dice ").removesuffix(" (points)")
+        lines.append(
+            f"- k={r['k']}: **{r['arm']}** vs {r['baseline']}, Dice {structure}: **{r['verdict']}** "
+            f"({r['mean']:+.2f} points [{r['low']:+.2f}, {r['high']:+.2f}])"
+        )
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def comparisons_markdown(rows: list[dict[str, Any]]) -> str:
@@ -314,9 +329,12 @@ def write_downstream_report(
     write_results_csv(out / "comparisons.csv", compared)
     notes = _protocol_notes(settings, cells, command)
     verdicts = comparisons_markdown(compared) if compared else "No paired comparison (one arm only).\n"
+    in_words = verdicts_in_words(compared)
     write_text_atomic(
         out / "results.md",
-        f"# Downstream segmentation\n\n{notes}\n{table}\n## Paired differences against the baseline\n\n"
+        f"# Downstream segmentation\n\n{notes}\n{table}\n"
+        + (f"## Do the synthetic pairs help?\n\n{in_words}\n" if in_words else "")
+        + "## Paired differences against the baseline\n\n"
         "Mean of (arm - baseline) over seeds x test images, paired per image at the same k and seed; "
         "95 % percentile bootstrap interval resampling seeds and test images. Verdict: the interval "
         "excludes zero on the good side (better), on the bad side (worse), or it does not "
@@ -335,6 +353,7 @@ def write_downstream_report(
             break
     sections = [
         ("Results", markdown_table_to_html(table) + f"<p>{html.escape(notes)}</p>"),
+        ("Do the synthetic pairs help?", f"<pre>{html.escape(in_words or 'no synthetic arm')}</pre>"),
         ("Paired differences", markdown_table_to_html(verdicts)),
         ("Dice vs k", png_tag((out / "dice_vs_k.png").read_bytes(), "Dice vs k")),
     ]
@@ -378,6 +397,10 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
         + ", ".join(f"k={c['k']} {c['arm']} seed {c['seed']}" for c in unconverged[:8])
         + (" ..." if len(unconverged) > 8 else "") + "): their rows are not results.\n"
     )
+    planned = settings.get("planned_cells", len(cells))
+    if len(cells) < planned:
+        convergence += (f"**Partial report: {len(cells)} of the {planned} planned cells have finished**; "
+                        "rerun the command to continue.\n")
     notes = (
         f"Real data: `{settings['real']}`.\n{origin}"
         f"Segmenter: MONAI U-Net '{seg['net']}' at {seg['size']} px, up to {seg['max_steps']} steps "

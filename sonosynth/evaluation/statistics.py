@@ -80,8 +80,9 @@ def paired_bootstrap(
 def per_image_matrix(cells: Sequence[dict], ids: Sequence[str], metric: str, structure: str | None) -> np.ndarray:
     """(seeds, images) array of one metric from finished cells (one cell per seed, same test images).
 
-    `metric` is 'dice' or 'hd95' (per structure) or 'hc_abs_error_mm'. Dice is only defined on
-    images whose reference contains the structure (the package's Dice policy, see metrics.py).
+    `metric` is 'dice', 'hd95' or 'fp' (per structure) or 'hc_abs_error_mm'. Dice is only defined
+    on images whose reference contains the structure, 'fp' (1 if the prediction draws it, else 0)
+    only on images whose reference lacks it (the package's Dice policy, see metrics.py).
     """
     out = np.full((len(cells), len(ids)), np.nan)
     position = {image_id: i for i, image_id in enumerate(ids)}
@@ -90,11 +91,12 @@ def per_image_matrix(cells: Sequence[dict], ids: Sequence[str], metric: str, str
             column = position.get(entry["id"])
             if column is None:
                 continue
+            in_truth = True if structure is None else entry.get("in_truth", {}).get(structure, True)
             if structure is None:
                 value = entry.get(metric)
+            elif metric == "fp":
+                value = None if in_truth else float(entry["in_pred"][structure])
             else:
-                value = entry[metric].get(structure)
-                if metric == "dice" and not entry.get("in_truth", {}).get(structure, True):
-                    value = None
+                value = entry[metric].get(structure) if metric != "dice" or in_truth else None
             out[row, column] = np.nan if value is None else float(value)
     return out
