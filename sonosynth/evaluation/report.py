@@ -330,6 +330,9 @@ def write_downstream_report(
     notes = _protocol_notes(settings, cells, command)
     verdicts = comparisons_markdown(compared) if compared else "No paired comparison (one arm only).\n"
     in_words = verdicts_in_words(compared)
+    if any(r["n_seeds"] < 2 for r in compared):
+        in_words += ("\n**One seed**: these intervals cover the test images only, not the choice of the k subjects "
+                     "or the training seed; more seeds widen them.\n")
     write_text_atomic(
         out / "results.md",
         f"# Downstream segmentation\n\n{notes}\n{table}\n"
