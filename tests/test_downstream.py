@@ -195,3 +195,27 @@ def test_converged_means_validation_stopped_improving() -> None:
     assert not converged(history, patience=4)
     rising = [{"step": s, "val_dice": 0.1 * s} for s in range(1, 6)]
     assert not converged(rising, patience=2)
+
+
+def test_structures_name_the_columns_and_comparisons() -> None:
+    from sonosynth.evaluation.report import comparison_rows, results_markdown, structure_names
+
+    labels = {"0": "background", "1": "LV cavity", "2": "LV myocardium"}
+    structures = {"LV endocardium": [1], "LV epicardium": [1, 2], "2": [2]}
+    assert structure_names(structures, labels) == {
+        "LV endocardium": "LV endocardium", "LV epicardium": "LV epicardium", "2": "LV myocardium"}
+
+    def cell(arm: str, dice: float) -> dict:
+        per_image = [{"id": f"i{i}", "dice": {s: dice + 0.01 * i for s in structures},
+                      "hd95": {s: 2.0 for s in structures}, "in_truth": {s: True for s in structures},
+                      "in_pred": {s: True for s in structures}, "hc_abs_error_mm": None} for i in range(5)]
+        metrics = {"n_images": 5.0, **{f"dice_{s}": dice for s in structures}, **{f"hd95_{s}": 2.0 for s in structures}}
+        return {"k": "5", "arm": arm, "seed": 0, "n_real_images": 20, "n_synthetic_images": 0, "steps": 900,
+                "best_step": 400, "converged": True, "metrics": metrics, "per_image": per_image}
+
+    cells = [cell("real", 0.80), cell("real+synthetic", 0.85)]
+    table = results_markdown(aggregate_cells(cells), labels, structures)
+    assert "| Dice LV endocardium | Dice LV epicardium | Dice LV myocardium |" in table
+    rows = comparison_rows(cells, structures, labels)
+    dice = [r for r in rows if r["metric"] == "Dice LV epicardium (points)"]
+    assert len(dice) == 1 and dice[0]["mean"] == pytest.approx(5.0) and dice[0]["verdict"] == "better"

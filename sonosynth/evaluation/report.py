@@ -104,9 +104,8 @@ def _pm(row: dict[str, Any], key: str, digits: int) -> str:
 
 def structure_names(structures: dict[str, list[int]], labels: dict[str, str]) -> dict[str, str]:
     """Display names: a single label keyed by its value shows the label's name."""
-    return {key: labels.get(key, key) if members == [int(key)] else key
-            for key, members in ((k, [int(v) for v in m]) for k, m in structures.items())
-            } if structures else {}
+    return {key: labels.get(key, key) if key.isdigit() and members == [int(key)] else key
+            for key, members in ((k, [int(v) for v in m]) for k, m in structures.items())}
 
 
 def results_markdown(rows: list[dict[str, Any]], labels: dict[str, str],
