@@ -2,9 +2,9 @@
 
     python benchmarks/scarce/summary.py docs/results/hc18 [--extra hc_abs_error_mm]
 
-Per k: the mean foreground Dice of every arm (mean over structures; seeds in brackets when fewer
-than planned), then whether the synthetic arms beat `real` and `real+classical` on Dice (the
-verdicts of comparisons.csv, per structure).
+Per k: the mean foreground Dice of every arm (mean over structures), then whether the synthetic
+arms (+syn = real+synthetic, +syn+cl = real+synthetic+classical) beat `real` and `real+classical`
+on Dice: the verdicts of comparisons.csv per structure, difference in points [95 % interval].
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 ARMS = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
 SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no diff."}
+NAMES = {"real+synthetic": "+syn", "real+synthetic+classical": "+syn+cl"}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -49,8 +50,8 @@ def main() -> None:
             cells.append(value)
         for baseline in ("real", "real+classical"):
             found = [
-                f"{c['arm'].replace('real+', '')}: {c['metric'].removeprefix('Dice ').removesuffix(' (points)')} "
-                f"{float(c['mean']):+.1f} [{float(c['low']):+.1f}, {float(c['high']):+.1f}] {SHORT[c['verdict']]}"
+                f"{NAMES[c['arm']]} {c['metric'].removeprefix('Dice ').removesuffix(' (points)')}: "
+                f"{SHORT[c['verdict']]} ({float(c['mean']):+.1f} [{float(c['low']):+.1f}, {float(c['high']):+.1f}])"
                 for c in compared
                 if (c["k"], c["baseline"]) == (k, baseline) and c["arm"] in ARMS[2:4] and c["metric"].startswith("Dice")
             ]

@@ -44,6 +44,7 @@ def aggregate_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "n_seeds": len(members),
             "n_real_images": float(np.mean([m["n_real_images"] for m in members])),
             "n_synthetic_images": int(members[0]["n_synthetic_images"]),
+            "n_test_images": members[0].get("n_test_images", ""),
             "hd95_unit": members[0].get("hd95_unit", "px"),
             "n_converged": sum(bool(m.get("converged")) for m in members),
             "best_step_mean": float(np.mean([m.get("best_step", math.nan) for m in members])),
