@@ -26,7 +26,7 @@ def arm_value(row: dict[str, str], extra: str | None) -> str:
 def against_classical(compared: list[dict[str, str]], k: str, arm: str) -> str:
     found = [c for c in compared
              if (c["k"], c["arm"], c["baseline"]) == (k, arm, "real+classical") and c["metric"].startswith("Dice")]
-    parts = [f"{c['metric'].removeprefix('Dice ').removesuffix(' (points)')} {float(c['mean']):+.1f} "
+    parts = [f"{c['structure']} {float(c['mean']):+.1f} "
              f"[{float(c['low']):+.1f}, {float(c['high']):+.1f}] {c['verdict']}" for c in found]
     return f"{arm}: " + "; ".join(parts)
 

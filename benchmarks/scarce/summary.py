@@ -50,7 +50,7 @@ def main() -> None:
             cells.append(value)
         for baseline in ("real", "real+classical"):
             found = [
-                f"{NAMES[c['arm']]} {c['metric'].removeprefix('Dice ').removesuffix(' (points)')}: "
+                f"{NAMES[c['arm']]} {c['structure']}: "
                 f"{SHORT[c['verdict']]} ({float(c['mean']):+.1f} [{float(c['low']):+.1f}, {float(c['high']):+.1f}])"
                 for c in compared
                 if (c["k"], c["baseline"]) == (k, baseline) and c["arm"] in ARMS[2:4] and c["metric"].startswith("Dice")

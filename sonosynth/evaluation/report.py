@@ -177,7 +177,8 @@ def comparison_rows(cells: Sequence[dict[str, Any]], structures: dict[str, list[
                                         per_image_matrix(b_list, ids, metric, key) * scale, higher_is_better=higher)
                 if diff.n_images == 0:
                     continue
-                rows.append({"k": k, "arm": arm, "baseline": baseline, "metric": title, "mean": diff.mean,
+                rows.append({"k": k, "arm": arm, "baseline": baseline, "metric": title,
+                             "structure": names.get(key, "") if key is not None else "", "mean": diff.mean,
                              "low": diff.low, "high": diff.high, "n_seeds": diff.n_seeds,
                              "n_images": diff.n_images, "verdict": diff.verdict})
     return rows
@@ -189,9 +190,8 @@ def verdicts_in_words(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if "synthetic" not in r["arm"] or not r["metric"].startswith("Dice"):
             continue
-        structure = r["metric"].removeprefix("Dice ").removesuffix(" (points)")
         lines.append(
-            f"- k={r['k']}: **{r['arm']}** vs {r['baseline']}, Dice {structure}: **{r['verdict']}** "
+            f"- k={r['k']}: **{r['arm']}** vs {r['baseline']}, Dice {r['structure']}: **{r['verdict']}** "
             f"({r['mean']:+.2f} points [{r['low']:+.2f}, {r['high']:+.2f}])"
         )
     return "\n".join(lines) + "\n" if lines else ""
