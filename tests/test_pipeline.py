@@ -211,3 +211,24 @@ def test_sample_cli_joint_and_bad_input(tmp_path: Path, toy_dataset: Path) -> No
     no_masks = CliRunner().invoke(app, ["sample", str(spade_run), "--out", str(tmp_path / "y"), "--n", "1"])
     assert isinstance(no_masks.exception, SonosynthError) and "--masks" in str(no_masks.exception)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_img2img_enters_the_same_loop_part_way() -> None:
+    """`image` + `strength` runs the tail of the schedule; given `latents` replace drawn noise exactly."""
+    pipe = tiny_pipeline()
+    labels, fov = label_maps(2)
+    calls = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    start = torch.zeros(2, 1, SIDE, SIDE)
+    part = pipe(labels, fov=fov, image=start, strength=0.5, num_inference_steps=6, guidance_scale=1.0,
+                generator=generators(2), output_type="pt").images
+    assert len(calls) == 3 and part.shape == (2, 1, SIDE, SIDE) and torch.all(part[..., :3] == -1)
+    full = pipe(labels, fov=fov, num_inference_steps=3, generator=generators(2), output_type="pt").images
+    noise = torch.stack([torch.randn(1, SIDE, SIDE, generator=g) for g in generators(2)])
+    given = pipe(labels, fov=fov, num_inference_steps=3, latents=noise, output_type="pt").images
+    torch.testing.assert_close(given, full)
+    with pytest.raises(ValueError, match="strength"):
+        pipe(labels, fov=fov, image=start, strength=0.0)
+    with pytest.raises(ValueError, match="image must be"):
+        pipe(labels, fov=fov, image=start[:1])

@@ -40,6 +40,22 @@ class MaskToUltrasoundOutput(BaseOutput):
     masks: np.ndarray | torch.Tensor | None = None
 
 
+@dataclass
+class Guidance:
+    """One batch's conditioning, held for every step of a loop (as MONAI's `DiffusionInferer` holds it).
+
+    With `scale != 1` the condition and classes hold the conditional batch followed by its null
+    version (label map dropped, classes unknown), so one forward pass gives both predictions."""
+
+    condition: torch.Tensor | None
+    class_labels: torch.Tensor | None
+    scale: float = 1.0
+
+    @property
+    def guided(self) -> bool:
+        return self.scale != 1.0
+
+
 class MaskToUltrasoundPipeline(DiffusionPipeline):
     """Generates ultrasound images that obey a label map (spade/concat) or images with their mask (joint).
 
@@ -92,6 +108,9 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         num_images: int | None = None,
         size: int | None = None,
         coords: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
+        strength: float = 1.0,
+        latents: torch.Tensor | None = None,
     ) -> MaskToUltrasoundOutput:
         """Generate one image per label map (or `num_images` for a joint model without fov).
 
@@ -100,34 +119,48 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         - `class_labels`: (B, A) attribute indices (-1 = unknown) or None (unconditional).
         - `guidance_scale`: classifier-free guidance; 1.0 is a single plain conditional pass.
         - `generator`: one torch.Generator per image makes outputs independent of `batch_size`.
+        - `image` + `strength` (the diffusers img2img pattern, SDEdit): start from `image` ((B, C, S, S)
+          in [-1, 1]) noised to `strength` of the schedule and run only the last
+          `max(1, round(num_inference_steps * strength))` steps; `strength=1` with no image is plain sampling.
+        - `latents`: the starting noise (B, C, S, S) instead of drawing it from `generator`.
         """
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if image is not None and latents is not None:
+            raise ValueError("pass image (to start part-way) or latents (the starting noise), not both")
         unet = self.unet
         device = unet.device
         total, side = self._batch_geometry(labels, fov, num_images, size)
         if isinstance(generator, list) and len(generator) != total:
             raise ValueError(f"got {len(generator)} generators for {total} images; pass one per image")
+        for name, start_x in (("image", image), ("latents", latents)):
+            if start_x is not None and tuple(start_x.shape) != (total, unet.sample_channels, side, side):
+                raise ValueError(f"{name} must be ({total}, {unet.sample_channels}, {side}, {side}), "
+                                 f"got {tuple(start_x.shape)}")
         chunk = batch_size or total
         images, masks = [], []
         for start in range(0, total, chunk):
             stop = min(start + chunk, total)
             gen = generator[start:stop] if isinstance(generator, list) else generator
             part = slice(start, stop)
-            image, mask = self._sample_chunk(
-                labels=None if labels is None else labels[part].to(device),
-                fov=None if fov is None else fov[part].to(device),
-                coords=None if coords is None else coords[part].to(device),
-                class_labels=None if class_labels is None else class_labels[part].to(device),
-                batch=stop - start,
-                side=side,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                generator=gen,
+
+            def on_device(t: torch.Tensor | None, part: slice = part) -> torch.Tensor | None:
+                return None if t is None else t[part].to(device)
+
+            guidance = self.prepare_guidance(
+                on_device(labels), fov=on_device(fov), coords=on_device(coords), class_labels=on_device(class_labels),
+                guidance_scale=guidance_scale, batch=stop - start, size=side,
             )
-            images.append(image.cpu())
-            if mask is not None:
-                masks.append(mask.cpu())
+            x = self.denoise(
+                guidance, (stop - start, unet.sample_channels, side, side), num_inference_steps, generator=gen,
+                image=on_device(image), strength=strength, latents=on_device(latents),
+            )
+            image_part, mask_part = self.decode(x, on_device(fov))
+            images.append(image_part.cpu())
+            if mask_part is not None:
+                masks.append(mask_part.cpu())
         image_t = torch.cat(images)
         mask_t = torch.cat(masks) if masks else None
         if not torch.isfinite(image_t).all():
@@ -169,57 +202,92 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
             raise ValueError(f"fov must be ({total}, 1, {side}, {side}), got {tuple(fov.shape)}")
         return total, side
 
-    def _sample_chunk(
+    # -- the one sampling engine: guidance, the denoising loop, decoding ------------------------------
+    def prepare_guidance(
         self,
         labels: torch.Tensor | None,
-        fov: torch.Tensor | None,
-        coords: torch.Tensor | None,
-        class_labels: torch.Tensor | None,
-        batch: int,
-        side: int,
-        num_inference_steps: int,
-        guidance_scale: float,
-        generator: torch.Generator | list[torch.Generator] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        unet, scheduler = self.unet, self.scheduler
+        fov: torch.Tensor | None = None,
+        coords: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+        guidance_scale: float = 1.5,
+        batch: int | None = None,
+        size: int | None = None,
+    ) -> Guidance:
+        """The conditioning of one batch for every denoising step (built once, used by `guided_prediction`).
+
+        Inputs are on the model's device; `batch` and `size` are needed only when neither labels nor fov
+        gives them (a joint model sampling full squares)."""
+        unet = self.unet
         cfg = unet.model_config
-        condition = unet.make_condition(labels, fov=fov, coords=coords, size=side, batch=batch)
+        condition = unet.make_condition(labels, fov=fov, coords=coords, size=size, batch=batch)
+        batch = condition.shape[0] if condition is not None else batch
         if cfg.class_cardinalities:
             if class_labels is None:
                 class_labels = unet.null_class_labels.expand(batch, -1)
-            class_labels = unet._known_or_null(class_labels)
         elif class_labels is not None and class_labels.numel():
             raise ValueError("this model has no class conditioning; do not pass class_labels")
         else:
             class_labels = None
         # Guidance only makes sense where a null version differs from the conditional one.
         guide = guidance_scale != 1.0 and (cfg.kind != "joint" or bool(cfg.class_cardinalities))
-        if guide:
-            null_condition = unet.null_condition(condition)
-            null_classes = None if class_labels is None else unet.null_class_labels.expand(batch, -1)
-            condition_in = None if condition is None else torch.cat([condition, null_condition])
-            classes_in = None if class_labels is None else torch.cat([class_labels, null_classes])
-        else:
-            condition_in, classes_in = condition, class_labels
+        if not guide:
+            return Guidance(condition, class_labels, 1.0)
+        null_classes = None if class_labels is None else unet.null_class_labels.expand(batch, -1)
+        return Guidance(
+            condition=None if condition is None else torch.cat([condition, unet.null_condition(condition)]),
+            class_labels=None if class_labels is None else torch.cat([class_labels, null_classes]),
+            scale=guidance_scale,
+        )
 
-        shape = (batch, unet.sample_channels, side, side)
-        x = randn_tensor(shape, generator=generator, device=unet.device, dtype=unet.dtype)
+    @torch.no_grad()
+    def guided_prediction(self, x: torch.Tensor, t: torch.Tensor | int, guidance: Guidance) -> torch.Tensor:
+        """The model's classifier-free-guided prediction for `x` at step `t` (what the scheduler steps on)."""
+        x_in = torch.cat([x, x]) if guidance.guided else x
+        prediction = self.unet(x_in, t, guidance.condition, guidance.class_labels)
+        if guidance.guided:
+            conditional, unconditional = prediction.chunk(2)
+            prediction = unconditional + guidance.scale * (conditional - unconditional)
+        return prediction
+
+    def denoise(
+        self,
+        guidance: Guidance,
+        shape: tuple[int, ...],
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        image: torch.Tensor | None = None,
+        strength: float = 1.0,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The denoising loop: from noise (or `image` noised to `strength`) to a clean sample of `shape`."""
+        unet, scheduler = self.unet, self.scheduler
         scheduler.set_timesteps(num_inference_steps, device=unet.device)
-        x = x * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        if image is not None or strength < 1.0:
+            run = max(1, round(num_inference_steps * strength))
+            begin = (num_inference_steps - run) * scheduler.order
+            timesteps = timesteps[begin:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(begin)
+        noise = latents
+        if noise is None:
+            noise = randn_tensor(shape, generator=generator, device=unet.device, dtype=unet.dtype)
+        if image is None:
+            x = noise * scheduler.init_noise_sigma
+        else:
+            x = scheduler.add_noise(image.to(unet.dtype), noise, timesteps[:1].repeat(shape[0]))
         # Stochastic samplers (ddpm) draw step noise from the same per-image generators.
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        for t in self.progress_bar(scheduler.timesteps):
-            x_in = scheduler.scale_model_input(x, t)
-            if guide:
-                x_in = torch.cat([x_in, x_in])
-            prediction = unet(x_in, t, condition_in, classes_in)
-            if guide:
-                conditional, unconditional = prediction.chunk(2)
-                prediction = unconditional + guidance_scale * (conditional - unconditional)
+        for t in self.progress_bar(timesteps):
+            prediction = self.guided_prediction(scheduler.scale_model_input(x, t), t, guidance)
             x = scheduler.step(prediction, t, x, **step_kwargs).prev_sample
-        image, mask = unet.decode(x)
+        return x
+
+    def decode(self, x: torch.Tensor, fov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Clean sample -> (image (B, 1, S, S) in [-1, 1], joint mask or None), black outside `fov`."""
+        image, mask = self.unet.decode(x)
         if fov is not None:
-            inside = fov > 0.5
+            inside = fov.to(image.device) > 0.5
             image = torch.where(inside, image, torch.full_like(image, -1.0))
             if mask is not None:
                 mask = torch.where(inside[:, 0], mask, torch.zeros_like(mask))

@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sonosynth.errors import SonosynthError
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEDULERS = ("dpm++", "dpm++sde", "unipc", "ddim", "ddpm")
 DEFAULT_STEPS = {"dpm++": 25, "dpm++sde": 25, "unipc": 25, "ddim": 50, "ddpm": 1000}
@@ -66,3 +69,16 @@ def scheduler_name(scheduler: Any) -> str:
         if type(scheduler) is cls and all(config.get(k, v) == v for k, v in defaults.items()):
             return name
     return type(scheduler).__name__
+
+
+def prediction_to_epsilon(prediction: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor,
+                          prediction_type: str) -> torch.Tensor:
+    """The noise a prediction implies, whatever the model was trained to predict."""
+    alpha_bar = alpha_bar.to(x_t.dtype)
+    if prediction_type == "epsilon":
+        return prediction
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * prediction + (1 - alpha_bar).sqrt() * x_t
+    if prediction_type == "sample":
+        return (x_t - alpha_bar.sqrt() * prediction) / (1 - alpha_bar).sqrt()
+    raise SonosynthError(f"unknown prediction type '{prediction_type}'")

@@ -92,7 +92,7 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
     import torch
 
     from sonosynth.data.transforms import field_of_view, letterbox_image, letterbox_mask, unletterbox
-    from sonosynth.synthesis.sampling import GuidedDenoiser, prediction_to_epsilon
+    from sonosynth.diffusion.schedulers import prediction_to_epsilon
 
     config = config or EditConfig()
     image, mask, edited_mask = np.asarray(image), np.asarray(mask), np.asarray(edited_mask)
@@ -123,7 +123,8 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
     device = model.unet.device
     scheduler = repaint_scheduler(model.pipe.scheduler, config.eta)
     scheduler.set_timesteps(config.steps, config.jump_length, config.jump_n_sample, device=device)
-    denoiser = GuidedDenoiser(model, labels, fov, class_labels, config.guidance_scale)
+    guidance = model.pipe.prepare_guidance(labels.to(device), fov=fov.to(device), guidance_scale=config.guidance_scale,
+                                           class_labels=None if class_labels is None else class_labels.to(device))
     prediction_type = model.pipe.scheduler.config.prediction_type
     generator = torch.Generator().manual_seed(config.seed)
     original, known = original.to(device), known.to(device)
@@ -133,7 +134,8 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
         t = int(t)
         if t < t_last:
             t_tensor = torch.tensor([t], device=device)
-            epsilon = prediction_to_epsilon(denoiser(x, t_tensor), x, scheduler.alphas_cumprod[t], prediction_type)
+            prediction = model.pipe.guided_prediction(x, t_tensor, guidance)
+            epsilon = prediction_to_epsilon(prediction, x, scheduler.alphas_cumprod[t], prediction_type)
             evaluations += 1
             x = scheduler.step(epsilon, t, x, original, known, generator=generator).prev_sample
         else:

@@ -51,25 +51,11 @@ def refine(model, draft: torch.Tensor, labels: torch.Tensor, fov: torch.Tensor |
            class_labels: torch.Tensor | None, steps: int, strength: float, guidance_scale: float,
            generators: Sequence[torch.Generator]) -> torch.Tensor:
     """SDEdit: noise `draft` ((B, 1, S, S) in [-1, 1]) to `strength` of the schedule, denoise with
-    the mask over the last `round(steps * strength)` steps of a `steps`-step schedule."""
-    from sonosynth.synthesis.sampling import GuidedDenoiser, denoise_from, per_sample_noise
-
-    scheduler = model.pipe.scheduler
-    device = model.unet.device
-    scheduler.set_timesteps(steps, device=device)
-    run = max(1, round(steps * strength))
-    start = (steps - run) * scheduler.order
-    timesteps = scheduler.timesteps[start:]
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
-    noise = per_sample_noise(tuple(draft.shape), generators).to(device)
-    x = scheduler.add_noise(draft.to(device), noise, timesteps[:1].repeat(draft.shape[0]))
-    denoiser = GuidedDenoiser(model, labels, fov, class_labels, guidance_scale)
-    x = denoise_from(model, denoiser, x, timesteps, list(generators))
-    image, _ = model.unet.decode(x)
-    if fov is not None:
-        image = torch.where(fov.to(device) > 0.5, image, torch.full_like(image, -1.0))
-    return image
+    the mask over the last `round(steps * strength)` steps of a `steps`-step schedule (the pipeline's
+    img2img entry into its one loop)."""
+    return model.pipe(labels=labels, fov=fov, class_labels=class_labels, image=draft, strength=strength,
+                      num_inference_steps=steps, guidance_scale=guidance_scale, generator=list(generators),
+                      output_type="pt").images
 
 
 def two_stage_sample(model, labels: torch.Tensor, fov: torch.Tensor | None, class_labels: torch.Tensor | None,

@@ -1,10 +1,9 @@
-"""A trained generator as synthesis needs it: the pipeline, its image side, its class attributes,
-and a denoising loop that can start from any time step (two-stage refinement and editing both
-start from a partly noised image, which the pipeline's own call cannot do)."""
+"""A trained generator as synthesis needs it: the pipeline, its image side and its class attributes.
+
+The denoising loop and classifier-free guidance live once, in `MaskToUltrasoundPipeline`."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,70 +105,6 @@ def _training_values(dataset: str | None, names: Sequence[str]) -> dict[str, lis
     except SonosynthError:
         return None
     return {name: categorical.get(name, []) for name in names}
-
-
-def prediction_to_epsilon(prediction: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor,
-                          prediction_type: str) -> torch.Tensor:
-    """The noise a prediction implies, whatever the model was trained to predict."""
-    alpha_bar = alpha_bar.to(x_t.dtype)
-    if prediction_type == "epsilon":
-        return prediction
-    if prediction_type == "v_prediction":
-        return alpha_bar.sqrt() * prediction + (1 - alpha_bar).sqrt() * x_t
-    if prediction_type == "sample":
-        return (x_t - alpha_bar.sqrt() * prediction) / (1 - alpha_bar).sqrt()
-    raise SonosynthError(f"unknown prediction type '{prediction_type}'")
-
-
-class GuidedDenoiser:
-    """The model's classifier-free-guided prediction for one conditioning, reusable every step."""
-
-    def __init__(self, model: SynthesisModel, labels: torch.Tensor | None, fov: torch.Tensor | None,
-                 class_labels: torch.Tensor | None, guidance_scale: float):
-        unet = model.unet
-        reference = labels if labels is not None else fov
-        batch, side = reference.shape[0], reference.shape[-1]
-        condition = unet.make_condition(None if labels is None else labels.to(unet.device),
-                                        fov=None if fov is None else fov.to(unet.device), size=side, batch=batch)
-        if unet.model_config.class_cardinalities:
-            class_labels = unet._known_or_null(
-                unet.null_class_labels.expand(batch, -1) if class_labels is None else class_labels.to(unet.device))
-        else:
-            class_labels = None
-        self.unet = unet
-        self.guide = guidance_scale != 1.0 and (model.kind != "joint" or class_labels is not None)
-        self.scale = guidance_scale
-        if self.guide:
-            null_classes = None if class_labels is None else unet.null_class_labels.expand(batch, -1)
-            self.condition = None if condition is None else torch.cat([condition, unet.null_condition(condition)])
-            self.classes = None if class_labels is None else torch.cat([class_labels, null_classes])
-        else:
-            self.condition, self.classes = condition, class_labels
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x_in = torch.cat([x, x]) if self.guide else x
-        prediction = self.unet(x_in, t, self.condition, self.classes)
-        if self.guide:
-            conditional, unconditional = prediction.chunk(2)
-            prediction = unconditional + self.scale * (conditional - unconditional)
-        return prediction
-
-
-def denoise_from(model: SynthesisModel, denoiser: GuidedDenoiser, x: torch.Tensor, timesteps: torch.Tensor,
-                 torch_generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
-    """Run the pipeline's scheduler over `timesteps` (a tail of its schedule) starting from `x`."""
-    scheduler = model.pipe.scheduler
-    step_kwargs = {"generator": torch_generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for t in timesteps:
-        x_in = scheduler.scale_model_input(x, t)
-        x = scheduler.step(denoiser(x_in, t), t, x, **step_kwargs).prev_sample
-    return x
-
-
-def per_sample_noise(shape: tuple[int, ...], generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Gaussian noise, image i drawn from generator i only (so results do not depend on batching)."""
-    return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
 
 
 def sample_seeds(seed: int, n: int) -> list[int]:
