@@ -78,7 +78,7 @@ def write_grid(path: Path, masks: Path, out: Path, names: list[str], ids: list[s
 def sample_and_score(args: argparse.Namespace, seed: int, settings: list[tuple[str, int]]) -> tuple[dict, dict]:
     """Per setting: {source mask id: Dice} and the sampling seconds, for one seed (folder out/seed-S)."""
     from sonosynth.data.format import Dataset
-    from sonosynth.diffusion.sample import SampleConfig, sample_dataset
+    from sonosynth.synthesis.generate import GenerateConfig, generate_dataset
 
     out = args.out / f"seed-{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -89,13 +89,13 @@ def sample_and_score(args: argparse.Namespace, seed: int, settings: list[tuple[s
         name = f"{scheduler}-{steps}"
         folder = out / name
         if not (folder / "manifest.csv").is_file():
-            config = SampleConfig(
-                run=str(args.run), masks=str(args.masks), split=args.split, n=args.n, scheduler=scheduler,
-                steps=steps, guidance=args.guidance, seed=seed, batch_size=args.batch_size,
-                output_size="source", device="cpu",
+            config = GenerateConfig(
+                mask_source="train", split=args.split, n=args.n, scheduler=scheduler, steps=steps,
+                guidance_scale=args.guidance, seed=seed, batch_size=args.batch_size, output_size="source",
+                device="cpu",
             )
             start = time.perf_counter()
-            sample_dataset(config, folder, overwrite=True)
+            generate_dataset(args.run, args.masks, folder, config, overwrite=True, command="bench_quality_vs_steps")
             timings[name] = time.perf_counter() - start
             timings_path.write_text(json.dumps(timings, indent=2))
         # ids of generated pairs are sample-<i>; key them by their source mask instead
@@ -124,7 +124,6 @@ def main() -> None:
     from rich.table import Table
 
     from sonosynth.data.format import Dataset
-    from sonosynth.diffusion.sample import select_masks
 
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -136,7 +135,7 @@ def main() -> None:
     # Dice per setting as a (seeds, masks) array
     dice = {name: np.array([[runs[seed][0][name][i] for i in ids] for seed in seeds]) for name in names}
 
-    real = select_masks(Dataset.open(args.masks), args.split)
+    real = Dataset.open(args.masks).select(args.split)
     real_ids = [r.id for r in real.records][: args.n]
     real_scores = fidelity(args.segrun, args.masks)
     title = (f"mask fidelity vs sampling steps ({len(ids)} {args.split} masks x {len(seeds)} seeds, guidance "

@@ -87,7 +87,7 @@ fi
 
 if has generate; then
   for source in $SOURCES; do
-    OMP_NUM_THREADS=1 $PY -m sonosynth generate "$RUN" --source "$DATA" --masks "$source" --n "$GEN_N" \
+    OMP_NUM_THREADS=1 $PY -m sonosynth generate "$RUN" --source "$DATA" --mask-source "$source" --n "$GEN_N" \
       --steps "$GEN_STEPS" --seed 0 --out "$WORK/synth-hc18-$source" --overwrite &
   done
   wait
@@ -135,7 +135,7 @@ for source in sources:
         ax_mask.set_title("mask", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle(f"HC18 small model, --masks {source}: mask | generated image (64 px)", fontsize=9)
+    fig.suptitle(f"HC18 small model, --mask-source {source}: mask | generated image (64 px)", fontsize=9)
     fig.tight_layout()
     fig.savefig(results / f"generated_{source}.png")
     plt.close(fig)

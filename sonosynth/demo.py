@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sonosynth.data.format import Dataset
 from sonosynth.devices import resolve_device
+from sonosynth.diffusion.run import RunFolder
 
 DATA, RUN, SYNTH, REPORT = "data", "model-run", "synthetic", "report"
 
@@ -105,7 +106,7 @@ def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = p
 
     with _stage("train", config, log):
         run = out / RUN
-        if not (run / "model" / "model_index.json").is_file():
+        if not RunFolder(run).has_model:
             _train_diffusion(data, run, config)
 
     with _stage("generate", config, log):
@@ -148,7 +149,7 @@ def _train_diffusion(data: Path, run: Path, config: DemoConfig) -> None:
         sample_every=max(10, config.train_steps // 2),
         seed=config.seed,
     )
-    resume = (run / "checkpoints").is_dir()
+    resume = RunFolder(run).has_checkpoints
     train(train_config, run, resume=resume, device=config.device)
 
 

@@ -90,15 +90,6 @@ def write_toy_dataset(out: Path, n: int = 6, seed: int = 0, height: int = 48, wi
     return out
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Untrained MONAI U-Nets end in a zero conv; random weights make outputs depend on the inputs."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
-    return model.eval()
-
-
 @pytest.fixture
 def toy_dataset(tmp_path: Path) -> Path:
     return write_toy_dataset(tmp_path / "toy")

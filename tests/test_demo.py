@@ -10,21 +10,23 @@ from typer.testing import CliRunner
 from sonosynth.cli import app, main
 from sonosynth.data.format import Dataset
 
+FAST_DEFORM_PAIRS = 8  # `demo --fast` writes 8 deform pairs, then the shape pairs
+
 
 def interrupt_second_generate_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ctrl-C while the second synthetic part (shape masks) is being written."""
-    import sonosynth.synthesis.grid as grid
+    """Ctrl-C while the second synthetic part (shape masks) is being written: at its first generated pair."""
+    import sonosynth.synthesis.generate as generate
 
     calls = []
-    real_from_square = grid.from_square
+    real_at_output_size = generate._at_output_size
 
-    def from_square(*args, **kwargs):
+    def at_output_size(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == FAST_DEFORM_PAIRS + 1:
             raise KeyboardInterrupt
-        return real_from_square(*args, **kwargs)
+        return real_at_output_size(*args, **kwargs)
 
-    monkeypatch.setattr(grid, "from_square", from_square)
+    monkeypatch.setattr(generate, "_at_output_size", at_output_size)
 
 
 def test_demo_fast_end_to_end_survives_ctrl_c_then_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -40,7 +42,7 @@ def test_demo_fast_end_to_end_survives_ctrl_c_then_resumes(tmp_path: Path, monke
     assert "interrupted: nothing half-written" in err, err[-600:]
     # The model and the finished deform part stay; the interrupted part left nothing behind.
     assert (out / "model-run" / "model" / "model_index.json").is_file()
-    assert len(Dataset.open(out / "synthetic-deform")) == 8
+    assert len(Dataset.open(out / "synthetic-deform")) == FAST_DEFORM_PAIRS
     assert not (out / "synthetic-shape").exists() and not (out / "synthetic").exists()
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 

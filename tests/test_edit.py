@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ellipse_pair
-from test_generate import save_tiny_run
+from factories import save_tiny_run
 
 from sonosynth.data.imageio import read_image, read_label_map, write_png
 from sonosynth.errors import DataError

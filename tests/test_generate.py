@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import yaml
 from conftest import ellipse_pair, write_toy_dataset
+from factories import save_tiny_run
 from test_masks import cardiac_mask
 
 from sonosynth.data.ellipse import head_circumference_mm
@@ -18,23 +17,6 @@ from sonosynth.errors import DataError, SonosynthError
 from sonosynth.synthesis.fidelity import score_samples
 from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset
 from sonosynth.synthesis.masks import AnatomyRules, DeformConfig
-
-
-def save_tiny_run(out: Path, num_labels: int = 2, class_attributes: dict[str, int] | None = None,
-                  size: int = 32, kind: str = "spade") -> Path:
-    """An untrained tiny model saved the way `sonosynth train` saves a run (enough for plumbing)."""
-    from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
-    from sonosynth.diffusion.schedulers import make_scheduler
-    from sonosynth.models.configs import ModelConfig, build_model
-
-    class_attributes = class_attributes or {}
-    torch.manual_seed(0)
-    unet = build_model(ModelConfig(kind=kind, size="tiny", num_labels=num_labels,
-                                   class_cardinalities=list(class_attributes.values())))
-    scheduler = make_scheduler("ddim", prediction_type="v_prediction")
-    MaskToUltrasoundPipeline(unet=unet, scheduler=scheduler, sample_size=size).save_pretrained(str(out / "model"))
-    (out / "config.yaml").write_text(yaml.safe_dump({"class_attributes": list(class_attributes)}))
-    return out
 
 
 def write_cardiac_dataset(out: Path, n: int = 6, atrium_in_2ch: bool = True) -> Path:
@@ -54,7 +36,7 @@ def write_cardiac_dataset(out: Path, n: int = 6, atrium_in_2ch: bool = True) -> 
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory) -> Path:
-    return save_tiny_run(tmp_path_factory.mktemp("run") / "run", class_attributes={"view": 2})
+    return save_tiny_run(tmp_path_factory.mktemp("run") / "run", class_values={"view": ["a", "b"]})
 
 
 @pytest.fixture(scope="module")

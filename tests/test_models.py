@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize
+from factories import randomize
 
 from sonosynth.errors import SonosynthError
 from sonosynth.models import SIZE_PRESETS, ModelConfig, build_model

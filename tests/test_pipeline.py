@@ -4,38 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import factories
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import randomize
 from typer.testing import CliRunner
 
 from sonosynth import MaskToUltrasoundPipeline
 from sonosynth.data.format import Dataset
 from sonosynth.data.transforms import field_of_view
-from sonosynth.diffusion.sample import PROVENANCE_COLUMNS
 from sonosynth.diffusion.schedulers import make_scheduler, scheduler_name
 from sonosynth.errors import DataError, SonosynthError
-from sonosynth.models import ModelConfig, build_model
 
 SIDE = 16
 
 
-def tiny_pipeline(kind: str = "spade", class_cardinalities: tuple[int, ...] = (), seed: int = 0):
-    model = randomize(build_model(ModelConfig(kind=kind, size="tiny", class_cardinalities=list(class_cardinalities))))
-    scheduler = make_scheduler("dpm++", prediction_type="v_prediction")
-    pipe = MaskToUltrasoundPipeline(unet=model, scheduler=scheduler, sample_size=SIDE, training_step=12)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def tiny_pipeline(kind: str = "spade", class_cardinalities: tuple[int, ...] = ()):
+    values = {f"attr{i}": [f"v{j}" for j in range(c)] for i, c in enumerate(class_cardinalities)}
+    return factories.tiny_pipeline(kind, class_values=values, size=SIDE)
 
 
 def save_run(run: Path, kind: str = "spade", class_attributes: tuple[str, ...] = ()) -> Path:
     """A run folder as `sonosynth train` leaves it: config.yaml and the pipeline in model/."""
-    pipe = tiny_pipeline(kind, class_cardinalities=tuple(2 for _ in class_attributes))
-    pipe.save_pretrained(run / "model")
-    (run / "config.yaml").write_text(yaml.safe_dump({"image_size": SIDE, "class_attributes": list(class_attributes)}))
-    return run
+    return factories.save_tiny_run(run, kind=kind, class_values={name: ["a", "b"] for name in class_attributes},
+                                   size=SIDE, scheduler="dpm++", training_step=12, random_weights=True)
 
 
 def generators(n: int, seed: int = 0) -> list[torch.Generator]:
@@ -158,41 +150,84 @@ def test_schedulers_by_name_keep_the_noise_schedule(name: str) -> None:
         make_scheduler("euler")
 
 
+PROVENANCE_COLUMNS = ("model", "checkpoint_step", "scheduler", "steps", "guidance", "seed", "source_id")
+
+
 def test_sample_cli_writes_dataset_with_provenance(tmp_path: Path, toy_dataset: Path) -> None:
     from sonosynth.cli import app
+    from sonosynth.synthesis.sampling import sample_seeds
 
     run = save_run(tmp_path / "run", class_attributes=("view",))
     out = tmp_path / "synthetic"
-    args = ["sample", str(run), "--masks", str(toy_dataset), "--out", str(out), "--n", "3", "--steps", "2",
-            "--batch-size", "2", "--split", "all", "--seed", "5"]
+    args = ["sample", str(run), "--source", str(toy_dataset), "--out", str(out), "--n", "3", "--steps", "2",
+            "--batch-size", "2", "--split", "all", "--seed", "5", "--output-size", "source"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     synthetic, source = Dataset.open(out), Dataset.open(toy_dataset)
     assert len(synthetic) == 3
-    for i, sample in enumerate(synthetic):
+    by_id = {r.id: i for i, r in enumerate(source.records)}
+    assert len({r.extra["source_id"] for r in synthetic.records}) == 3  # train masks: each once before repeats
+    for sample, seed in zip(synthetic, sample_seeds(5, 3), strict=True):
         record = sample.record
         for column in PROVENANCE_COLUMNS:
             assert record.extra[column] != "", column
-        original = source[i]
-        assert record.extra["source_id"] == original.id and record.extra["seed"] == str(5 + i)
+        original = source[by_id[record.extra["source_id"]]]
+        assert record.extra["seed"] == str(seed)
         assert record.extra["scheduler"] == "dpm++" and record.extra["checkpoint_step"] == "12"
         assert record.attributes["view"] == original.record.attributes["view"]
-        assert sample.image.shape == original.image.shape  # cropped back to the source size
+        assert sample.image.shape == original.image.shape  # at the source size
         np.testing.assert_array_equal(sample.mask, original.mask)
+        assert record.spacing_mm == original.record.spacing_mm
         assert np.all(sample.image[~field_of_view(original.image)] == 0)
 
     again = tmp_path / "again"
     args_again = [*args[:5], str(again), *args[6:]]
     args_again[args_again.index("--batch-size") + 1] = "3"
+    args_again[args_again.index("--source")] = "--masks"  # the old spelling still works, hidden
     assert CliRunner().invoke(app, args_again).exit_code == 0
     for a, b in zip(Dataset.open(out), Dataset.open(again), strict=True):
         assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1  # same seed, other batch size
 
     square = tmp_path / "square"
-    args_square = [*args[:5], str(square), *args[6:], "--output-size", "square", "--scheduler", "ddim"]
+    args_square = [*args[:5], str(square), *args[6:-2], "--output-size", "square", "--scheduler", "ddim"]
     assert CliRunner().invoke(app, args_square).exit_code == 0
     first = Dataset.open(square)[0]
     assert first.image.shape == (SIDE, SIDE) and first.record.extra["scheduler"] == "ddim"
+
+
+def test_sample_and_generate_write_the_same_manifest(tmp_path: Path, toy_dataset: Path) -> None:
+    from sonosynth.cli import app
+
+    run = save_run(tmp_path / "run", class_attributes=("view",))
+    common = ["--source", str(toy_dataset), "--n", "4", "--steps", "2", "--seed", "3"]
+    assert CliRunner().invoke(app, ["sample", str(run), *common, "--out", str(tmp_path / "s")]).exit_code == 0
+    assert CliRunner().invoke(app, ["generate", str(run), *common, "--mask-source", "train",
+                                    "--out", str(tmp_path / "g")]).exit_code == 0
+    sampled, generated = (tmp_path / "s" / "manifest.csv").read_text(), (tmp_path / "g" / "manifest.csv").read_text()
+    assert sampled == generated and len(sampled.splitlines()) == 5
+    for name in sorted(p.name for p in (tmp_path / "s" / "images").iterdir()):
+        assert (tmp_path / "s" / "images" / name).read_bytes() == (tmp_path / "g" / "images" / name).read_bytes()
+
+
+def test_a_model_folder_copied_alone_generates_the_same_bytes(tmp_path: Path, toy_dataset: Path) -> None:
+    """Class attributes and their value lists travel with the model: no config.yaml, no training dataset."""
+    import shutil
+
+    from sonosynth.synthesis.generate import GenerateConfig, generate_dataset
+
+    run = save_run(tmp_path / "run", class_attributes=("view",))
+    alone = tmp_path / "elsewhere" / "model"
+    shutil.copytree(run / "model", alone)
+    shutil.rmtree(run / "model")
+    shutil.copytree(alone, run / "model")  # the run keeps its config.yaml; the copy has nothing else
+    config = GenerateConfig(n=3, steps=2, seed=1, device="cpu")
+    a = generate_dataset(run, toy_dataset, tmp_path / "a", config, progress=False)
+    b = generate_dataset(alone, toy_dataset, tmp_path / "b", config, progress=False)
+    assert [r.attributes["view"] for r in Dataset.open(a).records] == [r.attributes["view"]
+                                                                       for r in Dataset.open(b).records]
+    for name in sorted(p.name for p in (a / "images").iterdir()):
+        assert (a / "images" / name).read_bytes() == (b / "images" / name).read_bytes()
+    assert not (alone.parent / "config.yaml").exists()
 
 
 def test_sample_cli_joint_and_bad_input(tmp_path: Path, toy_dataset: Path) -> None:
@@ -209,7 +244,7 @@ def test_sample_cli_joint_and_bad_input(tmp_path: Path, toy_dataset: Path) -> No
     assert isinstance(bad.exception, DataError) and "nope" in str(bad.exception)
     spade_run = save_run(tmp_path / "spade")
     no_masks = CliRunner().invoke(app, ["sample", str(spade_run), "--out", str(tmp_path / "y"), "--n", "1"])
-    assert isinstance(no_masks.exception, SonosynthError) and "--masks" in str(no_masks.exception)
+    assert isinstance(no_masks.exception, SonosynthError) and "--source" in str(no_masks.exception)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_generate import save_tiny_run
+from factories import save_tiny_run
 
 from sonosynth.errors import SonosynthError
 from sonosynth.synthesis.refine import TwoStageConfig, refine, two_stage_sample

@@ -1,4 +1,8 @@
-"""`sonosynth sample`: generate a synthetic dataset from a trained model and a dataset's masks."""
+"""`sonosynth sample`: a synthetic dataset from a trained model and a dataset's masks as they are.
+
+The same writer as `sonosynth generate --mask-source train` (same manifest for the same masks and seed);
+kept as its own command for a joint model without a source and for `--n` defaulting to one pair per mask.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +11,32 @@ from typing import Optional
 
 import typer
 
+from sonosynth.commands import options as opt
+
 
 def sample(
     run: Path = typer.Argument(..., help="Run folder from `sonosynth train` (or a saved model folder)."),
-    masks: Optional[Path] = typer.Option(None, "--masks", help="Dataset whose masks to generate from."),  # noqa: UP045
+    source: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--source", help="Dataset whose masks to generate from (none: a joint model draws its own)."),
+    masks: Optional[Path] = typer.Option(None, "--masks", hidden=True, help="Old spelling of --source."),  # noqa: UP045
     out: Path = typer.Option(..., "--out", help="Output dataset folder."),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of pairs (default: one per mask; masks repeat)."),  # noqa: UP045
-    split: str = typer.Option("train", "--split", help="Masks from this split: train, val, test or all."),
-    steps: int = typer.Option(25, "--steps", help="Denoising steps."),
-    scheduler: str = typer.Option("dpm++", "--scheduler", help="Sampler: dpm++, dpm++sde, unipc, ddim or ddpm."),
-    guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale (1.0: none)."),
-    seed: int = typer.Option(0, "--seed", help="Image i uses seed + i."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
-    output_size: str = typer.Option("source", "--output-size", help="source, cropped (model scale) or square."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of pairs (default: one per mask)."),  # noqa: UP045
+    split: str = opt.SPLIT,
+    steps: int = opt.SAMPLE_STEPS,
+    scheduler: Optional[str] = opt.SCHEDULER,  # noqa: UP045
+    guidance: float = opt.GUIDANCE,
+    seed: int = opt.SEED,
+    batch_size: int = opt.BATCH_SIZE,
+    output_size: str = opt.OUTPUT_SIZE,
+    device: str = opt.DEVICE,
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
-    """Generate images that obey the masks of DATASET (or image + mask pairs from a joint model)."""
-    from sonosynth.diffusion.sample import SampleConfig, sample_dataset
+    """Generate images that obey the masks of a dataset (or image + mask pairs from a joint model)."""
+    from sonosynth.synthesis.generate import GenerateConfig, generate_dataset
 
-    config = SampleConfig(
-        run=str(run),
-        masks=None if masks is None else str(masks),
-        split=split,
-        n=n,
-        scheduler=scheduler,
-        steps=steps,
-        guidance=guidance,
-        seed=seed,
-        batch_size=batch_size,
-        output_size=output_size,
-        device=device,
-    )
-    path = sample_dataset(config, out, overwrite=overwrite)
+    config = GenerateConfig(mask_source="train", n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler,
+                            seed=seed, batch_size=batch_size, split=split, output_size=output_size, device=device)
+    path = generate_dataset(run, source or masks, out, config, overwrite=overwrite, command="sonosynth sample")
     typer.echo(f"wrote {path}")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sonosynth.devices import DEVICE_HELP
+from sonosynth.commands import options as opt
 from sonosynth.errors import SonosynthError
 
 
@@ -26,15 +26,18 @@ def _hc_range(value: str | None) -> tuple[float, float] | None:
 def generate_command(
     run: Path = typer.Argument(..., help="Run folder written by `sonosynth train` (or its model/ folder)."),
     source: Path = typer.Option(..., "--source", help="Dataset whose masks (train split if any) are the source."),
-    masks: str = typer.Option("train", "--masks", help="Mask source: train (as is), deform, or shape (PCA model)."),
+    mask_source: str = typer.Option("train", "--mask-source",
+                                    help="Which masks: train (as they are), deform, or shape (PCA model)."),
+    masks: str | None = typer.Option(None, "--masks", hidden=True, help="Old spelling of --mask-source."),
     n: int = typer.Option(..., "--n", help="Number of pairs to write."),
     out: Path = typer.Option(..., "--out", help="Output dataset folder."),
-    steps: int = typer.Option(25, "--steps", help="Sampling steps."),
-    guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale (1 = none)."),
-    scheduler: str | None = typer.Option(None, "--scheduler",
-                                         help="dpm++, dpm++sde, unipc, ddim or ddpm (default: saved)."),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    steps: int = opt.SAMPLE_STEPS,
+    guidance: float = opt.GUIDANCE,
+    scheduler: str | None = opt.SCHEDULER,
+    seed: int = opt.SEED,
+    batch_size: int = opt.BATCH_SIZE,
+    split: str = opt.SPLIT,
+    output_size: str = opt.OUTPUT_SIZE,
     hc_mm: str | None = typer.Option(None, "--hc-mm", help="shape masks: target head circumference MM or MIN:MAX."),
     attr: list[str] = typer.Option([], "--attr", help="Fix an attribute: NAME=VALUE (repeatable)."),
     attr_dist: list[str] = typer.Option([], "--attr-dist",
@@ -42,17 +45,18 @@ def generate_command(
     filter_dice: float | None = typer.Option(None, "--filter-dice", help="Minimum mask-fidelity Dice."),
     filter_mode: str = typer.Option("drop", "--filter-mode", help="drop (regenerate) or flag (keep, flagged=1)."),
     segmenter: Path | None = typer.Option(None, "--segmenter", help="Segmenter run (`segment train`) for Dice."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    device: str = opt.DEVICE,
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Write a synthetic dataset (images, masks, manifest with provenance) from a trained model."""
     from sonosynth.synthesis.fidelity import segmenter_predictor
     from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset
 
     config = GenerateConfig(
-        mask_source=masks, n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
-        batch_size=batch_size, target_hc_mm=_hc_range(hc_mm), filter_dice=filter_dice, filter_mode=filter_mode,
-        attributes=AttributePolicy.parse(attr, attr_dist), device=device,
+        mask_source=masks or mask_source, n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
+        batch_size=batch_size, split=split, output_size=output_size, target_hc_mm=_hc_range(hc_mm),
+        filter_dice=filter_dice, filter_mode=filter_mode, attributes=AttributePolicy.parse(attr, attr_dist),
+        device=device,
     )
     predictor = None
     if segmenter is not None:
@@ -73,11 +77,11 @@ def edit_command(
     jump_length: int = typer.Option(5, "--jump-length", help="RePaint: steps re-noised per jump."),
     jump_n_sample: int = typer.Option(3, "--jump-n-sample", help="RePaint: passes over each jump (1 = none)."),
     margin: int = typer.Option(8, "--margin", help="Pixels around the changed area that are regenerated too."),
-    guidance: float = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale."),
-    seed: int = typer.Option(0, "--seed"),
+    guidance: float = opt.GUIDANCE,
+    seed: int = opt.SEED,
     attr: list[str] = typer.Option([], "--attr", help="Condition on an attribute: NAME=VALUE (repeatable)."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    device: str = opt.DEVICE,
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Regenerate a real image only where the edited mask differs (RePaint), keeping the rest."""
     from sonosynth.synthesis.edit import EditConfig, edit_files

@@ -51,11 +51,12 @@ def train_command(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Train a mask-to-ultrasound diffusion model (loads with MaskToUltrasoundPipeline.from_pretrained(RUN))."""
-    from sonosynth.diffusion.train import CONFIG_YAML, TrainConfig, read_yaml_mapping, train, with_model_size
+    from sonosynth.diffusion.run import RunFolder
+    from sonosynth.diffusion.train import TrainConfig, read_yaml_mapping, train, with_model_size
 
     base = TrainConfig()
-    if resume and (out / CONFIG_YAML).is_file():
-        base = TrainConfig.from_yaml(out / CONFIG_YAML)
+    if resume and RunFolder(out).config_yaml.is_file():
+        base = TrainConfig.from_yaml(RunFolder(out).config_yaml)
     if config_file is not None:
         # Sections replace the defaults' whole: a partial `model:` (e.g. just `size: tiny`) is completed
         # from that size's preset, not mixed with another preset's widths.

@@ -174,6 +174,16 @@ class Dataset(Sequence[Sample]):
             records = [r for r in records if r.id in keep]
         return Dataset(self.root, self.info, list(records))
 
+    def select(self, split: str = "auto", what: str = "pairs") -> Dataset:
+        """The pairs a stage works on: `auto` is the `train` split when the dataset has one, else every
+        pair; `all` is every pair; any other name is that split. Nothing selected is a `DataError`."""
+        if split == "auto":
+            split = "train" if any(r.split == "train" for r in self.records) else "all"
+        chosen = self if split == "all" else self.subset(split=split)
+        if not len(chosen):
+            raise DataError(f"{self.root}: no {what} in split '{split}' (choose another split, or 'all')")
+        return chosen
+
     @property
     def subjects(self) -> list[str]:
         return sorted({r.subject or r.id for r in self.records})

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sonosynth.diffusion.run import CHECKPOINTS_DIR
 from sonosynth.errors import SonosynthError
 
-CHECKPOINTS_DIR = "checkpoints"
 STATE_JSON = "state.json"
 _NAME = re.compile(r"^step-(\d{6,})$")
 

@@ -28,8 +28,6 @@ from diffusers.utils.torch_utils import randn_tensor
 from sonosynth.errors import SonosynthError
 from sonosynth.models.denoiser import ConditionalDenoiser
 
-MODEL_SUBDIR = "model"
-
 
 @dataclass
 class MaskToUltrasoundOutput(BaseOutput):
@@ -71,28 +69,32 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         scheduler: Any,
         sample_size: int | None = None,
         training_step: int | None = None,
+        class_values: list[list[Any]] | None = None,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(sample_size=sample_size, training_step=training_step)
+        self.register_to_config(sample_size=sample_size, training_step=training_step, class_values=class_values)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> MaskToUltrasoundPipeline:
         """Load from a saved pipeline folder, or from a run folder holding one in `model/`."""
-        path = Path(pretrained_model_name_or_path)
-        if not (path / "model_index.json").is_file():
-            if (path / MODEL_SUBDIR / "model_index.json").is_file():
-                path = path / MODEL_SUBDIR
-            elif path.exists():
-                raise SonosynthError(f"{path}: no model_index.json here or in {MODEL_SUBDIR}/ (not a model or run)")
-            else:
-                raise SonosynthError(f"{path}: model folder not found")
+        from sonosynth.diffusion.run import model_folder
+
         kwargs.setdefault("local_files_only", True)
-        return super().from_pretrained(path, **kwargs)
+        return super().from_pretrained(model_folder(pretrained_model_name_or_path), **kwargs)
 
     @property
     def kind(self) -> str:
         return self.unet.model_config.kind
+
+    @property
+    def class_attributes(self) -> dict[str, list[str]] | None:
+        """Each class attribute, in the model's order, with its values in index order (None: not saved,
+        a model from before sonosynth 0.3; an unconditioned model has {})."""
+        saved = self.config.get("class_values")
+        if saved is None:
+            return {} if not self.unet.model_config.class_cardinalities else None
+        return {str(name): [str(v) for v in values] for name, values in saved}
 
     @torch.no_grad()
     def __call__(

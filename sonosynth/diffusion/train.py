@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,13 +34,10 @@ import yaml
 
 from sonosynth.devices import resolve_device
 from sonosynth.diffusion.augment import AugmentConfig
+from sonosynth.diffusion.run import RunFolder
 from sonosynth.errors import SonosynthError
 from sonosynth.models.configs import SIZE_PRESETS, ModelConfig
 
-CONFIG_YAML = "config.yaml"
-MODEL_DIR = "model"
-SAMPLES_DIR = "samples"
-LOSS_CSV = "loss.csv"
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 LR_SCHEDULES = ("cosine", "constant")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -265,14 +262,7 @@ def open_training_pairs(config: TrainConfig) -> tuple[Any, str]:
 
     if not config.dataset:
         raise SonosynthError("no dataset given")
-    dataset = Dataset.open(config.dataset)
-    if config.split == "auto":
-        has_train = any(r.split == "train" for r in dataset.records)
-        chosen = dataset.subset("train") if has_train else dataset
-    else:
-        chosen = dataset.subset(config.split)
-    if len(chosen) == 0:
-        raise SonosynthError(f"{config.dataset}: no pairs in split '{config.split}'")
+    chosen = Dataset.open(config.dataset).select(config.split, what="pairs to train on")
     try:
         pairs = LetterboxedPairs(chosen, config.image_size, class_attributes=config.class_attributes)
     except ValueError as exc:
@@ -338,7 +328,8 @@ def train(
     config = resolve_model_config(config, pairs)
 
     checkpoint = _checkpoint_to_resume(run_dir, config, fingerprint) if resume else None
-    if not resume and (ckpt.list_checkpoints(run_dir) or (run_dir / MODEL_DIR).exists()):
+    folder = RunFolder(run_dir)
+    if not resume and (ckpt.list_checkpoints(run_dir) or folder.model.exists()):
         raise SonosynthError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
     if config.log_with == "tensorboard":
         try:
@@ -358,7 +349,7 @@ def train(
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG_YAML)
+        config.save(folder.config_yaml)
     if config.log_with:
         accelerator.init_trackers("train", config={k: str(v) for k, v in config.to_dict().items()})
 
@@ -450,14 +441,14 @@ def train(
 
     def write_grid(at_step: int) -> None:
         nonlocal last_grid
-        grid_path = run_dir / SAMPLES_DIR / f"{ckpt.checkpoint_name(at_step)}.png"
+        grid_path = folder.samples / f"{ckpt.checkpoint_name(at_step)}.png"
         _write_sample_grid(_ema_copy(unwrapped, ema), grid_items, config, grid_path)
         last_grid = at_step
 
     losses: list[float] = []
     bar = tqdm(total=config.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (progress and accelerator.is_main_process))
-    loss_log = _LossLog(run_dir / LOSS_CSV, step) if accelerator.is_main_process else None
+    loss_log = _LossLog(folder.loss_csv, step) if accelerator.is_main_process else None
     last_checkpoint = step if checkpoint is not None else -1
     while step < config.max_steps:
         model.train()
@@ -523,7 +514,7 @@ def train(
 
     model_dir = None
     if accelerator.is_main_process:
-        model_dir = save_pipeline(_ema_copy(unwrapped, ema), config, run_dir / MODEL_DIR, step)
+        model_dir = save_pipeline(_ema_copy(unwrapped, ema), config, folder.model, step, pairs.class_values)
     accelerator.wait_for_everyone()
     if config.log_with:
         accelerator.end_training()
@@ -600,25 +591,31 @@ class _LossLog:
             csv.writer(fh).writerow([step, f"{loss:.6g}", f"{lr:.6g}"])
 
 
-def make_pipeline(model: Any, config: TrainConfig, step: int | None = None) -> Any:
-    """The model with the few-step DPM++ sampler on the training noise schedule."""
+def make_pipeline(model: Any, config: TrainConfig, step: int | None = None,
+                  class_values: Mapping[str, Sequence[str]] | None = None) -> Any:
+    """The model with the few-step DPM++ sampler on the training noise schedule.
+
+    `class_values`: each class attribute's values in index order (saved with the model, so that
+    generation maps attribute values to indices without the training dataset)."""
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
     from sonosynth.diffusion.schedulers import make_scheduler
 
     training = make_scheduler("ddpm", config.prediction_type, config.num_train_timesteps)
     scheduler = make_scheduler("dpm++", config=training.config)
+    values = [[name, list(class_values[name])] for name in config.class_attributes] if class_values else None
     return MaskToUltrasoundPipeline(unet=model, scheduler=scheduler, sample_size=config.image_size,
-                                    training_step=step)
+                                    training_step=step, class_values=values)
 
 
-def save_pipeline(model: Any, config: TrainConfig, out: Path, step: int | None = None) -> Path:
+def save_pipeline(model: Any, config: TrainConfig, out: Path, step: int | None = None,
+                  class_values: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Save the model as a diffusers pipeline folder, atomically (built next to `out`, then renamed)."""
     from sonosynth.data.format import commit_folder
 
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    make_pipeline(model, config, step).save_pretrained(str(tmp))
+    make_pipeline(model, config, step, class_values).save_pretrained(str(tmp))
     commit_folder(tmp, out)
     return out
 

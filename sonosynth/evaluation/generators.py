@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from sonosynth.data.format import Dataset, DatasetWriter, copy_pairs
+from sonosynth.diffusion.run import RunFolder
 from sonosynth.errors import SonosynthError
 from sonosynth.settings import strict_from_dict
 
@@ -104,7 +105,7 @@ def ensure_generator(
         subset = real_train.subset(ids=[r.id for r in real_train.records if (r.subject or r.id) in chosen])
         with DatasetWriter(data, real_train.info, overwrite=True) as writer:
             copy_pairs(writer, subset)
-    if not (run / "model" / "model_index.json").is_file():
+    if not RunFolder(run).has_model:
         steps = recipe.train_steps
         config = TrainConfig(
             dataset=str(data),
@@ -119,7 +120,7 @@ def ensure_generator(
             class_attributes=list(recipe.class_attributes),
             seed=derive_seed(seed, "generator"),
         )
-        train(config, run, resume=(run / "checkpoints").is_dir(), progress=progress, device=device)
+        train(config, run, resume=RunFolder(run).has_checkpoints, progress=progress, device=device)
     generate = GenerateConfig(
         steps=recipe.sample_steps,
         guidance_scale=recipe.guidance_scale,

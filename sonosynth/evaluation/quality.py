@@ -370,7 +370,7 @@ def evaluate_quality(
     if len(synthetic) < 2 or len(real) < 2:
         raise SonosynthError(f"{synthetic.root if len(synthetic) < 2 else real.root}: need at least 2 images")
     has_splits = any(r.split for r in real.records)
-    train = real.subset("train") if has_splits and len(real.subset("train")) else real
+    train = real.select("auto")
     held_out = real.subset(["val", "test"]) if has_splits else real.subset(ids=[])
 
     steps = ["images", "features", "fidelity", "diversity", "intensity", "memorisation"]

@@ -165,9 +165,6 @@ def edit_files(run: str | Path, image_path: str | Path, mask_path: str | Path, e
         if unknown:
             raise SonosynthError(f"{run}: the model is not conditioned on {unknown} "
                                  f"(its attributes: {model.class_attributes or 'none'})")
-        if model.class_values is None:
-            raise SonosynthError(f"{run}/config.yaml: its training dataset cannot be read, so attribute values "
-                                 "cannot be mapped to the model's classes")
         for name, value in attributes.items():
             if value not in model.class_values.get(name, []):
                 raise SonosynthError(f"attribute {name}='{value}' not among {model.class_values.get(name, [])}")

@@ -29,10 +29,8 @@ from sonosynth.data.format import (
     DatasetInfo,
     DatasetWriter,
     Record,
-    commit_folder,
     copy_pairs,
     prepare_output,
-    update_records,
 )
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
@@ -44,6 +42,7 @@ if TYPE_CHECKING:
     from sonosynth.synthesis.sampling import SynthesisModel
 
 MASK_SOURCES = ("train", "deform", "shape")
+OUTPUT_SIZES = ("cropped", "source", "square")
 HC_ATTRIBUTE = "hc_mm"
 """Free-form attribute the HC18 importer and the phantom use for the head circumference (mm)."""
 
@@ -108,13 +107,14 @@ class GenerateConfig:
     """Everything that determines a synthetic dataset (saved in its dataset.json provenance)."""
 
     mask_source: str = "train"
-    n: int = 16
+    n: int | None = 16  # None: one pair per source pair (train masks)
     steps: int = 25
     guidance_scale: float = 1.5
     scheduler: str | None = None  # None: the sampler saved with the model
     seed: int = 0
     batch_size: int = 8
-    split: str = "auto"  # auto: the source's `train` split when it has one, else every pair
+    split: str = "auto"  # auto: the source's `train` split when it has one, else every pair; all; a split name
+    output_size: str = "cropped"  # cropped (model scale, no padding), source (the source pair's size), square
     deform: DeformConfig = field(default_factory=DeformConfig)
     shape: ShapeModelConfig = field(default_factory=ShapeModelConfig)
     target_hc_mm: tuple[float, float] | None = None  # shape source: uniform in [min, max]
@@ -127,8 +127,12 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.mask_source not in MASK_SOURCES:
             raise SonosynthError(f"mask source must be one of {list(MASK_SOURCES)}, got '{self.mask_source}'")
-        if self.n < 1 or self.steps < 1 or self.batch_size < 1:
+        if (self.n is not None and self.n < 1) or self.steps < 1 or self.batch_size < 1:
             raise SonosynthError("n, steps and batch size must be at least 1")
+        if self.n is None and self.mask_source != "train":
+            raise SonosynthError(f"'{self.mask_source}' masks are new: say how many pairs to generate (n)")
+        if self.output_size not in OUTPUT_SIZES:
+            raise SonosynthError(f"output size must be one of {', '.join(OUTPUT_SIZES)}, got '{self.output_size}'")
         if self.target_hc_mm is not None and self.mask_source != "shape":
             raise SonosynthError("a target head circumference needs the 'shape' mask source")
         if self.filter_dice is not None:
@@ -146,6 +150,9 @@ class SourcePair:
     mask: np.ndarray
     fov: np.ndarray
     spacing_mm: float | None
+    shape: tuple[int, int] = (0, 0)  # the source pair's own size
+    full_mask: np.ndarray | None = None  # at its own size, kept for output size `source`
+    full_fov: np.ndarray | None = None
 
 
 @dataclass
@@ -153,27 +160,24 @@ class Candidate:
     mask: np.ndarray
     fov: np.ndarray
     spacing_mm: float | None
-    base: SourcePair
+    base: SourcePair | None  # None: a joint model's full square without a source
     fell_back: bool = False
     target_hc_mm: float | None = None
 
 
-def source_records(dataset: Dataset, split: str) -> Dataset:
-    if split == "auto":
-        split = "train" if any(r.split == "train" for r in dataset.records) else ""
-    chosen = dataset.subset(split=split) if split else dataset
-    if len(chosen) == 0:
-        raise DataError(f"{dataset.root}: no pairs in split '{split}' to take masks from")
-    return chosen
-
-
-def load_source_pairs(dataset: Dataset, size: int, progress: bool = False) -> list[SourcePair]:
+def load_source_pairs(dataset: Dataset, size: int, progress: bool = False, keep_full: bool = False) -> list[SourcePair]:
+    """The pairs on the model's grid; `keep_full` also keeps each mask and fov at its own size."""
     from tqdm.auto import tqdm
+
+    from sonosynth.data.transforms import field_of_view
 
     pairs = []
     for sample in tqdm(dataset, total=len(dataset), desc="reading source masks", disable=not progress):
         pairs.append(SourcePair(sample.record, reduce_mask(sample.mask, size), reduced_fov(sample.image, size),
-                                reduced_spacing(sample.record.spacing_mm, sample.mask.shape, size)))
+                                reduced_spacing(sample.record.spacing_mm, sample.mask.shape, size),
+                                shape=tuple(sample.mask.shape),
+                                full_mask=sample.mask if keep_full else None,
+                                full_fov=field_of_view(sample.image) if keep_full else None))
     return pairs
 
 
@@ -242,23 +246,25 @@ class MaskSource:
 
 def generate_dataset(
     run: str | Path,
-    source: str | Path,
+    source: str | Path | None,
     out: str | Path,
     config: GenerateConfig | None = None,
     predictor: Predictor | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    command: str = "sonosynth generate",
 ) -> Path:
     """Write `config.n` synthetic pairs to `out` (see module docstring); returns `out`.
 
+    The one dataset writer: `sonosynth generate` and `sonosynth sample` (train masks as they are)
+    both come here. `source` may be None only for a joint model (full-square fov, no attributes).
     `predictor` (images -> label maps, e.g. from `fidelity.segmenter_predictor`) scores every pair's
     mask fidelity into the manifest; it is required when `config.filter_dice` is set.
     """
-    import torch
     from tqdm.auto import tqdm
 
     from sonosynth.diffusion.schedulers import scheduler_name
-    from sonosynth.synthesis.grid import from_square, to_square
+    from sonosynth.synthesis.grid import to_square
     from sonosynth.synthesis.sampling import load_synthesis_model, sample_seeds
 
     config = config or GenerateConfig()
@@ -266,78 +272,104 @@ def generate_dataset(
     resolve_device(config.device)
     if config.filter_dice is not None and predictor is None:
         raise SonosynthError("--filter-dice needs a segmenter (--segmenter SEGRUN)")
-    dataset = Dataset.open(source)
-    info = dataset.info
-    config.attributes.validate(info, str(source))
+    dataset = None if source is None else Dataset.open(source)
+    if dataset is not None:
+        config.attributes.validate(dataset.info, str(source))
     model = load_synthesis_model(run, config.scheduler, config.device)
-    if model.kind == "joint":
-        return _generate_joint(model, source, Path(out), config, predictor, progress)
-    if info.num_labels != model.num_labels:
-        raise DataError(f"{source}: {info.num_labels} labels but the model {run} was trained with {model.num_labels}")
-    pairs = load_source_pairs(source_records(dataset, config.split), model.size, progress)
+    joint = model.kind == "joint"
+    if joint:
+        _check_joint_request(model, config)
+    if dataset is None:
+        if not joint:
+            raise SonosynthError(f"a '{model.kind}' model generates from masks: pass a source dataset (--source)")
+        if config.n is None:
+            raise SonosynthError("without a source dataset, pass --n (number of pairs to generate)")
+        info = DatasetInfo(name="synthetic", labels={str(k): "background" if k == 0 else f"label_{k}"
+                                                     for k in range(model.num_labels)})
+        pairs: list[SourcePair] = []
+    else:
+        info = dataset.info
+        # A joint model makes its own masks: the source only has to fit within its labels.
+        if info.num_labels > model.num_labels or (not joint and info.num_labels != model.num_labels):
+            raise DataError(f"{source}: {info.num_labels} labels but the model {run} was trained with "
+                            f"{model.num_labels}")
+        pairs = load_source_pairs(dataset.select(config.split, what="pairs to take masks from"), model.size,
+                                  progress, keep_full=config.output_size == "source")
+    n = config.n if config.n is not None else len(pairs)
     rng = np.random.default_rng(config.seed)
-    masks = MaskSource(pairs, config, progress)
+    masks = MaskSource(pairs, config, progress) if pairs else None
     rule = None if config.filter_dice is None else FidelityFilter(config.filter_dice, config.filter_mode)
     categorical = info.categorical_attributes
-    max_draws = config.n if rule is None or rule.mode == "flag" else math.ceil(config.n * config.max_draws_factor)
+    max_draws = n if rule is None or rule.mode == "flag" else math.ceil(n * config.max_draws_factor)
     seeds = sample_seeds(config.seed, max_draws)
+    step = model.pipe.config.get("training_step")
     out_info = DatasetInfo(
         name=f"{info.name}-synthetic-{config.mask_source}",
         labels=dict(info.labels),
         modality=info.modality,
         attributes=dict(info.attributes),
-        source=f"generated by sonosynth from {run} with masks from {source}",
+        source=f"generated by sonosynth from {run}" + (f" with masks from {source}" if source else ""),
         license=info.license,
-        description=f"Synthetic pairs ({config.mask_source} masks) from the model {run}.",
-        provenance={"command": "sonosynth generate", "model": str(run), "source": str(source),
-                    "config": _jsonable(config.to_dict()), "model_size": model.size},
+        description=f"Synthetic pairs ({config.mask_source} masks) from the model {run}." if not joint else
+        f"Synthetic pairs from the joint model {run} (image and mask generated together).",
+        provenance={"command": command, "model": str(run), "source": "" if source is None else str(source),
+                    "config": _jsonable(config.to_dict()), "model_size": model.size, "kind": model.kind,
+                    "checkpoint_step": "" if step is None else int(step)},
     )
-    sampler = scheduler_name(model.pipe.scheduler)
+    columns = {"model": str(run), "checkpoint_step": "" if step is None else str(step),
+               "scheduler": scheduler_name(model.pipe.scheduler), "steps": config.steps,
+               "guidance": config.guidance_scale}
     kept = drawn = 0
     with DatasetWriter(out, out_info, overwrite=overwrite) as writer, \
-            tqdm(total=config.n, desc=f"generating ({config.mask_source} masks)", disable=not progress) as bar:
-        while kept < config.n and drawn < max_draws:
+            tqdm(total=n, desc=f"generating ({config.mask_source} masks)", disable=not progress) as bar:
+        while kept < n and drawn < max_draws:
             wanted = [config.attributes.draw(rng) for _ in range(min(config.batch_size, max_draws - drawn))]
-            batch = [masks.draw(rng, w) for w in wanted]
+            batch = [masks.draw(rng, w) if masks else _full_square(model.size) for w in wanted]
             batch_seeds = seeds[drawn : drawn + len(batch)]
             drawn += len(batch)
-            rows = [{**_categorical(c.base.record, categorical), **w} for c, w in zip(batch, wanted, strict=True)]
+            rows = [{**(_categorical(c.base.record, categorical) if c.base else {}), **w}
+                    for c, w in zip(batch, wanted, strict=True)]
             output = model.pipe(
-                labels=to_square([c.mask for c in batch], model.size).long(),
+                labels=None if joint else to_square([c.mask for c in batch], model.size).long(),
                 fov=to_square([c.fov for c in batch], model.size)[:, None],
-                class_labels=model.class_tensor(rows, categorical),
+                class_labels=model.class_tensor(rows),
                 num_inference_steps=config.steps,
                 guidance_scale=config.guidance_scale,
-                generator=[torch.Generator().manual_seed(s) for s in batch_seeds],
+                generator=[torch_generator(s) for s in batch_seeds],
                 output_type="np",
             )
-            images = from_square(output.images, [c.mask.shape for c in batch])
-            # A segmenter always scores (recorded in `fidelity_dice`); only a threshold drops or flags.
-            scores = None if predictor is None else score_samples(images, [c.mask for c in batch], predictor,
+            written = [_at_output_size(c, output.images[i], None if output.masks is None else output.masks[i],
+                                       config.output_size) for i, c in enumerate(batch)]
+            # A segmenter always scores (recorded in `fidelity_dice`); only a threshold drops or flags. A joint
+            # model's mask is scored against the segmenter's reading of its own image: how well it fits.
+            scores = None if predictor is None else score_samples([w.image for w in written],
+                                                                  [w.mask for w in written], predictor,
                                                                   info.num_labels)
-            for i, (c, image, attrs, seed) in enumerate(zip(batch, images, rows, batch_seeds, strict=True)):
+            for i, (c, pair, attrs, seed) in enumerate(zip(batch, written, rows, batch_seeds, strict=True)):
                 keep, flagged = True, False
                 if rule is not None:
                     keep, flagged = rule.decide(scores[i])
-                if not keep or kept >= config.n:
+                if not keep or kept >= n:
                     continue
+                record = c.base.record if c.base else None
                 attributes = {k: v for k, v in attrs.items() if v}
-                if config.mask_source == "train":  # free-form attributes (e.g. hc_mm) still describe the mask
-                    attributes.update({k: v for k, v in c.base.record.attributes.items()
-                                       if v and k not in categorical})
-                elif info.attributes.get(HC_ATTRIBUTE, "") is None and c.spacing_mm and info.num_labels == 2:
+                if config.mask_source == "train" and record is not None and not joint:
+                    # free-form attributes (e.g. hc_mm) still describe the mask
+                    attributes.update({k: v for k, v in record.attributes.items() if v and k not in categorical})
+                elif info.attributes.get(HC_ATTRIBUTE, "") is None and c.spacing_mm and info.num_labels == 2 \
+                        and not joint:
                     hc = head_circumference_mm(c.mask > 0, c.spacing_mm)  # new anatomy: measure it like the importer
                     if hc is not None:
                         attributes[HC_ATTRIBUTE] = f"{hc:.2f}"
+                subject = "" if record is None else (record.subject or record.id)
                 writer.add(
-                    f"synth_{kept:05d}", image, c.mask,
-                    subject=(c.base.record.subject or c.base.record.id) if config.mask_source != "shape"
-                    else f"shape_{kept:05d}",
-                    spacing_mm=c.spacing_mm,
+                    f"synth_{kept:05d}", pair.image, pair.mask,
+                    subject=f"shape_{kept:05d}" if config.mask_source == "shape" else subject,
+                    spacing_mm=pair.spacing_mm,
                     extra={
-                        "model": str(run), "scheduler": sampler, "steps": config.steps,
-                        "guidance": config.guidance_scale, "seed": seed, "mask_source": config.mask_source,
-                        "source_id": c.base.record.id, "mask_fallback": int(c.fell_back),
+                        **columns, "seed": seed, "mask_source": config.mask_source,
+                        "source_id": "" if record is None else record.id,
+                        "mask_fallback": int(c.fell_back),
                         "target_hc_mm": "" if c.target_hc_mm is None else round(c.target_hc_mm, 3),
                         "fidelity_dice": "" if scores is None else round(scores[i], 4),
                         "flagged": "" if rule is None else int(flagged),
@@ -346,10 +378,83 @@ def generate_dataset(
                 )
                 kept += 1
                 bar.update(1)
-        writer.info.provenance.update({"requested": config.n, "written": kept, "drawn": drawn})
-    if kept < config.n and progress:
-        print(f"warning: only {kept} of {config.n} samples passed the fidelity filter in {drawn} draws")
+        writer.info.provenance.update({"requested": n, "written": kept, "drawn": drawn})
+    if kept < n and progress:
+        print(f"warning: only {kept} of {n} samples passed the fidelity filter in {drawn} draws")
     return Path(out)
+
+
+def torch_generator(seed: int) -> Any:
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class WrittenPair:
+    image: np.ndarray  # uint8
+    mask: np.ndarray  # uint8
+    spacing_mm: float | None
+
+
+def _at_output_size(c: Candidate, square: np.ndarray, generated: np.ndarray | None, output_size: str) -> WrittenPair:
+    """One generated (S, S) image in [0, 1] (and a joint model's (S, S) mask) at the requested output size.
+
+    `cropped`: the candidate's reduced grid (the letterbox padding removed); `square`: the model's
+    square; `source`: the source pair's own size and pixel size, black outside its field of view, with
+    its real mask when the mask is the source's own (else the mask resized, nearest)."""
+    import torch
+
+    from sonosynth.data.transforms import unletterbox
+    from sonosynth.synthesis.grid import from_square, to_square
+
+    size = square.shape[-1]
+    mask = c.mask if generated is None else _crop_labels(generated, c.mask.shape)
+    if output_size == "square":
+        full = generated if generated is not None else to_square([c.mask], size)[0].numpy()
+        return WrittenPair(from_square(square[None], [(size, size)])[0], np.asarray(full).astype(np.uint8),
+                           c.spacing_mm)
+    if output_size == "cropped" or c.base is None:
+        return WrittenPair(from_square(square[None], [c.mask.shape])[0], np.asarray(mask).astype(np.uint8),
+                           c.spacing_mm)
+    base = c.base
+    height, width = base.shape
+    image = unletterbox(torch.from_numpy(np.ascontiguousarray(square, dtype=np.float32)), height, width).numpy()
+    image = np.where(base.full_fov > 0, image, 0.0)
+    if generated is None and c.mask is base.mask and base.full_mask is not None:
+        full_mask = base.full_mask  # the real mask itself, not a resampled copy
+    else:
+        square_mask = to_square([np.asarray(mask)], size)[0]
+        full_mask = unletterbox(square_mask, height, width, mode="nearest").round().numpy()
+    spacing = None if c.spacing_mm is None else c.spacing_mm * c.mask.shape[1] / width
+    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    return WrittenPair(pixels, np.asarray(full_mask).astype(np.uint8), spacing)
+
+
+def _crop_labels(square: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from sonosynth.data.transforms import Letterbox
+
+    box = Letterbox(shape[0], shape[1], square.shape[-1])
+    (top, left), (h, w) = box.offset, box.inner
+    return np.asarray(square)[top : top + h, left : left + w]
+
+
+def _full_square(size: int) -> Candidate:
+    """What a joint model without a source dataset is conditioned on: the whole square in view."""
+    return Candidate(np.zeros((size, size), np.uint8), np.ones((size, size), np.uint8), None, None)
+
+
+def _check_joint_request(model: SynthesisModel, config: GenerateConfig) -> None:
+    """A joint model draws its own masks: requests that need a given mask are refused clearly."""
+    if config.mask_source != "train":
+        raise SonosynthError(f"{model.run}: a 'joint' model draws its own masks; mask source "
+                             f"'{config.mask_source}' needs a mask-conditioned model (spade or concat)")
+    if config.attributes.fixed or config.attributes.distribution:
+        raise SonosynthError("--attr/--attr-dist need a mask-conditioned model; a joint model's pairs take the "
+                             "classes of the source pairs")
+    if config.filter_dice is not None:
+        raise SonosynthError("--filter-dice needs a mask-conditioned model; a joint model's pairs are scored "
+                             "(fidelity_dice) when --segmenter is given, and can be filtered afterwards")
 
 
 def generate_from_sources(
@@ -396,49 +501,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
-
-
-def _generate_joint(model: SynthesisModel, source: str | Path, out: Path, config: GenerateConfig,
-                    predictor: Predictor | None, progress: bool) -> Path:
-    """A joint model draws image and mask together: `n` pairs, with fov and classes from the source pairs.
-
-    `out` was already checked by `prepare_output`; the finished folder replaces it at the end.
-
-    There is no conditioning mask, so the fidelity score compares the generated mask with the
-    segmenter's reading of the generated image: how well the mask fits its own image.
-    """
-    import tempfile
-
-    from sonosynth.diffusion.sample import SampleConfig, sample_dataset
-    from sonosynth.diffusion.schedulers import scheduler_name
-
-    if config.mask_source != "train":
-        raise SonosynthError(f"{model.run}: a 'joint' model draws its own masks; mask source "
-                             f"'{config.mask_source}' needs a mask-conditioned model (spade or concat)")
-    if config.attributes.fixed or config.attributes.distribution:
-        raise SonosynthError("--attr/--attr-dist need a mask-conditioned model; a joint model's pairs take the "
-                             "classes of the source pairs")
-    if config.filter_dice is not None:
-        raise SonosynthError("--filter-dice needs a mask-conditioned model; a joint model's pairs are scored "
-                             "(fidelity_dice) when --segmenter is given, and can be filtered afterwards")
-    sample_config = SampleConfig(
-        run=model.run, masks=str(source), split="train" if config.split == "auto" else config.split, n=config.n,
-        scheduler=config.scheduler or scheduler_name(model.pipe.scheduler), steps=config.steps,
-        guidance=config.guidance_scale, seed=config.seed, batch_size=config.batch_size, output_size="cropped",
-        device=config.device,
-    )
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.joint-", dir=out.parent))
-    try:
-        written = sample_dataset(sample_config, staging / out.name, progress=progress, pipe=model.pipe)
-        if predictor is not None:
-            dataset = Dataset.open(written)
-            pairs = list(dataset)
-            scores = score_samples([p.image for p in pairs], [p.mask for p in pairs], predictor,
-                                   dataset.info.num_labels)
-            for record, score in zip(dataset.records, scores, strict=True):
-                record.extra["fidelity_dice"] = f"{score:.4f}"
-            update_records(written, dataset.records)
-        commit_folder(written, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out

@@ -5,7 +5,7 @@ The denoising loop and classifier-free guidance live once, in `MaskToUltrasoundP
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,11 @@ class SynthesisModel:
     pipe: Any
     run: str
     size: int
-    class_attributes: list[str]
-    class_values: dict[str, list[str]] | None = None  # value order of the training dataset, when readable
+    class_values: dict[str, list[str]] = field(default_factory=dict)  # attribute -> values in index order
+
+    @property
+    def class_attributes(self) -> list[str]:
+        return list(self.class_values)
 
     @property
     def unet(self) -> Any:
@@ -38,19 +41,16 @@ class SynthesisModel:
     def num_labels(self) -> int:
         return self.pipe.unet.model_config.num_labels
 
-    def class_tensor(self, rows: Sequence[Mapping[str, str]],
-                     values: Mapping[str, Sequence[str]] | None = None) -> torch.Tensor | None:
+    def class_tensor(self, rows: Sequence[Mapping[str, str]]) -> torch.Tensor | None:
         """(B, A) class indices for the model's attributes from per-sample attribute values; -1 unknown.
 
-        Indices follow each attribute's value order in the training dataset (`class_values`); `values`
-        (e.g. the source dataset's, usually the same dataset) is the fallback when that is unknown."""
-        if not self.class_attributes:
+        Indices follow the value lists saved with the model at training time, so a dataset with another
+        value order (or no dataset at all) cannot change what a value means."""
+        if not self.class_values:
             return None
-        values = self.class_values or values or {}
-        out = torch.full((len(rows), len(self.class_attributes)), -1, dtype=torch.long)
+        out = torch.full((len(rows), len(self.class_values)), -1, dtype=torch.long)
         for i, row in enumerate(rows):
-            for j, name in enumerate(self.class_attributes):
-                allowed = list(values.get(name, []))
+            for j, (name, allowed) in enumerate(self.class_values.items()):
                 value = row.get(name, "")
                 if value in allowed:
                     out[i, j] = allowed.index(value)
@@ -60,9 +60,8 @@ class SynthesisModel:
 def load_synthesis_model(run: str | Path, scheduler: str | None = None, device: str = "cpu") -> SynthesisModel:
     """Load a run folder (or saved model folder) written by `sonosynth train` onto `device` (auto, cpu,
     cuda), optionally switching its sampler (`dpm++`, `ddim`, `unipc`, `ddpm`) on the same noise schedule."""
-    import yaml
-
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
+    from sonosynth.diffusion.run import legacy_class_values
     from sonosynth.diffusion.schedulers import make_scheduler
 
     run = Path(run)
@@ -72,39 +71,13 @@ def load_synthesis_model(run: str | Path, scheduler: str | None = None, device: 
     pipe.set_progress_bar_config(disable=True)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, config=pipe.scheduler.config)
-    class_attributes: list[str] = []
-    class_values = None
-    config_yaml = run / "config.yaml"
-    if config_yaml.is_file():
-        try:
-            data = yaml.safe_load(config_yaml.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SonosynthError(f"{config_yaml}: invalid YAML ({exc})") from None
-        class_attributes = [str(a) for a in data.get("class_attributes") or []]
-        class_values = _training_values(data.get("dataset"), class_attributes)
-    cardinalities = list(pipe.unet.model_config.class_cardinalities)
-    if len(class_attributes) != len(cardinalities):
-        if cardinalities:
-            raise SonosynthError(f"{run}: the model has {len(cardinalities)} class attributes but config.yaml names "
-                                 f"{class_attributes}; pass the run folder, not its model/ folder")
-        class_attributes = []
+    class_values = pipe.class_attributes
+    if class_values is None:
+        class_values = legacy_class_values(run, list(pipe.unet.model_config.class_cardinalities))
     size = pipe.config.sample_size
     if not size:
         raise SonosynthError(f"{run}: the saved model does not record its image size (sample_size)")
-    return SynthesisModel(pipe, str(run), int(size), class_attributes, class_values)
-
-
-def _training_values(dataset: str | None, names: Sequence[str]) -> dict[str, list[str]] | None:
-    """Each class attribute's values in the training dataset's order (None if it cannot be read)."""
-    from sonosynth.data.format import Dataset
-
-    if not names or not dataset:
-        return None
-    try:
-        categorical = Dataset.open(dataset).info.categorical_attributes
-    except SonosynthError:
-        return None
-    return {name: categorical.get(name, []) for name in names}
+    return SynthesisModel(pipe, str(run), int(size), class_values)
 
 
 def sample_seeds(seed: int, n: int) -> list[int]:

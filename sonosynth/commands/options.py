@@ -1,0 +1,23 @@
+"""Options shared by several commands: one definition each, so a word means the same everywhere.
+
+`--steps` in `sample`, `generate` and `edit` is the number of denoising steps; `--source` is the
+dataset masks are taken from; `--mask-source` says which kind of masks (train, deform, shape).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from sonosynth.devices import DEVICE_HELP
+
+DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
+SEED = typer.Option(0, "--seed", help="Seed of all randomness: the same seed gives the same output on one device.")
+BATCH_SIZE = typer.Option(8, "--batch-size", help="Images per forward pass (does not change the images).")
+SAMPLE_STEPS = typer.Option(25, "--steps", help="Denoising steps.")
+GUIDANCE = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale (1 = none).")
+SCHEDULER = typer.Option(None, "--scheduler", help="Sampler: dpm++, dpm++sde, unipc, ddim or ddpm (default: saved).")
+SPLIT = typer.Option("auto", "--split",
+                     help="Masks from this split: auto (train when there are splits, else all), train, val, test, all.")
+OUTPUT_SIZE = typer.Option("cropped", "--output-size",
+                           help="cropped (model scale, no padding), source (each source pair's size) or square.")

@@ -1,0 +1,99 @@
+"""The run folder of `sonosynth train`: the one place that knows its layout.
+
+```
+RUN/
+  config.yaml     the TrainConfig it was trained with (for `--resume` and provenance)
+  model/          the diffusers pipeline: model_index.json (image size, training step, class
+                  attributes with their value lists), unet/, scheduler/. Everything generation
+                  needs: copied alone to another machine it generates the same images.
+  checkpoints/    step-NNNNNN/ in safetensors + JSON, for exact resume
+  samples/        step-NNNNNN.png grids (mask | generated | real)
+  loss.csv        step, loss, lr
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sonosynth.errors import SonosynthError
+
+CONFIG_YAML = "config.yaml"
+MODEL_DIR = "model"
+CHECKPOINTS_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+LOSS_CSV = "loss.csv"
+MODEL_INDEX = "model_index.json"
+
+
+def _child(name: str) -> property:
+    return property(lambda self: self.root / name, doc=f"RUN/{name}")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths inside one run folder (nothing is read or created by building it)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    config_yaml = _child(CONFIG_YAML)
+    model = _child(MODEL_DIR)
+    checkpoints = _child(CHECKPOINTS_DIR)
+    samples = _child(SAMPLES_DIR)
+    loss_csv = _child(LOSS_CSV)
+
+    @property
+    def has_model(self) -> bool:
+        """Training finished: the pipeline was saved."""
+        return (self.model / MODEL_INDEX).is_file()
+
+    @property
+    def has_checkpoints(self) -> bool:
+        """Training started: there is something to `--resume` from."""
+        return self.checkpoints.is_dir()
+
+
+def model_folder(path: str | Path) -> Path:
+    """The saved pipeline folder for `path`, which is either that folder or a run folder holding it."""
+    path = Path(path)
+    if (path / MODEL_INDEX).is_file():
+        return path
+    if RunFolder(path).has_model:
+        return RunFolder(path).model
+    if path.exists():
+        raise SonosynthError(f"{path}: no {MODEL_INDEX} here or in {MODEL_DIR}/ (not a model or run)")
+    raise SonosynthError(f"{path}: model folder not found")
+
+
+def legacy_class_values(path: str | Path, cardinalities: list[int]) -> dict[str, list[str]]:
+    """Class attributes and value lists of a model saved before they were stored with it: the names from
+    RUN/config.yaml, the values from the training dataset it names (which must still be where it was)."""
+    import yaml
+
+    from sonosynth.data.format import Dataset
+
+    if not cardinalities:
+        return {}
+    path = Path(path)
+    folder = RunFolder(path.parent if (path / MODEL_INDEX).is_file() else path)
+    where = f"{path}: the model has {len(cardinalities)} class attributes but does not store their values"
+    if not folder.config_yaml.is_file():
+        raise SonosynthError(f"{where}, and there is no {folder.config_yaml} to read them from; retrain, or pass "
+                             "the run folder")
+    try:
+        config = yaml.safe_load(folder.config_yaml.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SonosynthError(f"{folder.config_yaml}: invalid YAML ({exc})") from None
+    names = [str(a) for a in config.get("class_attributes") or []]
+    if len(names) != len(cardinalities):
+        raise SonosynthError(f"{folder.config_yaml}: names {names} but the model has {len(cardinalities)} class "
+                             "attributes")
+    try:
+        categorical = Dataset.open(config.get("dataset") or "").info.categorical_attributes
+    except SonosynthError as exc:
+        raise SonosynthError(f"{where}, and its training dataset cannot be read ({exc}); retrain") from None
+    return {name: list(categorical.get(name, [])) for name in names}
