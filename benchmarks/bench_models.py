@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from sonosynth.diffusion.data import training_inputs
 from sonosynth.models import ModelConfig, build_model
 
 NUM_LABELS = 2
@@ -58,7 +59,7 @@ def make_step(name: str, px: int, batch: int, generator: torch.Generator):
             "label": torch.randint(0, NUM_LABELS, (batch, px, px), generator=generator),
             "fov": torch.ones(batch, 1, px, px),
         }
-        x0, condition, class_labels = model.training_inputs(items)
+        x0, condition, class_labels = training_inputs(model, items)
         noisy = torch.randn(x0.shape, generator=generator)
         target = torch.randn(x0.shape, generator=generator)
 

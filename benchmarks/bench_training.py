@@ -41,7 +41,8 @@ def make_dataset(out: Path, n: int, size: int) -> Path:
 def measure(dataset: Path, model: str, size: int, steps: int, warmup: int, batch_size: int, kind: str) -> dict:
     import torch
 
-    from sonosynth.diffusion.train import TrainConfig, train
+    from sonosynth.diffusion.config import TrainConfig
+    from sonosynth.diffusion.train import train
     from sonosynth.models.configs import ModelConfig, build_model
 
     stamps: dict[int, float] = {}

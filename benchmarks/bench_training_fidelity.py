@@ -22,7 +22,8 @@ from pathlib import Path
 
 
 def train_on_cpu_budget(args: argparse.Namespace) -> Path:
-    from sonosynth.diffusion.train import TrainConfig, train
+    from sonosynth.diffusion.config import TrainConfig
+    from sonosynth.diffusion.train import train
     from sonosynth.models.configs import ModelConfig
 
     config = TrainConfig(
@@ -58,8 +59,9 @@ def evaluate(args: argparse.Namespace, run: Path) -> list[dict]:
     from sonosynth.data.format import Dataset
     from sonosynth.data.torch_dataset import LetterboxedPairs
     from sonosynth.diffusion import checkpoints as ckpt
+    from sonosynth.diffusion.config import TrainConfig
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
-    from sonosynth.diffusion.train import TrainConfig, sample_batch
+    from sonosynth.diffusion.samples import sample_batch
     from sonosynth.synthesis.fidelity import score_samples, segmenter_predictor
 
     config = TrainConfig.from_yaml(run / "config.yaml")

@@ -28,7 +28,8 @@ if has train; then
   # TRAIN_MINUTES; the last step then writes its checkpoint, sample grid and RUN/model like max_steps would.
   $PY - "$DATA" "$RUN" "$TRAIN_MINUTES" "$RESUME" "$MAX_STEPS" <<'PYEOF'
 import sys, time
-from sonosynth.diffusion.train import TrainConfig, train, with_model_size
+from sonosynth.diffusion.config import TrainConfig, with_model_size
+from sonosynth.diffusion.train import train
 
 data, run, minutes, resume = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "1"
 max_steps = int(sys.argv[5])

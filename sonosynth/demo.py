@@ -135,7 +135,8 @@ def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = p
 
 
 def _train_diffusion(data: Path, run: Path, config: DemoConfig) -> None:
-    from sonosynth.diffusion.train import TrainConfig, train
+    from sonosynth.diffusion.config import TrainConfig
+    from sonosynth.diffusion.train import train
     from sonosynth.models.configs import ModelConfig
 
     train_config = TrainConfig(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import ellipse_pair, write_toy_dataset
 from factories import save_tiny_run
 from test_masks import cardiac_mask
@@ -259,3 +260,24 @@ def test_new_masks_stay_inside_the_field_of_view():
             candidate = masks.draw(rng)
             outside = ((candidate.mask > 0) & (candidate.fov == 0)).sum()
             assert outside <= 0.02 * (candidate.mask > 0).sum()
+
+
+def test_models_saved_before_class_values_read_them_from_their_run(tmp_path, toy_source):
+    """Legacy runs: names from RUN/config.yaml, values from the training dataset it names; else a clear error."""
+    from sonosynth.synthesis.sampling import load_synthesis_model
+
+    run = save_tiny_run(tmp_path / "old", class_values={"view": ["a", "b"]})
+    index = run / "model" / "model_index.json"
+    saved = json.loads(index.read_text())
+    del saved["class_values"]
+    index.write_text(json.dumps(saved))
+    (run / "config.yaml").write_text(yaml.safe_dump({"class_attributes": ["view"], "dataset": str(toy_source)}))
+    assert load_synthesis_model(run).class_values == {"view": ["a", "b"]}
+    (run / "config.yaml").write_text(yaml.safe_dump({"class_attributes": ["view"], "dataset": str(tmp_path / "gone")}))
+    with pytest.raises(SonosynthError, match="does not store their values.*gone"):
+        load_synthesis_model(run)
+    import shutil
+
+    shutil.copytree(run / "model", tmp_path / "alone")
+    with pytest.raises(SonosynthError, match="no .*config.yaml"):
+        load_synthesis_model(tmp_path / "alone")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from factories import randomize
 
+from sonosynth.diffusion.data import drop_conditions, training_inputs
 from sonosynth.errors import SonosynthError
 from sonosynth.models import SIZE_PRESETS, ModelConfig, build_model
 from sonosynth.models.denoiser import ConditionalDenoiser
@@ -28,7 +29,7 @@ def make_batch(batch: int = 2, num_labels: int = 3, attributes: int = 0, seed: i
 @pytest.mark.parametrize("kind", ["spade", "concat", "joint"])
 def test_shapes_per_kind(kind: str) -> None:
     model = build_model(ModelConfig(kind=kind, size="tiny", num_labels=3))
-    x0, condition, class_labels = model.training_inputs(make_batch())
+    x0, condition, class_labels = training_inputs(model, make_batch())
     expected_channels = 1 + (3 if kind == "joint" else 0)
     assert model.sample_channels == expected_channels
     assert x0.shape == (2, expected_channels, SIDE, SIDE)
@@ -49,7 +50,7 @@ def test_spade_blocks_condition_the_decoder(block: str) -> None:
     expected = LightSPADE if block == "light" else SPADE
     norms = [m for m in model.modules() if isinstance(m, (LightSPADE, SPADE))]
     assert norms and all(isinstance(m, expected) for m in norms)
-    x0, condition, _ = model.training_inputs(make_batch())
+    x0, condition, _ = training_inputs(model, make_batch())
     flipped = model.make_condition((make_batch()["label"] + 1) % 3, fov=make_batch()["fov"])
     with torch.no_grad():
         assert not torch.allclose(model(x0, 10, condition), model(x0, 10, flipped))
@@ -58,7 +59,7 @@ def test_spade_blocks_condition_the_decoder(block: str) -> None:
 def test_joint_targets_and_decode_round_trip() -> None:
     model = build_model(ModelConfig(kind="joint", size="tiny", num_labels=3))
     batch = make_batch()
-    x0, _, _ = model.training_inputs(batch)
+    x0, _, _ = training_inputs(model, batch)
     assert x0[:, 1:].min() == -1.0 and x0[:, 1:].max() == 1.0
     image, mask = model.decode(x0 + 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)))
     assert image.shape == (2, 1, SIDE, SIDE) and image.min() >= -1 and image.max() <= 1
@@ -73,22 +74,22 @@ def test_non_joint_decode_has_no_mask() -> None:
 
 def test_coord_channels_and_no_fov() -> None:
     model = build_model(ModelConfig(kind="concat", size="tiny", num_labels=2, fov_channel=False, coord_channels=True))
-    _, condition, _ = model.training_inputs(make_batch(num_labels=2))
+    _, condition, _ = training_inputs(model, make_batch(num_labels=2))
     assert condition is not None and condition.shape[1] == 2 + 2
     assert condition[0, 2, 0, 0] == -1.0 and condition[0, 2, -1, 0] == 1.0  # depth runs down the rows
     joint = build_model(ModelConfig(kind="joint", size="tiny", fov_channel=False))
-    assert joint.training_inputs(make_batch(num_labels=2))[1] is None
+    assert training_inputs(joint, make_batch(num_labels=2))[1] is None
 
 
 def test_null_condition_drops_labels_keeps_fov() -> None:
     model = build_model(ModelConfig(kind="spade", size="tiny", num_labels=3))
-    _, condition, _ = model.training_inputs(make_batch())
+    _, condition, _ = training_inputs(model, make_batch())
     null = model.null_condition(condition)
     assert torch.all(null[:, :3] == 0)
     assert torch.equal(null[:, 3:], condition[:, 3:])
-    dropped, _ = model.drop_conditions(condition, None, drop_prob=0.999999, generator=torch.Generator().manual_seed(0))
+    dropped, _ = drop_conditions(model, condition, None, drop_prob=0.999999, generator=torch.Generator().manual_seed(0))
     assert torch.equal(dropped, null)
-    kept, _ = model.drop_conditions(condition, None, drop_prob=0.0)
+    kept, _ = drop_conditions(model, condition, None, drop_prob=0.0)
     assert torch.equal(kept, condition)
 
 
@@ -96,7 +97,7 @@ def test_class_conditioning_changes_output_and_unknown_is_null() -> None:
     model = randomize(build_model(ModelConfig(kind="spade", size="tiny", num_labels=3, class_cardinalities=[2, 3])))
     batch = make_batch(attributes=2)
     batch["classes"] = torch.tensor([[0, 2], [-1, -1]])
-    x0, condition, class_labels = model.training_inputs(batch)
+    x0, condition, class_labels = training_inputs(model, batch)
     assert class_labels.tolist() == [[0, 2], [2, 3]]  # -1 -> each attribute's null index
     t = torch.tensor([500, 500])
     with torch.no_grad():
@@ -106,19 +107,19 @@ def test_class_conditioning_changes_output_and_unknown_is_null() -> None:
         missing = model(x0, t, condition, None)
     assert not torch.allclose(a, b)
     assert torch.equal(unknown, missing)
-    _, dropped = model.drop_conditions(condition, class_labels, 0.999999, torch.Generator().manual_seed(0))
+    _, dropped = drop_conditions(model, condition, class_labels, 0.999999, torch.Generator().manual_seed(0))
     assert dropped.tolist() == [[2, 3], [2, 3]]
 
 
 def test_batch_without_classes_is_rejected_for_class_model() -> None:
     model = build_model(ModelConfig(kind="concat", size="tiny", class_cardinalities=[2]))
     with pytest.raises(ValueError, match="class attributes"):
-        model.training_inputs(make_batch(num_labels=2, attributes=0))
+        training_inputs(model, make_batch(num_labels=2, attributes=0))
 
 
 def test_mask_changes_output() -> None:
     model = randomize(build_model(ModelConfig(kind="spade", size="tiny", num_labels=3)))
-    x0, condition, _ = model.training_inputs(make_batch())
+    x0, condition, _ = training_inputs(model, make_batch())
     with torch.no_grad():
         with_mask = model(x0, torch.tensor([10, 10]), condition)
         without = model(x0, torch.tensor([10, 10]), model.null_condition(condition))
@@ -157,7 +158,7 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     loaded = ConditionalDenoiser.from_pretrained(tmp_path / "unet").eval()
     assert loaded.model_config == config
-    x0, condition, _ = model.training_inputs(make_batch(attributes=1))
+    x0, condition, _ = training_inputs(model, make_batch(attributes=1))
     classes = torch.tensor([[1], [0]])
     with torch.no_grad():
         assert torch.equal(model(x0, torch.tensor([7, 7]), condition, classes), loaded(x0, 7, condition, classes))

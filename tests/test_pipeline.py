@@ -155,7 +155,7 @@ PROVENANCE_COLUMNS = ("model", "checkpoint_step", "scheduler", "steps", "guidanc
 
 def test_sample_cli_writes_dataset_with_provenance(tmp_path: Path, toy_dataset: Path) -> None:
     from sonosynth.cli import app
-    from sonosynth.synthesis.sampling import sample_seeds
+    from sonosynth.seeds import sample_seeds
 
     run = save_run(tmp_path / "run", class_attributes=("view",))
     out = tmp_path / "synthetic"

@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 
 from sonosynth.diffusion import checkpoints as ckpt
 from sonosynth.diffusion.augment import AugmentConfig
-from sonosynth.diffusion.train import StreamBatchSampler, TrainConfig, train, with_model_size
+from sonosynth.diffusion.config import TrainConfig, with_model_size
+from sonosynth.diffusion.data import StreamBatchSampler
+from sonosynth.diffusion.train import train
 from sonosynth.errors import SonosynthError
 from sonosynth.models.configs import ModelConfig
 
@@ -192,6 +194,16 @@ def test_resume_equals_uninterrupted_run(toy_dataset, tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "killed")] == [4, 6]
 
 
+def test_the_saved_model_carries_its_class_values(toy_dataset, tmp_path):
+    """Generation needs no training dataset: attribute names and value order are saved with the model."""
+    from sonosynth import MaskToUltrasoundPipeline
+
+    train(tiny_config(toy_dataset, max_steps=1, class_attributes=["view"]), tmp_path / "run", progress=False)
+    pipe = MaskToUltrasoundPipeline.from_pretrained(tmp_path / "run" / "model")
+    assert pipe.class_attributes == {"view": ["a", "b"]}
+    assert pipe.unet.model_config.class_cardinalities == [2]
+
+
 def test_resume_refuses_a_changed_config(toy_dataset, tmp_path):
     run = tmp_path / "run"
     train(tiny_config(toy_dataset, max_steps=2), run, progress=False)
@@ -206,7 +218,8 @@ def test_resume_refuses_a_changed_config(toy_dataset, tmp_path):
 WORKER = """
 import hashlib, os, sys
 import torch
-from sonosynth.diffusion.train import TrainConfig, train
+from sonosynth.diffusion.config import TrainConfig
+from sonosynth.diffusion.train import train
 from sonosynth.models.configs import ModelConfig
 
 config = TrainConfig(dataset=sys.argv[1], model=ModelConfig(size="tiny"), image_size=32, batch_size=2, max_steps=2,
@@ -271,7 +284,7 @@ def test_tiny_model_overfits_two_pairs(tmp_path):
 
     from sonosynth.data.format import Dataset
     from sonosynth.data.torch_dataset import LetterboxedPairs
-    from sonosynth.diffusion.train import sample_batch
+    from sonosynth.diffusion.samples import sample_batch
     from sonosynth.models.configs import build_model
 
     dataset = write_toy_dataset(tmp_path / "two", n=2, seed=3)

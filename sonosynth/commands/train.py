@@ -51,8 +51,10 @@ def train_command(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Train a mask-to-ultrasound diffusion model (loads with MaskToUltrasoundPipeline.from_pretrained(RUN))."""
+    from sonosynth.diffusion.config import TrainConfig, with_model_size
     from sonosynth.diffusion.run import RunFolder
-    from sonosynth.diffusion.train import TrainConfig, read_yaml_mapping, train, with_model_size
+    from sonosynth.diffusion.train import train
+    from sonosynth.settings import read_yaml_mapping
 
     base = TrainConfig()
     if resume and RunFolder(out).config_yaml.is_file():

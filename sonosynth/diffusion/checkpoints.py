@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sonosynth.diffusion.config import MUST_MATCH_ON_RESUME, TrainConfig
 from sonosynth.diffusion.run import CHECKPOINTS_DIR
 from sonosynth.errors import SonosynthError
 
@@ -162,3 +163,97 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) ->
     np.random.set_state((kind, tensors["numpy.keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+# ---- the training state, as the loop saves and restores it ----------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return None  # e.g. the LR lambdas, which are rebuilt from the config
+
+
+def checkpoint_to_resume(run_dir: Path, config: TrainConfig, fingerprint: str) -> Path | None:
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return None
+    state = read_state(checkpoint)
+    saved = TrainConfig.from_dict(state["config"], origin=str(checkpoint))
+    differing = [name for name in MUST_MATCH_ON_RESUME
+                 if _normalised(getattr(saved, name)) != _normalised(getattr(config, name))]
+    if differing:
+        details = ", ".join(f"{n}: {_normalised(getattr(saved, n))!r} -> {_normalised(getattr(config, n))!r}"
+                            for n in differing)
+        raise SonosynthError(f"{checkpoint}: cannot resume, the config changed ({details})")
+    if state.get("dataset_fingerprint") != fingerprint:
+        raise SonosynthError(f"{checkpoint}: cannot resume, the training pairs of {config.dataset} changed")
+    return checkpoint
+
+
+def _normalised(value: Any) -> Any:
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def save_training_state(accelerator: Any, run_dir: Path, step: int, model: Any, ema: Any, optimizer: Any,
+                        lr_scheduler: Any, config: TrainConfig, fingerprint: str) -> None:
+    """One checkpoint of everything exact resume needs: every process writes its RNG state, the main
+    process the weights, EMA, optimizer and state.json (last, so a complete folder means a usable one)."""
+    from accelerate.utils import gather_object
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        begin_checkpoint(run_dir, step)
+    accelerator.wait_for_everyone()
+    tmp = Path(run_dir) / CHECKPOINTS_DIR / f"{checkpoint_name(step)}.tmp"
+    rng_tensors, rng_meta = capture_rng_state()
+    save_tensors(tmp / f"rng-rank{rank}.safetensors", rng_tensors)
+    rng_metas = gather_object([rng_meta]) if world > 1 else [rng_meta]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        names = [n for n, _ in model.named_parameters()]
+        save_tensors(tmp / "model.safetensors", model.state_dict())
+        save_tensors(tmp / "ema.safetensors", dict(zip(names, ema.shadow_params, strict=True)))
+        opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
+        save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+        state = {
+            "step": step,
+            "world_size": world,
+            "dataset_fingerprint": fingerprint,
+            "config": config.to_dict(),
+            "optimizer": opt_meta,
+            "lr_scheduler": jsonable(lr_scheduler.state_dict()),
+            "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"},
+            "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "rng": {str(r): meta for r, meta in enumerate(rng_metas)},
+        }
+        finish_checkpoint(tmp, state, config.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def restore_weights(checkpoint: Path, model: Any, ema: Any) -> dict[str, Any]:
+    """Weights and EMA into the (not yet prepared) model; returns the checkpoint's state."""
+    state = read_state(checkpoint)
+    model.load_state_dict(load_tensors(checkpoint / "model.safetensors"))
+    names = [n for n, _ in model.named_parameters()]
+    shadow = load_tensors(checkpoint / "ema.safetensors")
+    ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n] for n in names]})
+    return state
+
+
+def restore_optimization(checkpoint: Path, state: dict[str, Any], optimizer: Any, lr_scheduler: Any,
+                         accelerator: Any) -> None:
+    """Optimizer, LR schedule, grad scaler and this process's RNG state (after `accelerator.prepare`)."""
+    optimizer.load_state_dict(unflatten_optimizer_state(
+        load_tensors(checkpoint / "optimizer.safetensors", accelerator.device), state["optimizer"]))
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if accelerator.scaler is not None and state.get("grad_scaler"):
+        accelerator.scaler.load_state_dict(state["grad_scaler"])
+    rank = accelerator.process_index
+    rng_file = checkpoint / f"rng-rank{rank}.safetensors"
+    if rng_file.is_file():
+        restore_rng_state(load_tensors(rng_file), state["rng"][str(rank)])

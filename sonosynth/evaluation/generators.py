@@ -70,7 +70,7 @@ class GeneratorRecipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> GeneratorRecipe:
-        from sonosynth.diffusion.train import read_yaml_mapping
+        from sonosynth.settings import read_yaml_mapping
 
         return cls.from_dict(read_yaml_mapping(path), origin=str(path))
 
@@ -92,8 +92,10 @@ def ensure_generator(
     progress: bool = True,
 ) -> Path:
     """Build (or finish) folder/{data,run,synthetic} for these subjects; returns the synthetic folder."""
-    from sonosynth.diffusion.train import TrainConfig, derive_seed, train, with_model_size
+    from sonosynth.diffusion.config import TrainConfig, with_model_size
+    from sonosynth.diffusion.train import train
     from sonosynth.models.configs import ModelConfig
+    from sonosynth.seeds import derive_seed
     from sonosynth.synthesis.generate import GenerateConfig, generate_from_sources
 
     data, run, synthetic = folder / "data", folder / "run", folder / "synthetic"

@@ -287,55 +287,6 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
         null[:, : self.model_config.num_labels] = 0.0
         return null
 
-    def drop_conditions(
-        self,
-        condition: torch.Tensor | None,
-        class_labels: torch.Tensor | None,
-        drop_prob: float,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Classifier-free guidance training: replace mask and classes by their null values, each with `drop_prob`.
-
-        Mask and classes are dropped independently, so sampling may guide either or both.
-        """
-        if drop_prob <= 0:
-            return condition, class_labels
-        if condition is not None and self.model_config.kind != "joint":
-            drop = torch.rand(condition.shape[0], generator=generator, device=condition.device) < drop_prob
-            condition = torch.where(drop[:, None, None, None], self.null_condition(condition), condition)
-        if class_labels is not None and class_labels.numel():
-            drop = torch.rand(class_labels.shape[0], generator=generator, device=class_labels.device) < drop_prob
-            null = self.null_class_labels.to(class_labels.device).expand_as(class_labels)
-            class_labels = torch.where(drop[:, None], null, class_labels)
-        return condition, class_labels
-
-    def training_inputs(
-        self, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(x0, condition, class_labels) from a batch of `LetterboxedPairs` items, on the model's device."""
-        image = batch["image"].to(self.device, torch.float32)
-        labels = batch["label"].to(self.device)
-        fov = batch.get("fov")
-        coords = batch.get("coords")
-        condition = self.make_condition(
-            labels,
-            fov=None if fov is None else fov.to(self.device),
-            coords=None if coords is None else coords.to(self.device),
-        )
-        x0 = image
-        if self.model_config.kind == "joint":
-            x0 = torch.cat([image, self.one_hot(labels) * 2.0 - 1.0], dim=1)
-        class_labels = None
-        if self.model_config.class_cardinalities:
-            classes = batch.get("classes")
-            if classes is None or classes.shape[-1] != len(self.model_config.class_cardinalities):
-                got = None if classes is None else tuple(classes.shape)
-                raise ValueError(
-                    f"the model expects {len(self.model_config.class_cardinalities)} class attributes, batch has {got}"
-                )
-            class_labels = self._known_or_null(classes.to(self.device))
-        return x0, condition, class_labels
-
     def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Denoised sample -> (image (B, 1, H, W) in [-1, 1], mask (B, H, W) long for joint, else None)."""
         image = x[:, :1].clamp(-1.0, 1.0)

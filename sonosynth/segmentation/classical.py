@@ -117,7 +117,7 @@ class ClassicalAugmentConfig:
 
     @classmethod
     def from_yaml_file(cls, path: str | Path) -> ClassicalAugmentConfig:
-        from sonosynth.diffusion.train import read_yaml_mapping
+        from sonosynth.settings import read_yaml_mapping
 
         return cls.from_dict(read_yaml_mapping(path, what="classical augmentation config"), origin=str(path))
 

@@ -264,8 +264,9 @@ def generate_dataset(
     from tqdm.auto import tqdm
 
     from sonosynth.diffusion.schedulers import scheduler_name
+    from sonosynth.seeds import sample_seeds
     from sonosynth.synthesis.grid import to_square
-    from sonosynth.synthesis.sampling import load_synthesis_model, sample_seeds
+    from sonosynth.synthesis.sampling import load_synthesis_model
 
     config = config or GenerateConfig()
     prepare_output(out, overwrite)  # fail before the slow part

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sonosynth.devices import resolve_device
@@ -78,8 +77,3 @@ def load_synthesis_model(run: str | Path, scheduler: str | None = None, device: 
     if not size:
         raise SonosynthError(f"{run}: the saved model does not record its image size (sample_size)")
     return SynthesisModel(pipe, str(run), int(size), class_values)
-
-
-def sample_seeds(seed: int, n: int) -> list[int]:
-    """Independent per-sample seeds from one seed (recorded in the manifest for regeneration)."""
-    return [int(s) for s in np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32)]

@@ -1,0 +1,135 @@
+"""`TrainConfig`: everything that determines a diffusion training run (RUN/config.yaml)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sonosynth.diffusion.augment import AugmentConfig
+from sonosynth.errors import SonosynthError
+from sonosynth.models.configs import SIZE_PRESETS, ModelConfig
+from sonosynth.settings import read_yaml_mapping, strict_from_dict
+
+PREDICTION_TYPES = ("v_prediction", "epsilon")
+LR_SCHEDULES = ("cosine", "constant")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+
+# Changing these makes a checkpoint unloadable or changes what the next batches are.
+MUST_MATCH_ON_RESUME = (
+    "model",
+    "image_size",
+    "patch_size",
+    "batch_size",
+    "grad_accumulation",
+    "prediction_type",
+    "num_train_timesteps",
+    "class_attributes",
+    "split",
+    "seed",
+    "lr_schedule",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; saved as RUN/config.yaml.
+
+    Defaults suit a CPU run of the `small` model at 64 px.
+    """
+
+    dataset: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    image_size: int = 64
+    patch_size: int | None = None  # None: whole images; else random patches with coordinate channels
+    batch_size: int = 8
+    grad_accumulation: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"
+    max_steps: int = 2000
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.995
+    prediction_type: str = "v_prediction"
+    num_train_timesteps: int = 1000
+    cond_drop_prob: float = 0.1
+    class_attributes: list[str] = field(default_factory=list)
+    split: str = "auto"  # auto: the `train` split when the dataset has one, else every pair
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    sample_every: int = 500
+    num_samples: int = 4
+    sample_steps: int = 20
+    guidance_scale: float = 1.5
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto: bf16 (or fp16) on a GPU, none on CPU
+    num_workers: int = 0
+    log_with: str | None = None  # "tensorboard" (needs the tensorboard package)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig.from_dict(self.augment)
+        self.class_attributes = [str(a) for a in self.class_attributes]
+        problems = []
+        if self.prediction_type not in PREDICTION_TYPES:
+            problems.append(f"prediction_type must be one of {list(PREDICTION_TYPES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {list(LR_SCHEDULES)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed_precision must be one of {list(MIXED_PRECISION)}")
+        if self.log_with not in (None, "tensorboard"):
+            problems.append("log_with must be empty or 'tensorboard'")
+        for name in ("image_size", "batch_size", "grad_accumulation", "max_steps", "checkpoint_every", "sample_every"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.patch_size is not None and not 0 < self.patch_size <= self.image_size:
+            problems.append(f"patch_size must be between 1 and image_size ({self.image_size})")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            problems.append("cond_drop_prob must be in [0, 1)")
+        if problems:
+            raise SonosynthError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def train_size(self) -> int:
+        """Side of the squares the network sees during training."""
+        return self.patch_size or self.image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        data["augment"] = self.augment.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "config") -> TrainConfig:
+        return strict_from_dict(cls, data, origin, "training config")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(read_yaml_mapping(path, "training config"), origin=str(path))
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(self.to_yaml())
+        os.replace(tmp, path)
+
+
+def with_model_size(model: ModelConfig, size: str | None = None, kind: str | None = None) -> ModelConfig:
+    """A model config with another size preset/kind: the preset's width/depth fields are re-resolved."""
+    data = {k: v for k, v in model.to_dict().items() if k not in SIZE_PRESETS[model.size]}
+    if size is not None:
+        data["size"] = size
+    if kind is not None:
+        data["kind"] = kind
+    return ModelConfig.from_dict(data)

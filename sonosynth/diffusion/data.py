@@ -1,0 +1,155 @@
+"""The training data stream: which pairs, in which order, augmented how, and what the model is fed.
+
+Everything is a pure function of (seed, position), so a resumed run continues the same stream.
+Classifier-free-guidance dropping lives here, not in the model: it is how training uses the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sonosynth.diffusion.config import TrainConfig
+from sonosynth.errors import SonosynthError
+from sonosynth.seeds import derive_seed
+
+
+class StreamBatchSampler:
+    """Endless per-process batches of (dataset index, augmentation seed), from micro-batch `start`.
+
+    The stream is a concatenation of permutations, one per epoch, seeded from (seed, epoch), so
+    it is a pure function of the position and a resumed run picks up exactly where it stopped.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start: int = 0):
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world_size, self.start = rank, world_size, start
+        self._epoch, self._order = -1, np.arange(0)
+
+    def _item(self, position: int) -> int:
+        epoch = position // self.num_items
+        if epoch != self._epoch:
+            rng = np.random.default_rng(derive_seed(self.seed, "order", epoch))
+            self._epoch, self._order = epoch, rng.permutation(self.num_items)
+        return int(self._order[position % self.num_items])
+
+    def batch(self, micro_batch: int) -> list[tuple[int, int]]:
+        first = (micro_batch * self.world_size + self.rank) * self.batch_size
+        return [(self._item(p), derive_seed(self.seed, "augment", p)) for p in range(first, first + self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        micro_batch = self.start
+        while True:
+            yield self.batch(micro_batch)
+            micro_batch += 1
+
+
+class TrainingItems:
+    """Letterboxed pairs with coordinates, augmentation and patch cropping, indexed by (index, seed)."""
+
+    def __init__(self, pairs: Any, config: TrainConfig):
+        self.pairs, self.config = pairs, config
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        import torch
+
+        from sonosynth.diffusion.augment import augment_pair, random_crop
+        from sonosynth.models.denoiser import coordinate_channels
+
+        index, seed = key
+        item = dict(self.pairs[index])
+        if self.config.model.coord_channels:
+            item["coords"] = coordinate_channels(1, self.config.image_size)[0]
+        generator = torch.Generator().manual_seed(seed)
+        item = augment_pair(item, generator, self.config.augment)
+        if self.config.patch_size and self.config.patch_size < self.config.image_size:
+            item = random_crop(item, self.config.patch_size, generator)
+        return item
+
+
+def open_training_pairs(config: TrainConfig) -> tuple[Any, str]:
+    """(LetterboxedPairs over the training records, fingerprint of those records)."""
+    from sonosynth.data.format import MANIFEST_CSV, Dataset
+    from sonosynth.data.torch_dataset import LetterboxedPairs
+
+    if not config.dataset:
+        raise SonosynthError("no dataset given")
+    chosen = Dataset.open(config.dataset).select(config.split, what="pairs to train on")
+    try:
+        pairs = LetterboxedPairs(chosen, config.image_size, class_attributes=config.class_attributes)
+    except ValueError as exc:
+        raise SonosynthError(str(exc)) from None
+    digest = hashlib.sha256((Path(config.dataset) / MANIFEST_CSV).read_bytes())
+    digest.update(",".join(r.id for r in chosen.records).encode())
+    return pairs, digest.hexdigest()[:16]
+
+
+def resolve_model_config(config: TrainConfig, pairs: Any) -> TrainConfig:
+    """Fill what the data decides: number of labels, attribute cardinalities, coordinate channels."""
+    info = pairs.dataset.info
+    model = replace(
+        config.model,
+        num_labels=info.num_labels,
+        class_cardinalities=[len(pairs.class_values[name]) for name in config.class_attributes],
+        coord_channels=config.model.coord_channels or bool(config.patch_size and config.patch_size < config.image_size),
+    )
+    factor = model.downsampling_factor
+    for name in ("image_size", "patch_size"):
+        value = getattr(config, name)
+        if value is not None and value % factor:
+            raise SonosynthError(f"{name}={value} must be a multiple of {factor} for the '{model.size}' model")
+    return replace(config, model=model)
+
+
+def training_inputs(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(x0, condition, class_labels) from a batch of `LetterboxedPairs` items, on the model's device.
+
+    For a joint model x0 is the image with the one-hot mask scaled to [-1, 1]: it learns both."""
+    import torch
+
+    device = model.device
+    image = batch["image"].to(device, torch.float32)
+    labels = batch["label"].to(device)
+    fov, coords = batch.get("fov"), batch.get("coords")
+    condition = model.make_condition(labels, fov=None if fov is None else fov.to(device),
+                                     coords=None if coords is None else coords.to(device))
+    cfg = model.model_config
+    x0 = torch.cat([image, model.one_hot(labels) * 2.0 - 1.0], dim=1) if cfg.kind == "joint" else image
+    class_labels = None
+    if cfg.class_cardinalities:
+        classes = batch.get("classes")
+        if classes is None or classes.shape[-1] != len(cfg.class_cardinalities):
+            got = None if classes is None else tuple(classes.shape)
+            raise ValueError(f"the model expects {len(cfg.class_cardinalities)} class attributes, batch has {got}")
+        null = model.null_class_labels.expand_as(classes)
+        class_labels = torch.where(classes.to(device) < 0, null, classes.to(device).long())
+    return x0, condition, class_labels
+
+
+def drop_conditions(model: Any, condition: Any, class_labels: Any, drop_prob: float, generator: Any = None
+                    ) -> tuple[Any, Any]:
+    """Classifier-free guidance training: replace mask and classes by their null values, each with `drop_prob`.
+
+    Mask and classes are dropped independently, so sampling may guide either or both.
+    """
+    import torch
+
+    if drop_prob <= 0:
+        return condition, class_labels
+    if condition is not None and model.model_config.kind != "joint":
+        drop = torch.rand(condition.shape[0], generator=generator, device=condition.device) < drop_prob
+        condition = torch.where(drop[:, None, None, None], model.null_condition(condition), condition)
+    if class_labels is not None and class_labels.numel():
+        drop = torch.rand(class_labels.shape[0], generator=generator, device=class_labels.device) < drop_prob
+        null = model.null_class_labels.to(class_labels.device).expand_as(class_labels)
+        class_labels = torch.where(drop[:, None], null, class_labels)
+    return condition, class_labels
