@@ -18,17 +18,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from sonosynth.data.format import Dataset
 from sonosynth.devices import resolve_device
 from sonosynth.diffusion.run import RunFolder
+from sonosynth.settings import Config
 
 DATA, RUN, SYNTH, REPORT = "data", "model-run", "synthetic", "report"
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Config):
     """Sizes of each stage; `full()` fits in about 20 CPU minutes, `fast()` in about 3."""
+
+    what: ClassVar[str] = "demo"
 
     n_cases: int = 160
     phantom_size: str = "96x64"  # width x height, like HC18's 800x540 aspect

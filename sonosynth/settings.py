@@ -1,16 +1,62 @@
-"""The config convention: dataclasses built strictly from mappings (YAML), with one-line errors."""
+"""The config convention: every config is a dataclass deriving from `Config`.
+
+- built strictly from a mapping (YAML): an unknown key is an error naming the file, nested configs
+  are built the same way, lists become tuples where the default is a tuple;
+- validated on construction (`__post_init__`), every problem a one-line `SonosynthError`;
+- saved as YAML with `save` (atomic: written next to the target, then renamed).
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 from sonosynth.errors import SonosynthError
 
 T = TypeVar("T")
+C = TypeVar("C", bound="Config")
+
+
+class Config:
+    """Base of sonosynth's config dataclasses: strict `from_dict`/`from_yaml`, `to_dict`/`to_yaml`, `save`."""
+
+    what: ClassVar[str] = "config"  # how errors name it: "unknown <what> fields [...]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any] | None, origin: str | None = None) -> C:
+        origin = origin or cls.what
+        data = dict(data or {})
+        hints = _type_hints(cls)
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name not in data:
+                continue
+            value, nested = data[f.name], _config_class(hints.get(f.name))
+            if nested is not None and isinstance(value, Mapping):
+                data[f.name] = nested.from_dict(value, f"{origin}: {f.name}")
+            elif isinstance(value, list) and (_wants_tuple(hints.get(f.name))
+                                              or f.default is not MISSING and isinstance(f.default, tuple)):
+                data[f.name] = tuple(value)
+        return strict_from_dict(cls, data, origin, cls.what)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls: type[C], path: str | Path) -> C:
+        return cls.from_dict(read_yaml_mapping(path, cls.what), origin=str(path))
+
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, self.to_yaml())
 
 
 def strict_from_dict(cls: type[T], data: dict[str, Any], origin: str, what: str) -> T:
@@ -20,6 +66,9 @@ def strict_from_dict(cls: type[T], data: dict[str, Any], origin: str, what: str)
         raise SonosynthError(f"{origin}: unknown {what} fields {unknown}")
     try:
         return cls(**data)
+    except SonosynthError as exc:
+        message = str(exc)
+        raise SonosynthError(message if message.startswith(origin) else f"{origin}: {message}") from None
     except (TypeError, ValueError) as exc:
         raise SonosynthError(f"{origin}: {exc}") from None
 
@@ -39,3 +88,43 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SonosynthError(f"{path}: a {what} must be a YAML mapping")
     return data
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file renamed into place: never a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation only importable under TYPE_CHECKING: no nesting there
+        return {}
+
+
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return typing.get_args(hint) if union else (hint,)
+
+
+def _wants_tuple(hint: Any) -> bool:
+    return any(a is tuple or typing.get_origin(a) is tuple for a in _alternatives(hint))
+
+
+def _config_class(hint: Any) -> type[Config] | None:
+    for candidate in _alternatives(hint):
+        if isinstance(candidate, type) and issubclass(candidate, Config):
+            return candidate
+    return None

@@ -92,6 +92,8 @@ def test_random_crop_cuts_the_same_window_everywhere():
 def test_config_rejects_unknown_fields():
     import pytest
 
-    with pytest.raises(ValueError, match="unknown augmentation"):
+    from sonosynth.errors import SonosynthError
+
+    with pytest.raises(SonosynthError, match=r"unknown augmentation fields \['rotate'\]"):
         AugmentConfig.from_dict({"rotate": 3})
     assert AugmentConfig.from_dict(AugmentConfig(hflip=0.5).to_dict()) == AugmentConfig(hflip=0.5)

@@ -80,19 +80,19 @@ def test_intensity_transforms_leave_the_mask_untouched() -> None:
 
 def test_config_round_trips_through_the_segmenter_yaml() -> None:
     config = SegmentationConfig(classical=ClassicalAugmentConfig(rotate_deg=(-5.0, 5.0), dropout_holes=(2, 4)))
-    loaded = SegmentationConfig.from_yaml(config.to_yaml())
+    loaded = SegmentationConfig.from_dict(yaml.safe_load(config.to_yaml()))
     assert loaded == config and isinstance(loaded.classical, ClassicalAugmentConfig)
     assert loaded.classical.rotate_deg == (-5.0, 5.0)
     old = yaml.safe_load(SegmentationConfig().to_yaml())
     del old["classical"]  # a config saved before the field existed
-    assert SegmentationConfig.from_yaml(yaml.safe_dump(old)).classical is None
+    assert SegmentationConfig.from_dict(old).classical is None
     assert ClassicalAugmentConfig.from_dict(ClassicalAugmentConfig().to_dict()) == ClassicalAugmentConfig()
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"spin": 1}, r"unknown classical augmentation settings \['spin'\]"),
+        ({"spin": 1}, r"unknown classical augmentation fields \['spin'\]"),
         ({"noise_prob": 1.5}, r"noise_prob must lie within \[0.0, 1.0\]"),
         ({"scale": [1.2, 0.8]}, r"scale must be ordered \(low <= high\)"),
         ({"blur_sigma": 0.5}, r"blur_sigma must be a pair"),
@@ -107,13 +107,12 @@ def test_config_rejects_unknown_keys_and_bad_ranges(settings: dict, message: str
     data = yaml.safe_load(text)
     data["classical"].update(settings)
     with pytest.raises(SonosynthError, match=message):
-        SegmentationConfig.from_yaml(yaml.safe_dump(data))
+        SegmentationConfig.from_dict(data)
 
 
 def test_classical_needs_augmentation_on() -> None:
-    config = SegmentationConfig(augment=False, classical=ClassicalAugmentConfig(), labels={"0": "bg", "1": "a"})
     with pytest.raises(SonosynthError, match="needs augmentation on"):
-        config.validate()
+        SegmentationConfig(augment=False, classical=ClassicalAugmentConfig(), labels={"0": "bg", "1": "a"})
 
 
 def test_cli_classical_config_file_sets_the_ranges(tmp_path: Path) -> None:
@@ -124,10 +123,10 @@ def test_cli_classical_config_file_sets_the_ranges(tmp_path: Path) -> None:
             "--batch-size", "2", "--classical-config", str(ranges), "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    saved = SegmentationConfig.from_yaml((tmp_path / "run" / "config.yaml").read_text()).classical
+    saved = SegmentationConfig.from_yaml(tmp_path / "run" / "config.yaml").classical
     assert saved == ClassicalAugmentConfig(rotate_deg=(-3, 3), elastic_prob=0.0)
 
     ranges.write_text("rotate: 3\n")
     result = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "run2")])
     assert isinstance(result.exception, SonosynthError)
-    assert "unknown classical augmentation settings ['rotate']" in str(result.exception)
+    assert "ranges.yaml: unknown classical augmentation fields ['rotate']" in str(result.exception)

@@ -98,7 +98,7 @@ def downstream_command(
         head_circumference=head_circumference,
         generator=None if generator_per_k is None else GeneratorRecipe.from_yaml(generator_per_k),
         classical=ClassicalAugmentConfig() if classical_config is None
-        else ClassicalAugmentConfig.from_yaml_file(classical_config),
+        else ClassicalAugmentConfig.from_yaml(classical_config),
         structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
     )
     command = command_line(ctx, "downstream").replace(" --report-only", "")  # the command that runs the cells

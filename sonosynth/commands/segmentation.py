@@ -41,7 +41,7 @@ def train_command(
     from sonosynth.segmentation.train import SegmentationConfig, train_from_folders
 
     if classical_config is not None:
-        classical_settings = ClassicalAugmentConfig.from_yaml_file(classical_config)
+        classical_settings = ClassicalAugmentConfig.from_yaml(classical_config)
     else:
         classical_settings = ClassicalAugmentConfig() if classical else None
     config = SegmentationConfig(

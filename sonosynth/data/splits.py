@@ -9,17 +9,21 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from sonosynth.data.format import Dataset, Record, update_records
 from sonosynth.errors import DataError
+from sonosynth.settings import Config
 
 GROUPINGS = ("subject", "id")
 
 
 @dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(Config):
+    what: ClassVar[str] = "split"
+
     by: str = "subject"
     val: float = 0.15
     test: float = 0.15

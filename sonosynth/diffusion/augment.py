@@ -10,18 +10,22 @@ resumed run draws exactly the same augmentations.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+
+from sonosynth.settings import Config
 
 Item = dict[str, Any]
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(Config):
     """Magnitudes of the random changes; 0 switches a change off."""
+
+    what: ClassVar[str] = "augmentation"
 
     enabled: bool = True
     probability: float = 0.8  # chance that an item is augmented at all
@@ -32,17 +36,6 @@ class AugmentConfig:
     depth_gain: float = 0.15  # gain change from top to bottom of the image, +-
     gamma: float = 0.15  # log-gamma, +-
     hflip: float = 0.0  # probability of a left-right flip (breaks anatomy's handedness; off by default)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> AugmentConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data or {}) - known
-        if unknown:
-            raise ValueError(f"unknown augmentation settings {sorted(unknown)} (known: {sorted(known)})")
-        return cls(**(data or {}))
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
-
-import yaml
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from sonosynth.diffusion.augment import AugmentConfig
 from sonosynth.errors import SonosynthError
 from sonosynth.models.configs import SIZE_PRESETS, ModelConfig
-from sonosynth.settings import read_yaml_mapping, strict_from_dict
+from sonosynth.settings import Config
 
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 LR_SCHEDULES = ("cosine", "constant")
@@ -35,11 +31,13 @@ MUST_MATCH_ON_RESUME = (
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Everything that determines a training run; saved as RUN/config.yaml.
 
     Defaults suit a CPU run of the `small` model at 64 px.
     """
+
+    what: ClassVar[str] = "training config"
 
     dataset: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -100,29 +98,6 @@ class TrainConfig:
     def train_size(self) -> int:
         """Side of the squares the network sees during training."""
         return self.patch_size or self.image_size
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["model"] = self.model.to_dict()
-        data["augment"] = self.augment.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], origin: str = "config") -> TrainConfig:
-        return strict_from_dict(cls, data, origin, "training config")
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(read_yaml_mapping(path, "training config"), origin=str(path))
-
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(self.to_yaml())
-        os.replace(tmp, path)
 
 
 def with_model_size(model: ModelConfig, size: str | None = None, kind: str | None = None) -> ModelConfig:

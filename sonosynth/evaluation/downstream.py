@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.generators import GeneratorRecipe, ensure_generator, generator_folder
 from sonosynth.segmentation.classical import ClassicalAugmentConfig
 from sonosynth.segmentation.train import SegmentationConfig
+from sonosynth.settings import Config
 
 ARMS = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
 CELLS_DIR = "cells"
@@ -40,7 +41,9 @@ SETTINGS_FILE = "settings.json"
 
 
 @dataclass
-class DownstreamConfig:
+class DownstreamConfig(Config):
+    what: ClassVar[str] = "downstream experiment"
+
     ks: list[str] = field(default_factory=lambda: ["5", "10", "20", "all"])
     seeds: int = 3
     arms: list[str] = field(default_factory=lambda: list(ARMS))

@@ -11,23 +11,23 @@ these folders. Each stage is skipped when its output is complete, so the experim
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import ClassVar
 
 from sonosynth.data.format import Dataset, DatasetWriter, copy_pairs
 from sonosynth.diffusion.run import RunFolder
 from sonosynth.errors import SonosynthError
-from sonosynth.settings import strict_from_dict
+from sonosynth.settings import Config
 
 GENERATORS_DIR = "generators"
 
 
 @dataclass
-class GeneratorRecipe:
+class GeneratorRecipe(Config):
     """How each per-k generator is trained and sampled (saved in the report's settings)."""
+
+    what: ClassVar[str] = "generator recipe"
 
     model_kind: str = "spade"
     model_size: str = "small"
@@ -61,21 +61,6 @@ class GeneratorRecipe:
     def n_pairs(self) -> int:
         return sum(self.mask_sources.values())
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], origin: str = "recipe") -> GeneratorRecipe:
-        return strict_from_dict(cls, data, origin, "generator recipe")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> GeneratorRecipe:
-        from sonosynth.settings import read_yaml_mapping
-
-        return cls.from_dict(read_yaml_mapping(path), origin=str(path))
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 def generator_folder(report: Path, k: str, seed: int) -> Path:

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ import torch
 from sonosynth.data.format import Dataset, commit_folder, prepare_output
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
+from sonosynth.settings import Config
 
 TEXTURE_FEATURES = "sonosynth-texture-v1"
 TEXTURE_WARNING = (
@@ -37,7 +38,9 @@ TEXTURE_WARNING = (
 
 
 @dataclass
-class QualityConfig:
+class QualityConfig(Config):
+    what: ClassVar[str] = "quality evaluation"
+
     size: int = 128  # images are letterboxed to size x size for every measure but mask fidelity
     memorisation_size: int = 32  # pixel-space nearest neighbours on downsampled images
     near_copy_ratio: float = 0.5  # flagged when NN distance < ratio x median real-to-real NN distance

@@ -6,10 +6,12 @@ resolved numbers (a preset changed later does not change an old run).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sonosynth.errors import SonosynthError
+from sonosynth.settings import Config
 
 if TYPE_CHECKING:
     from sonosynth.models.denoiser import ConditionalDenoiser
@@ -60,7 +62,7 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Config):
     """A denoiser: `kind` (spade | concat | joint), `size` preset and conditioning channels.
 
     - `num_labels`: K label values including background (one-hot channels of the condition).
@@ -71,6 +73,8 @@ class ModelConfig:
       one extra "unknown" index used for classifier-free guidance's null class.
     - `spade_block`: which spatially-adaptive normaliser the spade decoder uses (`SPADE_BLOCKS`).
     """
+
+    what: ClassVar[str] = "model config"
 
     kind: str = "spade"
     size: str = "small"
@@ -131,17 +135,10 @@ class ModelConfig:
         """Image sides must be multiples of this."""
         return 2 ** (len(self.channels) - 1)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if not k.startswith("_")}  # diffusers' own keys
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SonosynthError(f"unknown model config fields {unknown} (known: {sorted(known)})")
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any] | None, origin: str | None = None) -> ModelConfig:
+        """Strict, but a diffusers `config.json` may be passed as it is (its `_` keys are skipped)."""
+        return super().from_dict({k: v for k, v in (data or {}).items() if not k.startswith("_")}, origin)
 
 
 def build_model(config: ModelConfig) -> ConditionalDenoiser:

@@ -16,12 +16,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import ClassVar
 
 import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
 from sonosynth.errors import SonosynthError
+from sonosynth.settings import Config
 
 PROBE_KINDS = ("sector", "linear")
 
@@ -101,7 +103,7 @@ def linear_geometry(height: int, width: int, *, depth_cm: float, frequency_mhz: 
 
 
 @dataclass
-class AcousticConfig:
+class AcousticConfig(Config):
     """Scanner and display settings (pixel units refer to the output image).
 
     `gain_db` is the echo level (relative to reference tissue) shown as white; `dynamic_range_db`
@@ -109,6 +111,8 @@ class AcousticConfig:
     `texture_strength` modulates echogenicity with a smooth random field (tissue heterogeneity on
     top of speckle); set it to 0 to measure pure speckle.
     """
+
+    what: ClassVar[str] = "acoustic"
 
     axial_sigma_px: float = 1.5
     wavelength_px: float = 3.5

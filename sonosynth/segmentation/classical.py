@@ -25,13 +25,13 @@ side, so a config means the same at 64 and at 256 px; blur is in pixels at the t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from sonosynth.errors import SonosynthError
+from sonosynth.settings import Config
 
 if TYPE_CHECKING:
     from monai.transforms import Compose
@@ -60,8 +60,10 @@ _INTEGERS = {"bias_field_degree", "histogram_shift_points", "dropout_holes"}
 
 
 @dataclass
-class ClassicalAugmentConfig:
+class ClassicalAugmentConfig(Config):
     """Ranges (low, high) and the probability that each transform is applied to an item."""
+
+    what: ClassVar[str] = "classical augmentation"
 
     # geometry, image and mask together
     affine_prob: float = 0.9
@@ -99,27 +101,6 @@ class ClassicalAugmentConfig:
             problems += _check(f.name, value, isinstance(f.default, tuple))
         if problems:
             raise SonosynthError("invalid classical augmentation: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, origin: str = "classical augmentation") -> ClassicalAugmentConfig:
-        """Strict: an unknown key is an error; missing keys keep their defaults."""
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SonosynthError(
-                f"{origin}: unknown classical augmentation settings {unknown} (known: {sorted(known)})"
-            )
-        return cls(**data)
-
-    @classmethod
-    def from_yaml_file(cls, path: str | Path) -> ClassicalAugmentConfig:
-        from sonosynth.settings import read_yaml_mapping
-
-        return cls.from_dict(read_yaml_mapping(path, what="classical augmentation config"), origin=str(path))
 
 
 def _is_number(value: Any, integer: bool) -> bool:

@@ -74,7 +74,7 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segm
     for required in (config_path, model_path):
         if not required.is_file():
             raise SonosynthError(f"{required}: missing; not a segmenter run folder")
-    config = SegmentationConfig.from_yaml(config_path.read_text(), origin=str(config_path))
+    config = SegmentationConfig.from_yaml(config_path)
     network = build_unet(config.net, config.num_labels)
     try:
         state = load_file(str(model_path))

@@ -12,20 +12,20 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from sonosynth.data.format import Dataset, commit_folder, prepare_output
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.segmentation.classical import ClassicalAugmentConfig, build_classical_transform, classical_augment_batch
 from sonosynth.segmentation.nets import UNET_SIZES, build_unet, min_image_size
+from sonosynth.settings import Config
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -33,7 +33,7 @@ METRICS_FILE = "metrics.json"
 
 
 @dataclass
-class SegmentationConfig:
+class SegmentationConfig(Config):
     """Everything that defines a segmenter training run (saved as SEGRUN/config.yaml).
 
     `augment` switches augmentation on or off. When on, `classical` chooses the kind: None is the
@@ -56,9 +56,13 @@ class SegmentationConfig:
     labels: dict[str, str] = field(default_factory=dict)  # filled from the training data
     classical: ClassicalAugmentConfig | None = None  # strong classical augmentation instead of the light one
 
+    what: ClassVar[str] = "segmenter config"
+
     def __post_init__(self) -> None:
         if isinstance(self.classical, dict):
             self.classical = ClassicalAugmentConfig.from_dict(self.classical)
+        self.labels = {str(k): str(v) for k, v in (self.labels or {}).items()}
+        self.validate()
 
     @property
     def num_labels(self) -> int:
@@ -79,28 +83,6 @@ class SegmentationConfig:
             raise SonosynthError("batch size, steps and validation interval must be positive")
         if self.classical is not None and not self.augment:
             raise SonosynthError("classical augmentation needs augmentation on (drop --no-augment or --classical)")
-
-    def to_yaml(self) -> str:
-        data = asdict(self)
-        data["classical"] = None if self.classical is None else self.classical.to_dict()
-        return yaml.safe_dump(data, sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, text: str, origin: str = CONFIG_FILE) -> SegmentationConfig:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SonosynthError(f"{origin}: invalid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise SonosynthError(f"{origin}: expected a mapping of settings")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SonosynthError(f"{origin}: unknown settings {unknown}")
-        data["labels"] = {str(k): str(v) for k, v in (data.get("labels") or {}).items()}
-        if data.get("classical") is not None:
-            data["classical"] = ClassicalAugmentConfig.from_dict(data["classical"], origin=f"{origin}: classical")
-        return cls(**data)
 
 
 @dataclass
@@ -326,7 +308,7 @@ def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
         save_file(state, str(tmp / MODEL_FILE))
-        (tmp / CONFIG_FILE).write_text(result.config.to_yaml())
+        result.config.save(tmp / CONFIG_FILE)
         metrics = {**result.metrics(), **(extra_metrics or {})}
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         commit_folder(tmp, out)

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -28,13 +29,16 @@ from sonosynth.data.format import commit_folder, prepare_output
 from sonosynth.data.imageio import read_image, read_label_map, write_png
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.settings import Config
 
 
 @dataclass
-class EditConfig:
+class EditConfig(Config):
     """`steps` on the training schedule; each of the `jump_n_sample - 1` resamplings re-noises
     `jump_length` steps (RePaint's j and r); `margin_px` widens the edit region (original pixels)
     so the boundary of the new structure is generated, not pasted."""
+
+    what: ClassVar[str] = "edit"
 
     steps: int = 50
     jump_length: int = 5

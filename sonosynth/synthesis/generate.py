@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from sonosynth.data.format import (
 )
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.settings import Config
 from sonosynth.synthesis.fidelity import FidelityFilter, Predictor, score_samples
 from sonosynth.synthesis.grid import reduce_mask, reduced_fov, reduced_spacing
 from sonosynth.synthesis.masks import DeformConfig, ShapeModel, ShapeModelConfig, deform_mask
@@ -48,13 +49,15 @@ HC_ATTRIBUTE = "hc_mm"
 
 
 @dataclass
-class AttributePolicy:
+class AttributePolicy(Config):
     """How conditioning attributes (view, pathology, ...) of each synthetic pair are chosen.
 
     By default a pair takes the attributes of the real pair its mask comes from (for `shape`, a
     random real pair), which reproduces the source's distribution. `distribution` replaces that by
     a target distribution per attribute (weights need not sum to 1); `fixed` forces a value.
     """
+
+    what: ClassVar[str] = "attribute policy"
 
     fixed: dict[str, str] = field(default_factory=dict)
     distribution: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -103,8 +106,10 @@ class AttributePolicy:
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Config):
     """Everything that determines a synthetic dataset (saved in its dataset.json provenance)."""
+
+    what: ClassVar[str] = "generation"
 
     mask_source: str = "train"
     n: int | None = 16  # None: one pair per source pair (train masks)
@@ -138,8 +143,6 @@ class GenerateConfig:
         if self.filter_dice is not None:
             FidelityFilter(self.filter_dice, self.filter_mode)  # validates
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

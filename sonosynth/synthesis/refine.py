@@ -12,16 +12,20 @@ Whether it beats one-stage sampling at equal NFE is measured by `benchmarks/benc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from sonosynth.errors import SonosynthError
+from sonosynth.settings import Config
 
 
 @dataclass
-class TwoStageConfig:
+class TwoStageConfig(Config):
+    what: ClassVar[str] = "two-stage sampling"
+
     stage1_steps: int = 10
     stage2_steps: int = 20
     strength: float = 0.5
@@ -43,8 +47,6 @@ class TwoStageConfig:
         """Network evaluations per image (each doubled internally by classifier-free guidance)."""
         return self.stage1_steps + self.stage2_evaluations
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def refine(model, draft: torch.Tensor, labels: torch.Tensor, fov: torch.Tensor | None,

@@ -7,17 +7,21 @@ staying plausible; the rules of `topology` reject draws that tear a structure or
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage
 
+from sonosynth.settings import Config
 from sonosynth.synthesis.masks.topology import AnatomyRules, enforce_topology
 
 
 @dataclass
-class DeformConfig:
+class DeformConfig(Config):
     """Ranges of the random deformation (uniform draws; fractions are of the image's shorter side)."""
+
+    what: ClassVar[str] = "mask deformation"
 
     rotation_deg: float = 15.0
     scale_range: tuple[float, float] = (0.85, 1.15)
@@ -27,17 +31,6 @@ class DeformConfig:
     elastic_grid: int = 4
     smooth_sigma: float = 0.7
     max_tries: int = 10
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DeformConfig:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key in ("scale_range", "aspect_range"):
-            if key in known:
-                known[key] = tuple(known[key])
-        return cls(**known)
 
 
 @dataclass

@@ -18,12 +18,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage
 
 from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.settings import Config
 from sonosynth.synthesis.masks.topology import AnatomyRules, enforce_topology
 
 WEIGHTS_FILE = "shape_model.safetensors"
@@ -31,10 +33,12 @@ CONFIG_FILE = "shape_model.json"
 
 
 @dataclass
-class ShapeModelConfig:
+class ShapeModelConfig(Config):
     """`grid`: side of the canonical frame; `extent`: sqrt(foreground area) there, as a fraction of the
     grid; `variance_kept`/`max_modes`: how many PCA modes; `clip_sd`: coefficients are truncated to
     +-clip_sd standard deviations (beyond that shapes stop looking like training anatomy)."""
+
+    what: ClassVar[str] = "shape model"
 
     grid: int = 64
     extent: float = 0.3
