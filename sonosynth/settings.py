@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import types
 import typing
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 
 from sonosynth.errors import SonosynthError
+from sonosynth.files import write_text_atomic
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Config")
@@ -88,15 +88,6 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SonosynthError(f"{path}: a {what} must be a YAML mapping")
     return data
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file renamed into place: never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def _plain(value: Any) -> Any:

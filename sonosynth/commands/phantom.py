@@ -26,8 +26,8 @@ def phantom(
     """Simulate ultrasound image/mask pairs (fetal head, apical 4-chamber heart, breast lesion)."""
     from tqdm import tqdm
 
-    from sonosynth.data.format import prepare_output
     from sonosynth.errors import SonosynthError
+    from sonosynth.files import prepare_output
     from sonosynth.phantom.cases import check_domain, parse_size
     from sonosynth.phantom.dataset import write_phantom_dataset
 

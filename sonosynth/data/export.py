@@ -20,10 +20,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from sonosynth.data.format import Dataset, Record, commit_folder, prepare_output
+from sonosynth.data.format import Dataset, Record
 from sonosynth.data.imageio import read_image, read_label_map, write_png
 from sonosynth.data.importers.pairing import progress
 from sonosynth.errors import DataError
+from sonosynth.files import commit_folder, prepare_output
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9]+")
 

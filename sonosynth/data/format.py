@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 
 from sonosynth.data.imageio import read_image, read_label_map, write_png
 from sonosynth.errors import DataError
+from sonosynth.files import atomic_path, commit_folder, prepare_output
 
 DATASET_JSON = "dataset.json"
 MANIFEST_CSV = "manifest.csv"
@@ -238,8 +238,7 @@ def write_manifest(path: Path, info: DatasetInfo, records: Sequence[Record]) -> 
             if k not in extra_columns:
                 extra_columns.append(k)
     columns = [*CORE_COLUMNS, *info.attributes, *extra_columns, *HASH_COLUMNS]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for r in records:
@@ -256,27 +255,6 @@ def write_manifest(path: Path, info: DatasetInfo, records: Sequence[Record]) -> 
                 **{k: r.extra.get(k, "") for k in extra_columns},
             }
             writer.writerow(row)
-    os.replace(tmp, path)
-
-
-def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
-    """Refuse an existing output folder unless overwrite; return the final path."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: output folder already exists (use --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def commit_folder(tmp: Path, out: Path) -> None:
-    """Move a finished temporary folder into place, replacing an old one only at the last moment."""
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 class DatasetWriter:

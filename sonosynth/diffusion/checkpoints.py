@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from sonosynth.diffusion.config import MUST_MATCH_ON_RESUME, TrainConfig
 from sonosynth.diffusion.run import CHECKPOINTS_DIR
 from sonosynth.errors import SonosynthError
+from sonosynth.files import write_json_atomic
 
 STATE_JSON = "state.json"
 _NAME = re.compile(r"^step-(\d{6,})$")
@@ -67,7 +68,7 @@ def begin_checkpoint(run_dir: str | Path, step: int) -> Path:
 
 def finish_checkpoint(tmp: Path, state: dict[str, Any], keep: int) -> Path:
     """Write state.json last, rename the folder into place and drop all but the newest `keep`."""
-    write_json(tmp / STATE_JSON, state)
+    write_json_atomic(tmp / STATE_JSON, state, indent=1)
     final = tmp.with_name(tmp.name.removesuffix(".tmp"))
     if final.exists():  # the same step written again (e.g. the end of a resumed run): replace it
         shutil.rmtree(final)
@@ -84,12 +85,6 @@ def rotate_checkpoints(run_dir: str | Path, keep: int) -> None:
     folder = Path(run_dir) / CHECKPOINTS_DIR
     for path in folder.glob("step-*.tmp"):
         shutil.rmtree(path, ignore_errors=True)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from sonosynth.diffusion.config import TrainConfig
+from sonosynth.files import atomic_path
 from sonosynth.seeds import derive_seed
 
 
@@ -33,7 +33,7 @@ def make_pipeline(model: Any, config: TrainConfig, step: int | None = None,
 def save_pipeline(model: Any, config: TrainConfig, out: Path, step: int | None = None,
                   class_values: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Save the model as a diffusers pipeline folder, atomically (built next to `out`, then renamed)."""
-    from sonosynth.data.format import commit_folder
+    from sonosynth.files import commit_folder
 
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -85,10 +85,8 @@ def write_sample_grid(model: Any, items: list[dict[str, Any]], config: TrainConf
         row = [label.float().cpu() / k, images[i, 0], real]
         rows.append(torch.cat([torch.nn.functional.pad(c, (1, 1, 1, 1), value=0.5) for c in row], dim=1))
     grid = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.png")
-    Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp)
 
 
 def _as_unit_range(images: Any) -> Any:

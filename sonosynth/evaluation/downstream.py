@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +30,7 @@ from sonosynth.data.format import Dataset
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.generators import GeneratorRecipe, ensure_generator, generator_folder
+from sonosynth.files import write_json_atomic
 from sonosynth.segmentation.classical import ClassicalAugmentConfig
 from sonosynth.segmentation.train import SegmentationConfig
 from sonosynth.settings import Config
@@ -207,7 +207,7 @@ def run_downstream(
                 n_real_images=len(real_index),
                 generator=generator,
             )
-            _write_json_atomic(cells_dir / f"{cell.name}.json", record)
+            write_json_atomic(cells_dir / f"{cell.name}.json", record)
 
     finished = [json.loads(path.read_text()) for c in cells if (path := cells_dir / f"{c.name}.json").is_file()]
     if not finished:
@@ -280,19 +280,7 @@ def _check_or_write_settings(path: Path, settings: dict[str, Any]) -> None:
                 "use a new --out to run with the new ones"
             )
         return
-    _write_json_atomic(path, settings)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
+    write_json_atomic(path, settings)
 
 
 def is_missing(value: float | None) -> bool:

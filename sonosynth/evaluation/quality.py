@@ -25,9 +25,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from sonosynth.data.format import Dataset, commit_folder, prepare_output
+from sonosynth.data.format import Dataset
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
+from sonosynth.files import commit_folder, prepare_output
 from sonosynth.settings import Config
 
 TEXTURE_FEATURES = "sonosynth-texture-v1"

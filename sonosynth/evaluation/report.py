@@ -11,7 +11,6 @@ import csv
 import html
 import io
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sonosynth.data.format import Dataset
+from sonosynth.files import atomic_path, write_text_atomic
 
 ARM_ORDER = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
 COMPARISONS = (  # (arm, baseline): every arm against real, and the synthetic arms against classical
@@ -82,13 +82,11 @@ def write_results_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns.extend(c for c in row if c not in columns)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({c: _csv_value(row.get(c, "")) for c in columns})
-    os.replace(tmp, path)
 
 
 def _csv_value(value: Any) -> Any:
@@ -243,10 +241,9 @@ def plot_dice_vs_k(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def sample_grid_png(datasets: Sequence[tuple[str, Dataset]], per_row: int = 6) -> bytes:
@@ -306,12 +303,6 @@ def html_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
     )
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_downstream_report(
     out: Path,
     cells: Sequence[dict[str, Any]],
@@ -361,8 +352,8 @@ def write_downstream_report(
         ("Dice vs k", png_tag((out / "dice_vs_k.png").read_bytes(), "Dice vs k")),
     ]
     grid = sample_grid_png(sets)
-    (out / "samples.tmp.png").write_bytes(grid)
-    os.replace(out / "samples.tmp.png", out / "samples.png")
+    with atomic_path(out / "samples.png") as tmp:
+        tmp.write_bytes(grid)
     sections.append(("Samples (mask outlines in yellow)", png_tag(grid, "sample grid")))
     write_text_atomic(out / "report.html", html_page("sonosynth downstream experiment", sections))
 

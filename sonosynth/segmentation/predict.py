@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sonosynth.data.format import DATASET_JSON, Dataset, commit_folder, prepare_output
+from sonosynth.data.format import DATASET_JSON, Dataset
 from sonosynth.data.imageio import read_image, write_png
 from sonosynth.data.transforms import letterbox_image, unletterbox
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.files import commit_folder, prepare_output
 from sonosynth.segmentation.nets import build_unet
 from sonosynth.segmentation.train import CONFIG_FILE, MODEL_FILE, SegmentationConfig
 

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sonosynth.data.format import Dataset, commit_folder, prepare_output
+from sonosynth.data.format import Dataset
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.files import commit_folder, prepare_output
 from sonosynth.segmentation.classical import ClassicalAugmentConfig, build_classical_transform, classical_augment_batch
 from sonosynth.segmentation.nets import UNET_SIZES, build_unet, min_image_size
 from sonosynth.settings import Config

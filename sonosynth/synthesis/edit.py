@@ -25,10 +25,10 @@ from typing import ClassVar
 import numpy as np
 from scipy import ndimage
 
-from sonosynth.data.format import commit_folder, prepare_output
 from sonosynth.data.imageio import read_image, read_label_map, write_png
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.files import commit_folder, prepare_output
 from sonosynth.settings import Config
 
 

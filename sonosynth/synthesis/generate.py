@@ -30,10 +30,10 @@ from sonosynth.data.format import (
     DatasetWriter,
     Record,
     copy_pairs,
-    prepare_output,
 )
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.files import prepare_output
 from sonosynth.settings import Config
 from sonosynth.synthesis.fidelity import FidelityFilter, Predictor, score_samples
 from sonosynth.synthesis.grid import reduce_mask, reduced_fov, reduced_spacing
