@@ -6,8 +6,8 @@
 #   benchmarks/run_scarce.sh hc18|busi|camus-224 [STAGE ...]   stages: data run report copy (default: all)
 # Outputs go under $WORK (default /tmp/sonosynth-scarce); the report is resumable (rerun to continue; `run`
 # first restores the cells committed in docs/results/<dataset>/cells), `report` writes the report of the
-# cells finished so far (while `run` goes on elsewhere) and `copy` puts its tables, plots and cell records
-# into docs/results/<dataset>/.
+# cells finished so far (while `run` goes on elsewhere) and `copy` puts the tables, plots and cell records of
+# the complete (k, seed) groups into docs/results/<dataset>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=${1:?usage: benchmarks/run_scarce.sh hc18|busi|camus-224 [STAGE ...]}; shift
@@ -57,10 +57,20 @@ if has report; then
 fi
 
 if has copy; then
+  # Commit only complete (k, seed) groups (all five arms), so every row of the tables compares like with like:
+  # the report is rebuilt from those cells in $WORK/$NAME-complete (generators linked), then copied.
+  COMPLETE=$WORK/$NAME-complete
+  rm -rf "$COMPLETE" && mkdir -p "$COMPLETE/cells"
+  cp "$REPORT/settings.json" "$COMPLETE/" && ln -s "$REPORT/generators" "$COMPLETE/generators"
+  for group in $(ls "$REPORT/cells" | sed -E 's/^(k[^_]+)__.*__(seed[0-9]+)\.json$/\1__*__\2.json/' | sort | uniq -c \
+                 | awk '$1 == 5 {print $2}'); do
+    cp "$REPORT"/cells/$group "$COMPLETE/cells/"
+  done
+  $SONO evaluate downstream "${ARGS[@]/#$REPORT/$COMPLETE}" --report-only
   RESULTS=docs/results/$NAME
-  mkdir -p "$RESULTS/cells"
-  cp "$REPORT"/results.md "$REPORT"/results.csv "$REPORT"/comparisons.csv "$REPORT"/dice_vs_k.png \
-     "$REPORT"/samples.png \
-     "$REPORT"/settings.json "$RESULTS"/
-  cp "$REPORT"/cells/*.json "$RESULTS/cells/"
+  rm -rf "$RESULTS/cells" && mkdir -p "$RESULTS/cells"
+  cp "$COMPLETE"/results.csv "$COMPLETE"/comparisons.csv "$COMPLETE"/dice_vs_k.png "$COMPLETE"/samples.png \
+     "$COMPLETE"/settings.json "$RESULTS"/
+  sed "s#$COMPLETE#$REPORT#g" "$COMPLETE/results.md" > "$RESULTS/results.md"
+  cp "$COMPLETE"/cells/*.json "$RESULTS/cells/"
 fi
