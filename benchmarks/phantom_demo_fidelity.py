@@ -1,7 +1,7 @@
 """Mask fidelity of the demo's synthetic pairs: Dice of a real-trained segmenter against each conditioning mask.
 
-Run after `sonosynth demo --out DEMO` and `sonosynth segment train DEMO/data --out SEG --size 64 --net small
---steps 400 --val-every 100`:  python benchmarks/phantom_demo_fidelity.py DEMO SEG
+Run after `sonosynth demo --out DEMO` and `sonosynth segment train DEMO/data --out SEG --size 64 --net-size small
+--max-steps 400 --val-every 100`:  python benchmarks/phantom_demo_fidelity.py DEMO SEG
 """
 
 import sys

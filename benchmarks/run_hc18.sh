@@ -46,7 +46,7 @@ fi
 
 if has segmenter; then
   # The segmenter that scores mask fidelity: trained on the real train split only (val split for early stopping).
-  $SONO segment train "$DATA" --out "$WORK/hc18-seg" --size 64 --net small --steps 150 --val-every 50 --patience 3 \
+  $SONO segment train "$DATA" --out "$WORK/hc18-seg" --size 64 --net-size small --max-steps 150 --val-every 50 --patience 3 \
     --seed 0 --overwrite
 fi
 
@@ -166,7 +166,7 @@ fi
 # Downstream (issue 6): the real+synthetic arm with exactly the settings of the committed real-only arm
 # (docs/results/hc18-downstream-64px: k=5,20, 3 seeds, small U-Net at 64 px, <= 800 steps, patience 3,
 # one thread), so the two tables compare cell for cell (same split procedure, same nested subject draws).
-DS_ARGS=${DS_ARGS:---k 5,20 --seeds 3 --size 64 --net small --steps 800 --val-every 100 --patience 3}
+DS_ARGS=${DS_ARGS:---k 5,20 --seeds 3 --size 64 --net-size small --max-steps 800 --val-every 100 --patience 3}
 SYNTH=${SYNTH:-$WORK/synth-hc18}
 
 if has downstream-real; then

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from sonosynth.commands import options as opt
+
 data_app = typer.Typer(help="Import, validate, split and export datasets.", no_args_is_help=True)
 
 
@@ -18,7 +20,7 @@ def import_command(
     format: str = typer.Argument(..., help="Source format: hc18, busi, camus, folder or nnunet."),
     src: Path = typer.Argument(..., help="Source folder (as published)."),
     out: Path = typer.Argument(..., help="New dataset folder to create."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    overwrite: bool = opt.OVERWRITE,
     csv: Path | None = typer.Option(None, "--csv", help="hc18: pixel-size CSV (default: found beside the images)."),
     images: str | None = typer.Option(None, "--images", help="folder: image glob relative to SRC, e.g. 'img/*.png'."),
     masks: str | None = typer.Option(
@@ -92,7 +94,7 @@ def export_command(
     dataset_id: int = typer.Option(..., "--id", help="nnU-Net dataset id, 1..999."),
     name: str | None = typer.Option(None, "--name", help="Dataset name in the folder name (default: the dataset's)."),
     splits: str | None = typer.Option(None, "--splits", help="Only these splits, comma separated (default: all)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the target folder if it exists."),
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Export a dataset to another tool's format (nnU-Net v2 raw: imagesTr, labelsTr, dataset.json)."""
     from sonosynth.data.export import export_nnunet

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import typer
 
+from sonosynth.commands import options as opt
+
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for everything the demo makes."),
     fast: bool = typer.Option(False, "--fast", help="A ~3-minute smoke version with tiny models."),
-    device: str = typer.Option("auto", "--device", help="auto (GPU when there is one), cpu or cuda."),
-    seed: int = typer.Option(0, "--seed"),
+    device: str = opt.DEVICE,
+    seed: int = opt.SEED,
 ) -> None:
     """Simulate fetal-head data, train a diffusion model, generate pairs, prove they help."""
     if device == "cpu":

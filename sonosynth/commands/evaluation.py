@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from sonosynth.devices import DEVICE_HELP
+from sonosynth.commands import options as opt
 
 evaluate_app = typer.Typer(help="Downstream segmentation experiment and image-quality report.", no_args_is_help=True)
 
@@ -56,14 +56,16 @@ def downstream_command(
         None, "--classical-config", help="YAML with the ranges of the +classical arms' augmentation."
     ),
     size: int = typer.Option(64, help="Segmenter training size in pixels."),
-    net: str = typer.Option("small", help="Network size: tiny, small or base."),
-    steps: int = typer.Option(4000, help="Maximum training steps per cell."),
+    net_size: str = opt.net_size("small", f"Segmenter size preset: {opt.NET_SIZES}."),
+    net: str | None = opt.old_spelling("--net", "--net-size"),
+    max_steps: int = opt.max_steps(4000, "Maximum training steps per cell (early stopping usually ends sooner)."),
+    steps: int | None = opt.old_spelling("--steps", "--max-steps"),
     batch_size: int = typer.Option(8),
-    learning_rate: float = typer.Option(1e-3),
+    learning_rate: float = opt.learning_rate(1e-3),
     val_every: int = typer.Option(100, help="Validate every N steps."),
     patience: int = typer.Option(5, help="Stop after N validations without improvement."),
     synthetic_ratio: float = typer.Option(0.5, help="Fraction of each real+synthetic batch that is synthetic."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = opt.DEVICE,
     head_circumference: bool | None = typer.Option(
         None, "--hc/--no-hc", help="Report head-circumference error (default: when label 1 is 'head')."
     ),
@@ -87,8 +89,8 @@ def downstream_command(
         arms=[a.strip() for a in arms.split(",") if a.strip()],
         segmentation=SegmentationConfig(
             size=size,
-            net=net,
-            max_steps=steps,
+            net=opt.either(net_size, net),
+            max_steps=opt.either(max_steps, steps),
             batch_size=batch_size,
             learning_rate=learning_rate,
             val_every=val_every,
@@ -119,9 +121,9 @@ def quality_command(
     ),
     size: int = typer.Option(128, help="Images are letterboxed to size x size for the measures."),
     near_copy_ratio: float = typer.Option(0.5, help="Flag synthetic images closer than this x real-to-real."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    overwrite: bool = typer.Option(False, help="Replace an existing report folder."),
+    seed: int = opt.SEED,
+    device: str = opt.DEVICE,
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Mask fidelity, FID/KID, MS-SSIM diversity, intensity/speckle statistics and memorisation."""
     from sonosynth.evaluation.quality import QualityConfig, evaluate_quality

@@ -21,3 +21,29 @@ SPLIT = typer.Option("auto", "--split",
                      help="Masks from this split: auto (train when there are splits, else all), train, val, test, all.")
 OUTPUT_SIZE = typer.Option("cropped", "--output-size",
                            help="cropped (model scale, no padding), source (each source pair's size) or square.")
+
+# Training: `--max-steps` is the training cap, `--net-size` a network size preset, `--learning-rate` the
+# (peak) learning rate, in `train`, `segment train` and `evaluate downstream` alike.
+NET_SIZES = "tiny, small or base"
+
+
+def max_steps(default: int | None, help: str) -> typer.models.OptionInfo:
+    return typer.Option(default, "--max-steps", help=help)
+
+
+def net_size(default: str | None, help: str = f"Network size preset: {NET_SIZES}.") -> typer.models.OptionInfo:
+    return typer.Option(default, "--net-size", help=help)
+
+
+def learning_rate(default: float | None, help: str = "Learning rate.") -> typer.models.OptionInfo:
+    return typer.Option(default, "--learning-rate", help=help)
+
+
+def old_spelling(name: str, new: str) -> typer.models.OptionInfo:
+    """A hidden option that keeps an old flag working for one release (see docs/cli.md)."""
+    return typer.Option(None, name, hidden=True, help=f"Old spelling of {new}.")
+
+
+def either(new: object, old: object) -> object:
+    """The value given with the old spelling when there is one, else the new option's."""
+    return new if old is None else old

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from sonosynth.commands import options as opt
 from sonosynth.commands.data import data_app
 
 
@@ -21,7 +22,7 @@ def phantom(
     config: Path = typer.Option(
         None, "--config", help="YAML/JSON PhantomConfig (acoustic settings, tissue overrides)."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Simulate ultrasound image/mask pairs (fetal head, apical 4-chamber heart, breast lesion)."""
     from tqdm import tqdm

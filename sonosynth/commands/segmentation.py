@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sonosynth.devices import DEVICE_HELP
+from sonosynth.commands import options as opt
 
 segment_app = typer.Typer(help="Train and apply segmentation networks (MONAI U-Net).", no_args_is_help=True)
 
@@ -18,10 +18,12 @@ def train_command(
     extra: Path | None = typer.Option(None, "--extra", help="Synthetic dataset folder mixed into each batch."),
     synthetic_ratio: float = typer.Option(0.5, help="Fraction of each batch drawn from --extra pairs."),
     size: int = typer.Option(64, help="Training size in pixels (images are letterboxed to size x size)."),
-    net: str = typer.Option("small", help="Network size: tiny, small or base."),
-    steps: int = typer.Option(2000, help="Maximum training steps."),
+    net_size: str = opt.net_size("small"),
+    net: str | None = opt.old_spelling("--net", "--net-size"),
+    max_steps: int = opt.max_steps(2000, "Maximum training steps (early stopping usually ends sooner)."),
+    steps: int | None = opt.old_spelling("--steps", "--max-steps"),
     batch_size: int = typer.Option(8),
-    learning_rate: float = typer.Option(1e-3),
+    learning_rate: float = opt.learning_rate(1e-3),
     val_every: int = typer.Option(100, help="Validate every N steps."),
     patience: int = typer.Option(5, help="Stop after N validations without improvement."),
     augment: bool = typer.Option(True, help="Augmentation on or off (light affine + gain/gamma unless --classical)."),
@@ -32,9 +34,9 @@ def train_command(
     classical_config: Path | None = typer.Option(
         None, "--classical-config", help="YAML of classical augmentation ranges (implies --classical)."
     ),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    seed: int = opt.SEED,
+    device: str = opt.DEVICE,
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Train a segmenter with Dice + cross-entropy and early stopping on the validation split."""
     from sonosynth.segmentation.classical import ClassicalAugmentConfig
@@ -46,8 +48,8 @@ def train_command(
         classical_settings = ClassicalAugmentConfig() if classical else None
     config = SegmentationConfig(
         size=size,
-        net=net,
-        max_steps=steps,
+        net=opt.either(net_size, net),
+        max_steps=opt.either(max_steps, steps),
         batch_size=batch_size,
         learning_rate=learning_rate,
         val_every=val_every,
@@ -68,7 +70,7 @@ def predict_command(
     segrun: Path = typer.Argument(..., help="Run folder written by `segment train`."),
     images: Path = typer.Argument(..., help="A dataset folder, a folder of PNG images, or one PNG."),
     out: Path = typer.Option(..., "--out", help="Output folder for the label-map PNGs."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = opt.DEVICE,
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Write one label-map PNG per image, at the image's original size."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from sonosynth.devices import DEVICE_HELP
+from sonosynth.commands import options as opt
 
 
 class ModelSize(str, Enum):
@@ -31,7 +31,8 @@ class ModelKind(str, Enum):
 def train_command(
     dataset: Path = typer.Argument(..., help="Dataset folder (dataset.json + manifest.csv)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoints/, samples/, model/."),
-    model: ModelSize | None = typer.Option(None, "--model", help="Model size preset (default small)."),
+    net_size: ModelSize | None = opt.net_size(None, "Denoiser size preset: tiny, small or base (default small)."),
+    model: ModelSize | None = opt.old_spelling("--model", "--net-size"),
     kind: ModelKind | None = typer.Option(
         None, "--kind", help="Conditioning: spade, concat or joint (default spade)."
     ),
@@ -39,7 +40,8 @@ def train_command(
     config_file: Path | None = typer.Option(None, "--config", help="YAML file with TrainConfig fields."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Optimizer steps in total (default 2000)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Per-process batch size (default 8)."),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 5e-4)."),
+    learning_rate: float | None = opt.learning_rate(None, "Peak learning rate (default 5e-4)."),
+    lr: float | None = opt.old_spelling("--lr", "--learning-rate"),
     patch_size: int | None = typer.Option(None, "--patch-size", help="Train on random patches of this side."),
     class_attribute: list[str] | None = typer.Option(
         None, "--class-attribute", help="Categorical attribute to condition on (repeatable)."
@@ -48,7 +50,7 @@ def train_command(
     mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="auto, no, fp16 or bf16."),
     log_with: str | None = typer.Option(None, "--log-with", help="'tensorboard' to log into RUN/."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in RUN."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = opt.DEVICE,
 ) -> None:
     """Train a mask-to-ultrasound diffusion model (loads with MaskToUltrasoundPipeline.from_pretrained(RUN))."""
     from sonosynth.diffusion.config import TrainConfig, with_model_size
@@ -68,7 +70,7 @@ def train_command(
         "image_size": size,
         "max_steps": max_steps,
         "batch_size": batch_size,
-        "lr": lr,
+        "lr": opt.either(learning_rate, lr),
         "patch_size": patch_size,
         "class_attributes": class_attribute or None,
         "seed": seed,
@@ -77,9 +79,10 @@ def train_command(
     }
     data = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
     config = TrainConfig.from_dict(data, origin="command line")
-    if model is not None or kind is not None:
+    preset = opt.either(net_size, model)
+    if preset is not None or kind is not None:
         config.model = with_model_size(
-            config.model, None if model is None else model.value, None if kind is None else kind.value
+            config.model, None if preset is None else ModelSize(preset).value, None if kind is None else kind.value
         )
     result = train(config, out, resume=resume, device=device)
     typer.echo(f"trained to step {result.step} in {result.seconds:.0f} s; model in {result.model_dir or out}")

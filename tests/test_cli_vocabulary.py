@@ -1,0 +1,61 @@
+"""One CLI vocabulary: the same flag means the same thing in every command; old spellings still work, hidden."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from sonosynth.cli import app
+
+TRAINING_COMMANDS = (["train"], ["segment", "train"], ["evaluate", "downstream"])
+
+
+def help_of(*command: str) -> str:
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("command", TRAINING_COMMANDS, ids=" ".join)
+def test_training_commands_share_their_words(command):
+    text = help_of(*command)
+    for flag in ("--max-steps", "--net-size", "--learning-rate", "--device"):
+        assert flag in text, f"{' '.join(command)} lacks {flag}"
+    for old in ("--steps ", "--net ", "--lr ", "--model "):
+        assert old not in text, f"{' '.join(command)} still shows {old.strip()}"
+
+
+@pytest.mark.parametrize("command", [["sample"], ["generate"], ["edit"]], ids=" ".join)
+def test_steps_means_denoising_steps(command):
+    assert "Denoising steps" in help_of(*command)
+
+
+def test_masks_is_no_longer_shown_for_datasets_or_mask_sources():
+    assert "--masks" not in help_of("sample") and "--source" in help_of("sample")
+    assert "--masks" not in help_of("generate") and "--mask-source" in help_of("generate")
+
+
+def test_old_spellings_still_work(monkeypatch, tmp_path):
+    import sonosynth.diffusion.train as diffusion_train
+    import sonosynth.segmentation.train as segmentation_train
+
+    seen = {}
+    monkeypatch.setattr(segmentation_train, "train_from_folders",
+                        lambda data, out, config, **kw: seen.setdefault("segment", config) and out)
+    monkeypatch.setattr(diffusion_train, "train", lambda config, out, **kw: seen.setdefault("train", config)
+                        and SimpleNamespace(step=0, seconds=0.0, model_dir=out))
+    runner = CliRunner()
+    old = runner.invoke(app, ["segment", "train", str(tmp_path), "--out", str(tmp_path / "s"), "--steps", "7",
+                              "--net", "tiny"])
+    assert old.exit_code == 0, old.output
+    assert (seen["segment"].max_steps, seen["segment"].net) == (7, "tiny")
+    seen.clear()
+    new = runner.invoke(app, ["segment", "train", str(tmp_path), "--out", str(tmp_path / "s"), "--max-steps", "9",
+                              "--net-size", "base"])
+    assert new.exit_code == 0, new.output
+    assert (seen["segment"].max_steps, seen["segment"].net) == (9, "base")
+    old = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--model", "tiny", "--lr", "0.01"])
+    assert old.exit_code == 0, old.output
+    assert (seen["train"].model.size, seen["train"].lr) == ("tiny", 0.01)
