@@ -21,8 +21,13 @@ test: venv
 	$(BIN)/ruff check sonosynth tests benchmarks
 	$(BIN)/pytest -n 2 -q
 
+# The same without the end-to-end tests (marked `slow`): a quick check while editing.
+test-fast: venv
+	$(BIN)/ruff check sonosynth tests benchmarks
+	$(BIN)/pytest -n 2 -q -m "not slow"
+
 # Regenerate docs/cli.md from the CLI (tests/test_docs.py fails when it is stale).
 docs: venv
 	$(BIN)/python docs/generate_cli_reference.py
 
-.PHONY: venv demo test docs
+.PHONY: venv demo test test-fast docs

@@ -4,15 +4,11 @@ except in CI)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from filelock import FileLock
-
-from sonosynth.data.format import DatasetInfo, DatasetWriter
+from factories import write_toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,39 +51,6 @@ def busi() -> Path:
 def camus224() -> Path:
     """The CAMUS-224 folder (holding images/patientNNNN_<view>_<phase>[_gt].png)."""
     return require_data("camus-224", "images", "CAMUS-224")
-
-
-def imported_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> Path:
-    """`make(out)` run once per test session (real imports are slow), shared by xdist workers through a lock."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    out = base / name
-    with FileLock(str(out) + ".lock"):
-        if not out.exists():
-            make(out)
-    return out
-
-
-def ellipse_pair(rng: np.random.Generator, height: int = 48, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """A speckled image with a bright ellipse and its filled-ellipse mask (label 1)."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    cy, cx = rng.uniform(0.4, 0.6) * height, rng.uniform(0.4, 0.6) * width
-    ry, rx = rng.uniform(0.15, 0.3) * height, rng.uniform(0.15, 0.3) * width
-    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-    image = rng.rayleigh(40.0, size=(height, width)) + 80.0 * inside
-    return np.clip(image, 1, 255).astype(np.uint8), inside.astype(np.uint8)
-
-
-def write_toy_dataset(out: Path, n: int = 6, seed: int = 0, height: int = 48, width: int = 64) -> Path:
-    """A tiny one-label dataset for tests that need any valid dataset folder."""
-    rng = np.random.default_rng(seed)
-    info = DatasetInfo(name="toy", labels={"0": "background", "1": "head"}, attributes={"view": ["a", "b"]})
-    with DatasetWriter(out, info) as writer:
-        for i in range(n):
-            image, mask = ellipse_pair(rng, height, width)
-            writer.add(f"toy_{i:03d}", image, mask, subject=f"s{i // 2}", spacing_mm=0.2, view="ab"[i % 2])
-    return out
 
 
 @pytest.fixture

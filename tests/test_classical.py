@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_toy_dataset
+from factories import write_toy_dataset
 from typer.testing import CliRunner
 
 from sonosynth.cli import app

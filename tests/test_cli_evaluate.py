@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import write_toy_dataset
+import pytest
+from factories import write_toy_dataset
 from typer.testing import CliRunner
 
 from sonosynth.cli import app
@@ -71,6 +72,7 @@ def test_bad_input_is_one_line_error(tmp_path: Path) -> None:
     assert proc.stderr.strip() == f"error: {missing}: dataset folder not found"
 
 
+@pytest.mark.slow
 def test_generator_per_k_on_phantom_heads(tmp_path: Path) -> None:
     """The honest protocol from the command line on phantom fetal heads, tiny models, all five arms."""
     from sonosynth.data.splits import SplitConfig, split_dataset

@@ -29,6 +29,7 @@ def interrupt_second_generate_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(generate, "_at_output_size", at_output_size)
 
 
+@pytest.mark.slow
 def test_demo_fast_end_to_end_survives_ctrl_c_then_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture):
     out = tmp_path / "demo"

@@ -14,7 +14,7 @@ import pytest
 import torch
 import typer
 import yaml
-from conftest import ellipse_pair
+from factories import ellipse_pair
 
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
 from sonosynth.data.imageio import read_image

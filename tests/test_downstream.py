@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_toy_dataset
+from factories import write_toy_dataset
 from PIL import Image
 
 from sonosynth.data.format import Dataset
@@ -58,6 +58,7 @@ def test_plan_has_synthetic_only_once_per_seed() -> None:
     assert len({c.name for c in cells}) == len(cells)
 
 
+@pytest.mark.slow
 def test_end_to_end_report_and_resume(datasets: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
     real, synth = datasets
     out = tmp_path / "report"
@@ -140,6 +141,7 @@ TINY_RECIPE = GeneratorRecipe(model_size="tiny", image_size=32, train_steps=4, b
                               mask_sources={"deform": 3, "shape": 3}, sample_steps=2)
 
 
+@pytest.mark.slow
 def test_generator_per_k_sees_only_the_cell_subjects(datasets: tuple[Path, Path], tmp_path: Path) -> None:
     """The honest protocol end to end: a generator per (k, seed) on those k subjects, all five arms."""
     real, _ = datasets

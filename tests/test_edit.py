@@ -6,9 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from conftest import ellipse_pair
-from factories import save_tiny_run
+from factories import ellipse_pair, oracle_for_constant, save_tiny_run
 
 from sonosynth.data.imageio import read_image, read_label_map, write_png
 from sonosynth.errors import DataError
@@ -105,19 +103,6 @@ def test_edit_command_line(tmp_path, pair):
     assert np.array_equal(region, edit_region(mask, edited, 2))
     result = CliRunner().invoke(app, [*args, "--attr", "view=a", "--out", str(tmp_path / "out2")])
     assert "not conditioned on ['view']" in str(result.exception)
-
-
-def oracle_for_constant(model, value: float):
-    """The exact v-prediction of a model whose data is one constant image: RePaint with it must paint `value`."""
-    alphas = model.pipe.scheduler.alphas_cumprod
-
-    def forward(sample, timestep, condition=None, class_labels=None):
-        alpha_bar = alphas[timestep.long()].to(sample.dtype).view(-1, 1, 1, 1)
-        x0 = torch.full_like(sample, value)
-        epsilon = (sample - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
-        return alpha_bar.sqrt() * epsilon - (1 - alpha_bar).sqrt() * x0
-
-    return forward
 
 
 def test_repaint_with_an_exact_model_paints_what_it_predicts(model, pair, monkeypatch):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import write_busi
 
 from sonosynth.data.export import export_nnunet
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
@@ -41,7 +42,7 @@ def test_export_layout_and_dataset_json(toy_dataset: Path, tmp_path: Path):
 
 
 def test_round_trip_busi_like_import_export_import_is_pixel_identical(tmp_path: Path):
-    from test_importers import write_busi
+
 
     write_busi(tmp_path / "busi")
     import_dataset("busi", tmp_path / "busi", tmp_path / "a")

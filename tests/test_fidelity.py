@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from factories import write_toy_dataset
 
 from sonosynth.errors import SonosynthError
 from sonosynth.synthesis.fidelity import FidelityFilter, mask_dice, score_samples
@@ -71,7 +72,7 @@ def test_filter_rejects_bad_settings():
 
 def test_segmenter_run_as_predictor(tmp_path):
     """The filter is wired to `sonosynth segment train` runs: a tiny one predicts label maps of image size."""
-    from conftest import write_toy_dataset
+
 
     from sonosynth.data.format import Dataset
     from sonosynth.segmentation.train import SegmentationConfig, train_from_folders

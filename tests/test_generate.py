@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ellipse_pair, write_toy_dataset
-from factories import save_tiny_run
-from test_masks import cardiac_mask
+from factories import ellipse_pair, save_tiny_run, write_cardiac_dataset, write_toy_dataset
 
 from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
@@ -18,21 +16,6 @@ from sonosynth.errors import DataError, SonosynthError
 from sonosynth.synthesis.fidelity import score_samples
 from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset
 from sonosynth.synthesis.masks import AnatomyRules, DeformConfig
-
-
-def write_cardiac_dataset(out: Path, n: int = 6, atrium_in_2ch: bool = True) -> Path:
-    rng = np.random.default_rng(0)
-    info = DatasetInfo(name="cardiac", labels={"0": "background", "1": "lv", "2": "myo", "3": "la"},
-                       attributes={"view": ["2CH", "4CH"]})
-    with DatasetWriter(out, info) as writer:
-        for i in range(n):
-            mask = cardiac_mask(rng, 48)
-            if i % 2 and not atrium_in_2ch:
-                mask[mask == 3] = 0
-            image = np.clip(rng.rayleigh(40, mask.shape) + 40 * mask, 1, 255).astype(np.uint8)
-            writer.add(f"c{i}", image, mask, subject=f"p{i}", spacing_mm=0.3, view="2CH" if i % 2 else "4CH")
-    return out
-
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import imported_once
+from factories import imported_once
 from PIL import Image
 from scipy import ndimage
 from skimage.draw import ellipse_perimeter, polygon_perimeter

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import box, speckle, write_busi
 from PIL import Image
 from scipy import ndimage
 
@@ -19,36 +20,6 @@ from sonosynth.data.importers.folder import parse_label_map
 from sonosynth.errors import DataError
 
 
-def _speckle(rng: np.random.Generator, shape=(40, 56)) -> np.ndarray:
-    return rng.integers(0, 256, shape, dtype=np.uint8)
-
-
-def _box(shape, top, left, size, value=255) -> np.ndarray:
-    mask = np.zeros(shape, np.uint8)
-    mask[top : top + size, left : left + size] = value
-    return mask
-
-
-def write_busi(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
-    """benign (2 lesions in 2 mask files, RGB-stored image), malignant, normal (empty mask)."""
-    rng = np.random.default_rng(seed)
-    images = {}
-    for pathology in ("benign", "malignant", "normal"):
-        (root / pathology).mkdir(parents=True)
-    benign = _speckle(rng)
-    Image.fromarray(np.stack([benign] * 3, axis=-1)).save(root / "benign" / "benign (1).png")
-    Image.fromarray(np.stack([_box(benign.shape, 2, 2, 8)] * 3, axis=-1)).save(root / "benign" / "benign (1)_mask.png")
-    write_png(root / "benign" / "benign (1)_mask_1.png", _box(benign.shape, 20, 30, 6))
-    malignant = _speckle(rng)
-    write_png(root / "malignant" / "malignant (1).png", malignant)
-    write_png(root / "malignant" / "malignant (1)_mask.png", _box(malignant.shape, 10, 10, 12))
-    normal = _speckle(rng)
-    write_png(root / "normal" / "normal (1).png", normal)
-    write_png(root / "normal" / "normal (1)_mask.png", np.zeros(normal.shape, np.uint8))
-    images.update({"benign_1": benign, "malignant_1": malignant, "normal_1": normal})
-    return images
-
-
 def test_busi_merges_masks_converts_rgb_and_keeps_pathology(tmp_path: Path):
     images = write_busi(tmp_path / "busi")
     summary = import_dataset("busi", tmp_path / "busi", tmp_path / "out")
@@ -58,7 +29,7 @@ def test_busi_merges_masks_converts_rgb_and_keeps_pathology(tmp_path: Path):
     assert set(samples) == {"benign_1", "malignant_1", "normal_1"}
     benign = samples["benign_1"]
     assert benign.image.ndim == 2 and np.array_equal(benign.image, images["benign_1"])
-    expected = np.maximum(_box(benign.image.shape, 2, 2, 8, 1), _box(benign.image.shape, 20, 30, 6, 1))
+    expected = np.maximum(box(benign.image.shape, 2, 2, 8, 1), box(benign.image.shape, 20, 30, 6, 1))
     assert np.array_equal(benign.mask, expected)
     assert benign.record.attributes == {"pathology": "benign"}
     assert samples["normal_1"].mask.max() == 0
@@ -73,7 +44,7 @@ def test_busi_gives_near_duplicates_one_subject(tmp_path: Path):
     for name, image in (("benign (2)", scan), ("malignant (2)", copy)):
         folder = tmp_path / "busi" / name.split()[0]
         write_png(folder / f"{name}.png", image)
-        write_png(folder / f"{name}_mask.png", _box(image.shape, 10, 10, 8))
+        write_png(folder / f"{name}_mask.png", box(image.shape, 10, 10, 8))
     summary = import_dataset("busi", tmp_path / "busi", tmp_path / "out")
     assert "; 1 group of near-duplicate images (2 images, largest 2; correlation > 0.95)" in summary.describe()
     subjects = {r.id: r.subject for r in Dataset.open(tmp_path / "out").records}
@@ -116,14 +87,14 @@ def write_camus(root: Path, extension: str, seed: int = 0) -> dict[str, tuple[np
         folder.mkdir(parents=True)
         for view in ("2CH", "4CH"):
             for phase in ("ED", "ES"):
-                image = _speckle(rng, (36, 28))
+                image = speckle(rng, (36, 28))
                 labels = np.zeros(image.shape, np.uint8)
                 labels[5:15, 5:20], labels[15:25, 5:20], labels[25:32, 8:16] = 1, 2, 3
                 stem = f"{patient}_{view}_{phase}"
                 _write_camus_frame(folder / f"{stem}{extension}", image)
                 _write_camus_frame(folder / f"{stem}_gt{extension}", labels)
                 frames[stem] = (image, labels)
-        _write_camus_frame(folder / f"{patient}_2CH_half_sequence{extension}", _speckle(rng, (3, 36, 28)))
+        _write_camus_frame(folder / f"{patient}_2CH_half_sequence{extension}", speckle(rng, (3, 36, 28)))
     (root / "patient0001" / "Info_2CH.cfg").write_text("ED: 1\nES: 12\nImageQuality: Good\nEF: 55\n")
     return frames
 
@@ -154,7 +125,7 @@ def test_camus_nifti_written_with_nibabel_is_read(tmp_path: Path):
     folder = tmp_path / "camus" / "patient0007"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
-    image = _speckle(rng, (30, 20))
+    image = speckle(rng, (30, 20))
     labels = np.zeros_like(image)
     labels[4:10, 4:10] = 2
     for name, array in (("patient0007_2CH_ED.nii.gz", image), ("patient0007_2CH_ED_gt.nii.gz", labels)):
@@ -200,8 +171,8 @@ def test_folder_pairs_by_template_maps_labels_and_groups_subjects(tmp_path: Path
     (tmp_path / "src" / "img").mkdir(parents=True)
     (tmp_path / "src" / "lbl").mkdir()
     for name in ("p1_a", "p1_b", "p2_a"):
-        write_png(tmp_path / "src" / "img" / f"{name}.png", (_speckle(rng).astype(np.uint16) * 200))
-        mask = _box((40, 56), 3, 3, 10, 255)
+        write_png(tmp_path / "src" / "img" / f"{name}.png", (speckle(rng).astype(np.uint16) * 200))
+        mask = box((40, 56), 3, 3, 10, 255)
         mask[30:35, 30:35] = 128
         write_png(tmp_path / "src" / "lbl" / f"{name}_mask.png", mask)
     summary = import_dataset(
@@ -229,8 +200,8 @@ def _write_named_pairs(root: Path, stems: list[str]) -> Path:
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
     for stem in stems:
-        write_png(root / "images" / f"{stem}.png", _speckle(rng))
-        write_png(root / "images" / f"{stem}_gt.png", _box((40, 56), 3, 3, 10, 2))
+        write_png(root / "images" / f"{stem}.png", speckle(rng))
+        write_png(root / "images" / f"{stem}_gt.png", box((40, 56), 3, 3, 10, 2))
     return root
 
 

@@ -4,28 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from factories import cardiac_mask, head_mask
 
 from sonosynth.synthesis.masks import BORDER, AnatomyRules, DeformConfig, contacts, deform_mask, enforce_topology
-
-
-def cardiac_mask(rng: np.random.Generator, size: int = 64) -> np.ndarray:
-    """A cardiac-like label map: LV cavity (1) inside a myocardium ring (2), atrium (3) above."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    cy, cx = rng.uniform(0.45, 0.55) * size, rng.uniform(0.45, 0.55) * size
-    a, b, wall = rng.uniform(0.16, 0.2) * size, rng.uniform(0.1, 0.13) * size, rng.uniform(0.05, 0.07) * size
-    mask = np.zeros((size, size), np.uint8)
-    mask[((yy - cy) / (a + wall)) ** 2 + ((xx - cx) / (b + wall)) ** 2 <= 1] = 2
-    mask[((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2 <= 1] = 1
-    mask[((yy - cy + a + wall + 0.06 * size) / (0.07 * size)) ** 2 + ((xx - cx) / (0.1 * size)) ** 2 <= 1] = 3
-    return mask
-
-
-def head_mask(rng: np.random.Generator, height: int = 48, width: int = 64) -> np.ndarray:
-    yy, xx = np.mgrid[0:height, 0:width]
-    a, b, theta = rng.uniform(0.2, 0.3) * width, rng.uniform(0.22, 0.3) * height, rng.uniform(0, np.pi)
-    u = (xx - width / 2) * np.cos(theta) + (yy - height / 2) * np.sin(theta)
-    v = -(xx - width / 2) * np.sin(theta) + (yy - height / 2) * np.cos(theta)
-    return ((u / a) ** 2 + (v / b) ** 2 <= 1).astype(np.uint8)
 
 
 def test_rules_of_nested_mask_capture_nesting():

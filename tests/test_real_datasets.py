@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import imported_once
+from factories import imported_once
 from scipy.sparse.csgraph import connected_components
 
 from sonosynth.data.format import DATASET_JSON, MANIFEST_CSV, Dataset

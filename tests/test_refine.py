@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from factories import save_tiny_run
+from factories import oracle_for_constant, save_tiny_run
 
 from sonosynth.errors import SonosynthError
 from sonosynth.synthesis.refine import TwoStageConfig, refine, two_stage_sample
@@ -83,7 +83,7 @@ def test_bad_config():
 
 
 def test_exact_model_gives_its_image_after_both_stages(model, monkeypatch):
-    from test_edit import oracle_for_constant
+
 
     monkeypatch.setattr(model.unet, "forward", oracle_for_constant(model, 0.4))
     labels, fov = inputs()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ellipse_pair, write_toy_dataset
+from factories import ellipse_pair, write_toy_dataset
 from typer.testing import CliRunner
 
 from sonosynth.cli import app

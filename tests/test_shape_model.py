@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_masks import cardiac_mask, head_mask
+from factories import cardiac_mask, head_mask
 
 from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.errors import DataError

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import write_toy_dataset
 from safetensors.torch import load_file
 
 from sonosynth.diffusion import checkpoints as ckpt
@@ -280,7 +281,7 @@ def test_patch_training_samples_whole_images(toy_dataset, tmp_path):
 
 
 def test_tiny_model_overfits_two_pairs(tmp_path):
-    from conftest import write_toy_dataset
+
 
     from sonosynth.data.format import Dataset
     from sonosynth.data.torch_dataset import LetterboxedPairs
@@ -319,6 +320,7 @@ def test_tiny_model_overfits_two_pairs(tmp_path):
 # ---- command line -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_train_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
@@ -330,7 +332,7 @@ def test_cli_train_end_to_end(tmp_path):
 
         dataset = write_phantom_dataset(tmp_path / "phantom", "fetal-head", n=3, size=48, seed=0)
     except ImportError:  # the phantom simulator is optional here
-        from conftest import write_toy_dataset
+
 
         dataset = write_toy_dataset(tmp_path / "phantom", n=3)
     (tmp_path / "train.yaml").write_text("batch_size: 2\nsample_every: 1\nsample_steps: 2\nnum_samples: 2\n"

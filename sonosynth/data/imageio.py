@@ -10,6 +10,22 @@ from PIL import Image
 from sonosynth.errors import DataError
 
 
+def peak_value(dtype: np.dtype | type) -> float:
+    """The white of an image type: 65535 for uint16, 255 for uint8."""
+    return 65535.0 if np.dtype(dtype) == np.uint16 else 255.0
+
+
+def pixels_to_unit(image: np.ndarray) -> np.ndarray:
+    """uint8/uint16 pixels -> float32 in [0, 1] (models work on `2 * unit - 1`, in [-1, 1])."""
+    return np.asarray(image).astype(np.float32) / peak_value(np.asarray(image).dtype)
+
+
+def unit_to_pixels(unit: np.ndarray, dtype: np.dtype | type = np.uint8) -> np.ndarray:
+    """Floats in [0, 1] -> pixels of `dtype` (rounded, clipped): the inverse of `pixels_to_unit`."""
+    peak = peak_value(dtype)
+    return np.clip(np.rint(np.asarray(unit) * peak), 0, peak).astype(dtype)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read a grayscale image as a 2-D uint8/uint16 array (RGB-stored grayscale is converted)."""
     path = Path(path)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from sonosynth.data.format import Dataset
+from sonosynth.data.imageio import pixels_to_unit
 from sonosynth.data.transforms import field_of_view, letterbox_image, letterbox_mask
 
 
@@ -50,12 +51,10 @@ class LetterboxedPairs(torch.utils.data.Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         sample = self.dataset[index]
-        image = sample.image.astype(np.float32)
-        peak = 65535.0 if sample.image.dtype == np.uint16 else 255.0
         fov = field_of_view(sample.image)
         item = {
             # Letterboxing pads with 0 in [0, 2] space; shifting by -1 makes padding black (-1).
-            "image": letterbox_image(image / peak * 2.0, self.size)[None] - 1.0,
+            "image": letterbox_image(pixels_to_unit(sample.image) * 2.0, self.size)[None] - 1.0,
             "label": letterbox_mask(sample.mask, self.size),
             "fov": letterbox_mask(fov.astype(np.uint8), self.size)[None].float(),
         }

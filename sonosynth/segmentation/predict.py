@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sonosynth.data.format import DATASET_JSON, Dataset
-from sonosynth.data.imageio import read_image, write_png
+from sonosynth.data.imageio import pixels_to_unit, read_image, write_png
 from sonosynth.data.transforms import letterbox_image, unletterbox
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
@@ -56,7 +56,7 @@ def image_to_model(image: np.ndarray, size: int) -> torch.Tensor:
     if image.ndim != 2:
         raise DataError(f"expected a 2-D grayscale image, got shape {image.shape}")
     if image.dtype == np.uint8 or image.dtype == np.uint16:
-        unit = image.astype(np.float32) / (65535.0 if image.dtype == np.uint16 else 255.0)
+        unit = pixels_to_unit(image)
     elif np.issubdtype(image.dtype, np.floating):
         unit = (np.clip(image.astype(np.float32), -1.0, 1.0) + 1.0) / 2.0
     else:

@@ -25,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 from scipy import ndimage
 
-from sonosynth.data.imageio import read_image, read_label_map, write_png
+from sonosynth.data.imageio import pixels_to_unit, read_image, read_label_map, unit_to_pixels, write_png
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.files import commit_folder, prepare_output
@@ -115,8 +115,7 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
         raise DataError(f"{where}: the edited mask equals the mask; nothing to edit")
 
     size = model.size
-    peak = 65535.0 if image.dtype == np.uint16 else 255.0
-    original = (letterbox_image(image.astype(np.float32) / peak * 2.0, size) - 1.0)[None, None]
+    original = (letterbox_image(pixels_to_unit(image) * 2.0, size) - 1.0)[None, None]
     labels = letterbox_mask(edited_mask, size)[None]
     fov = letterbox_mask(field_of_view(image).astype(np.uint8), size)[None, None].float()
     # Any model pixel touching the region is unknown (area resize + threshold > 0, then one more pixel).
@@ -147,7 +146,7 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
         t_last = t
     x = torch.where(fov.to(device) > 0.5, x.clamp(-1, 1), torch.full_like(x, -1.0))
     generated = unletterbox(((x[0, 0].cpu() + 1.0) / 2.0), image.shape[0], image.shape[1]).numpy()
-    generated = np.clip(np.rint(generated * peak), 0, peak).astype(image.dtype)
+    generated = unit_to_pixels(generated, image.dtype)
     out = np.where(region, generated, image)
     return EditResult(out, edited_mask.astype(np.uint8), region, evaluations)
 

@@ -31,6 +31,7 @@ from sonosynth.data.format import (
     Record,
     copy_pairs,
 )
+from sonosynth.data.imageio import unit_to_pixels
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.files import prepare_output
@@ -431,8 +432,7 @@ def _at_output_size(c: Candidate, square: np.ndarray, generated: np.ndarray | No
         square_mask = to_square([np.asarray(mask)], size)[0]
         full_mask = unletterbox(square_mask, height, width, mode="nearest").round().numpy()
     spacing = None if c.spacing_mm is None else c.spacing_mm * c.mask.shape[1] / width
-    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    return WrittenPair(pixels, np.asarray(full_mask).astype(np.uint8), spacing)
+    return WrittenPair(unit_to_pixels(image), np.asarray(full_mask).astype(np.uint8), spacing)
 
 
 def _crop_labels(square: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from sonosynth.data.imageio import peak_value, unit_to_pixels
 from sonosynth.data.transforms import Letterbox, field_of_view, letterbox_image, letterbox_mask
 
 
@@ -36,8 +37,7 @@ def reduce_image(image: np.ndarray, size: int) -> np.ndarray:
     """A uint8/uint16 image shrunk (antialiased linear) so its longer side is `size`, same dtype."""
     image = np.asarray(image)
     resized = _crop(letterbox_image(image.astype(np.float32), size), image.shape, size)
-    peak = 65535 if image.dtype == np.uint16 else 255
-    return np.clip(np.rint(resized), 0, peak).astype(image.dtype)
+    return np.clip(np.rint(resized), 0, peak_value(image.dtype)).astype(image.dtype)
 
 
 def reduced_spacing(spacing_mm: float | None, shape: tuple[int, int], size: int) -> float | None:
@@ -69,4 +69,4 @@ def from_square(images: torch.Tensor | np.ndarray, shapes: Sequence[tuple[int, i
     images = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
     size = images.shape[-1]
     crops = [_crop(images[i].float().cpu(), shape, size) for i, shape in enumerate(shapes)]
-    return [np.clip(np.rint(c * 255.0), 0, 255).astype(np.uint8) for c in crops]
+    return [unit_to_pixels(c) for c in crops]
