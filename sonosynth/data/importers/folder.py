@@ -25,14 +25,7 @@ import numpy as np
 
 from sonosynth.data.format import CORE_COLUMNS, HASH_COLUMNS, DatasetInfo, DatasetWriter
 from sonosynth.data.imageio import read_image, read_label_map
-from sonosynth.data.importers.pairing import (
-    ImportSummary,
-    check_same_size,
-    progress,
-    require_found,
-    require_source_folder,
-    safe_id,
-)
+from sonosynth.data.importers import pairing
 from sonosynth.errors import DataError
 
 
@@ -88,9 +81,9 @@ def import_folder(
     spacing_mm: float | None = None,
     name: str | None = None,
     overwrite: bool = False,
-) -> ImportSummary:
+) -> pairing.ImportSummary:
     """Import pairs found by an image glob and a mask template (see the module docstring)."""
-    src = require_source_folder(src)
+    src = pairing.require_source_folder(src)
     label_map = dict(label_map or {})
     if subject_pattern and name_pattern:
         raise DataError("--subject-pattern and --name-pattern: give one of them (name the subject group in the other)")
@@ -100,21 +93,22 @@ def import_folder(
         matches = sorted(p for p in src.glob(images) if p.is_file())
     except (NotImplementedError, ValueError) as exc:
         raise DataError(f"--images '{images}': not a glob relative to SRC ({exc})") from None
-    image_paths = require_found(matches, src, f"images matching '{images}'")
+    image_paths = pairing.require_found(matches, src, f"images matching '{images}'")
     fields = [_name_fields(name_regex, path) for path in image_paths] if name_regex else [{} for _ in image_paths]
     attribute_names = [group for group in (name_regex.groupindex if name_regex else {}) if group != "subject"]
     attributes = {a: sorted({f[a] for f in fields}) for a in attribute_names}
     info = folder_info(name or Path(out).name, label_names, label_map, attributes)
-    summary = ImportSummary(Path(out))
+    summary = pairing.ImportSummary(Path(out))
     with DatasetWriter(out, info, overwrite=overwrite) as writer:
-        for image_path, found in progress(zip(image_paths, fields, strict=True), "folder", total=len(image_paths)):
+        pairs = zip(image_paths, fields, strict=True)
+        for image_path, found in pairing.progress(pairs, "folder", total=len(image_paths)):
             mask_path = src / _mask_name(masks, image_path, src)
             if not mask_path.is_file():
                 raise DataError(f"{image_path}: missing pair, mask {mask_path} not found")
             image = read_image(image_path)
             mask = read_label_map(mask_path) if not label_map else _read_mapped(mask_path, label_map)
-            check_same_size(image, mask, image_path, mask_path)
-            record_id = safe_id(image_path.stem)
+            pairing.check_same_size(image, mask, image_path, mask_path)
+            record_id = pairing.safe_id(image_path.stem)
             writer.add(
                 record_id,
                 image,

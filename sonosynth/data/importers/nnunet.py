@@ -16,14 +16,7 @@ import numpy as np
 
 from sonosynth.data.format import DatasetInfo, DatasetWriter
 from sonosynth.data.imageio import read_image, read_label_map
-from sonosynth.data.importers.pairing import (
-    ImportSummary,
-    check_same_size,
-    progress,
-    require_found,
-    require_source_folder,
-    safe_id,
-)
+from sonosynth.data.importers import pairing
 from sonosynth.errors import DataError
 
 FOLDER_NAME = re.compile(r"^Dataset(?P<id>\d{3})_(?P<name>.+)$")
@@ -60,14 +53,14 @@ def read_nnunet_json(src: Path) -> tuple[dict[str, Any], DatasetInfo]:
     return data, DatasetInfo.from_dict(info_data, origin=str(path))
 
 
-def import_nnunet(src: str | Path, out: str | Path, *, overwrite: bool = False) -> ImportSummary:
+def import_nnunet(src: str | Path, out: str | Path, *, overwrite: bool = False) -> pairing.ImportSummary:
     """Import the training cases (imagesTr + labelsTr) of an nnU-Net v2 raw dataset."""
-    src = require_source_folder(src)
+    src = pairing.require_source_folder(src)
     data, info = read_nnunet_json(src)
     ending = str(data["file_ending"])
     images_dir, labels_dir = src / "imagesTr", src / "labelsTr"
     suffix = f"_0000{ending}"
-    images = require_found(
+    images = pairing.require_found(
         sorted(p for p in images_dir.glob(f"*{suffix}")) if images_dir.is_dir() else [],
         images_dir,
         f"*{suffix} images",
@@ -75,17 +68,17 @@ def import_nnunet(src: str | Path, out: str | Path, *, overwrite: bool = False) 
     expected = data.get("numTraining")
     if expected is not None and int(expected) != len(images):
         raise DataError(f"{src / 'dataset.json'}: numTraining is {expected} but imagesTr has {len(images)} cases")
-    summary = ImportSummary(Path(out))
+    summary = pairing.ImportSummary(Path(out))
     with DatasetWriter(out, info, overwrite=overwrite) as writer:
-        for image_path in progress(images, "nnunet"):
+        for image_path in pairing.progress(images, "nnunet"):
             case = image_path.name[: -len(suffix)]
             label_path = labels_dir / f"{case}{ending}"
             if not label_path.is_file():
                 raise DataError(f"{image_path}: missing pair, label {label_path} not found")
             image = _read(image_path, ending, is_label=False)
             mask = _read(label_path, ending, is_label=True)
-            check_same_size(image, mask, image_path, label_path)
-            record_id = safe_id(case)
+            pairing.check_same_size(image, mask, image_path, label_path)
+            record_id = pairing.safe_id(case)
             writer.add(record_id, image, mask, subject=record_id, source=str(label_path))
             summary.note(record_id, mask)
     return summary
