@@ -29,7 +29,7 @@ def fidelity(segrun: Path, dataset_root: Path) -> dict[str, float]:
     from sonosynth.evaluation.quality import mask_fidelity
 
     result = mask_fidelity(segrun, Dataset.open(dataset_root))
-    return {p["id"]: float(np.nanmean(list(p["dice"].values()))) for p in result["per_image"]}
+    return {p["id"]: p["fidelity_dice"] for p in result["per_image"]}
 
 
 def paired_interval(diff: np.ndarray, seed: int = 0, rounds: int = 10_000) -> tuple[float, float]:

@@ -108,6 +108,14 @@ def test_full_report_with_segmenter(phantoms: dict[str, Path], tmp_path: Path) -
     assert result["distribution"]["fid"] >= 0.0 and np.isfinite(result["distribution"]["kid_mean"])
     fidelity = result["mask_fidelity"]["synthetic"]
     assert fidelity["n_images"] == 8 and 0.0 <= fidelity["dice"]["1"]["mean"] <= 1.0
+    # One fidelity score: the report's per-image value is the one `sonosynth generate` records.
+    from sonosynth.data.format import Dataset
+    from sonosynth.synthesis.fidelity import score_samples, segmenter_predictor
+
+    pairs = list(Dataset.open(phantoms["fresh"]))
+    predictor, labels = segmenter_predictor(segrun)
+    expected = score_samples([p.image for p in pairs], [p.mask for p in pairs], predictor, labels)
+    assert [p["fidelity_dice"] for p in fidelity["per_image"]] == pytest.approx(expected)
     assert 0.0 < result["diversity"]["ms_ssim_real"] < 1.0
     assert result["intensity"]["real"]["speckle_snr"]["mean"] > 0
     markdown = (out / "quality.md").read_text()

@@ -7,9 +7,13 @@ An empty prediction is a result, not a crash: Dice is 0, HD95 is infinite (the s
 missed entirely) and the head circumference error is NaN (no ellipse to fit). Aggregation reports
 how many such cases there were instead of hiding them in a mean.
 
-Dice policy (one for the whole package's reports): a structure's mean Dice is taken over the images
-whose reference contains it; images whose reference lacks it instead count towards its
-false-positive rate (the share of them where the prediction draws it), e.g. BUSI's normal images.
+Dice policy (one for the whole package): `dice_per_label` is the one Dice computation; a label absent
+from both maps has no Dice (NaN), one present in only one map has Dice 0. Reports and validation
+(`segmentation.train.validation_dice`, MONAI `ignore_empty`) take a structure's mean over the images
+whose reference contains it; images whose reference lacks it instead count towards its false-positive
+rate (the share of them where the prediction draws it), e.g. BUSI's normal images. A per-pair score
+(mask fidelity, `synthesis.fidelity.mask_dice`) must exist for every pair, so there a label absent from
+both maps counts as agreement (1) and the score is the mean over foreground labels.
 """
 
 from __future__ import annotations

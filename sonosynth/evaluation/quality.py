@@ -327,9 +327,11 @@ def memorisation_table(
 
 
 def mask_fidelity(segmenter_path: str | Path, dataset: Dataset, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Dice between each image's mask and the segmenter's prediction (per label, mean ± std)."""
+    """Dice between each image's mask and the segmenter's prediction: per label (mean ± std over images with
+    the label, the reports' policy) and per image (`fidelity_dice`, the score `sonosynth generate` records)."""
     from sonosynth.evaluation.metrics import dice_per_label
     from sonosynth.segmentation.predict import load_segmenter, predict_masks
+    from sonosynth.synthesis.fidelity import mask_dice
 
     segmenter = load_segmenter(segmenter_path, device)
     if segmenter.num_labels != dataset.info.num_labels:
@@ -339,7 +341,8 @@ def mask_fidelity(segmenter_path: str | Path, dataset: Dataset, device: str | to
     per_image = []
     for sample in dataset:
         (pred,) = predict_masks(segmenter, [sample.image])
-        per_image.append({"id": sample.id, "dice": dice_per_label(pred, sample.mask, segmenter.num_labels)})
+        per_image.append({"id": sample.id, "dice": dice_per_label(pred, sample.mask, segmenter.num_labels),
+                          "fidelity_dice": mask_dice(sample.mask, pred, segmenter.num_labels)})
     labels = [str(v) for v in range(1, segmenter.num_labels)]
     summary = {}
     for label in labels:

@@ -8,6 +8,7 @@ segmenter wrong boundaries.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,23 +49,19 @@ class FidelityFilter:
 
 
 def mask_dice(conditioning: np.ndarray, predicted: np.ndarray, num_labels: int) -> float:
-    """Mean Dice over foreground labels (MONAI `compute_dice`); a label absent from both counts as
-    agreement (1), a label in only one of them as 0, so spurious structures are penalised too."""
-    import torch
-    from monai.metrics import compute_dice
+    """Mean Dice over foreground labels (`metrics.dice_per_label`, the package's one Dice); a label absent
+    from both counts as agreement (1), a label in only one of them as 0, so spurious structures are
+    penalised too (see the Dice policy in `evaluation/metrics.py`)."""
+    from sonosynth.evaluation.metrics import dice_per_label
 
     conditioning, predicted = np.asarray(conditioning), np.asarray(predicted)
     if conditioning.shape != predicted.shape:
         raise SonosynthError(f"prediction of shape {predicted.shape} does not match mask shape {conditioning.shape}")
     if num_labels < 2:
         raise SonosynthError(f"need at least one foreground label, got num_labels={num_labels}")
-
-    def one_hot(label_map: np.ndarray) -> torch.Tensor:
-        t = torch.as_tensor(np.clip(label_map.astype(np.int64), 0, num_labels - 1))
-        return torch.nn.functional.one_hot(t, num_labels).permute(2, 0, 1)[None].float()
-
-    scores = compute_dice(one_hot(predicted), one_hot(conditioning), include_background=False, ignore_empty=False)
-    return float(scores.nanmean())
+    clip = np.clip(predicted.astype(np.int64), 0, num_labels - 1)
+    per_label = dice_per_label(clip, np.clip(conditioning.astype(np.int64), 0, num_labels - 1), num_labels)
+    return float(np.mean([1.0 if math.isnan(v) else v for v in per_label.values()]))
 
 
 def score_samples(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], predict: Predictor,
