@@ -411,10 +411,10 @@ def _at_output_size(c: Candidate, square: np.ndarray, generated: np.ndarray | No
     import torch
 
     from sonosynth.data.transforms import unletterbox
-    from sonosynth.synthesis.grid import from_square, to_square
+    from sonosynth.synthesis.grid import crop_square, from_square, to_square
 
     size = square.shape[-1]
-    mask = c.mask if generated is None else _crop_labels(generated, c.mask.shape)
+    mask = c.mask if generated is None else crop_square(generated, c.mask.shape)
     if output_size == "square":
         full = generated if generated is not None else to_square([c.mask], size)[0].numpy()
         return WrittenPair(from_square(square[None], [(size, size)])[0], np.asarray(full).astype(np.uint8),
@@ -433,14 +433,6 @@ def _at_output_size(c: Candidate, square: np.ndarray, generated: np.ndarray | No
         full_mask = unletterbox(square_mask, height, width, mode="nearest").round().numpy()
     spacing = None if c.spacing_mm is None else c.spacing_mm * c.mask.shape[1] / width
     return WrittenPair(unit_to_pixels(image), np.asarray(full_mask).astype(np.uint8), spacing)
-
-
-def _crop_labels(square: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from sonosynth.data.transforms import Letterbox
-
-    box = Letterbox(shape[0], shape[1], square.shape[-1])
-    (top, left), (h, w) = box.offset, box.inner
-    return np.asarray(square)[top : top + h, left : left + w]
 
 
 def _full_square(size: int) -> Candidate:

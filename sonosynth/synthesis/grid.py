@@ -22,7 +22,10 @@ def reduced_shape(shape: tuple[int, int], size: int) -> tuple[int, int]:
     return Letterbox(shape[0], shape[1], size).inner
 
 
-def _crop(square: torch.Tensor, shape: tuple[int, int], size: int) -> np.ndarray:
+def crop_square(square: torch.Tensor | np.ndarray, shape: tuple[int, int], size: int | None = None) -> np.ndarray:
+    """The part of a letterboxed (S, S) square that holds an array of `shape` (the padding removed)."""
+    square = torch.as_tensor(np.asarray(square)) if not isinstance(square, torch.Tensor) else square
+    size = size or square.shape[-1]
     box = Letterbox(shape[0], shape[1], size)
     (top, left), (h, w) = box.offset, box.inner
     return square[top : top + h, left : left + w].numpy()
@@ -30,13 +33,13 @@ def _crop(square: torch.Tensor, shape: tuple[int, int], size: int) -> np.ndarray
 
 def reduce_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """A label map shrunk (nearest, aspect kept) so that its longer side is `size`."""
-    return _crop(letterbox_mask(mask, size), mask.shape, size).astype(np.uint8)
+    return crop_square(letterbox_mask(mask, size), mask.shape, size).astype(np.uint8)
 
 
 def reduce_image(image: np.ndarray, size: int) -> np.ndarray:
     """A uint8/uint16 image shrunk (antialiased linear) so its longer side is `size`, same dtype."""
     image = np.asarray(image)
-    resized = _crop(letterbox_image(image.astype(np.float32), size), image.shape, size)
+    resized = crop_square(letterbox_image(image.astype(np.float32), size), image.shape, size)
     return np.clip(np.rint(resized), 0, peak_value(image.dtype)).astype(image.dtype)
 
 
@@ -68,5 +71,5 @@ def from_square(images: torch.Tensor | np.ndarray, shapes: Sequence[tuple[int, i
     """Crop (B, S, S) images in [0, 1] back to each reduced shape, as uint8."""
     images = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
     size = images.shape[-1]
-    crops = [_crop(images[i].float().cpu(), shape, size) for i, shape in enumerate(shapes)]
+    crops = [crop_square(images[i].float().cpu(), shape, size) for i, shape in enumerate(shapes)]
     return [unit_to_pixels(c) for c in crops]
