@@ -192,6 +192,14 @@ class Dataset(Sequence[Sample]):
         return self.root / (record.image if kind == "image" else record.mask)
 
 
+def _require_inside(manifest: Path, line: int, kind: str, relative: str) -> None:
+    """A dataset is one self-contained folder: a manifest path may not be absolute or climb out of it."""
+    root = manifest.parent.resolve()
+    target = (root / relative).resolve()
+    if not relative or Path(relative).is_absolute() or not target.is_relative_to(root):
+        raise DataError(f"{manifest}: line {line}: {kind} path '{relative}' is not inside the dataset folder")
+
+
 def read_manifest(path: Path, info: DatasetInfo) -> list[Record]:
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
@@ -210,6 +218,8 @@ def read_manifest(path: Path, info: DatasetInfo) -> list[Record]:
                 spacing_mm = float(spacing) if spacing else None
             except ValueError:
                 raise DataError(f"{path}: line {line}: spacing_mm '{spacing}' is not a number") from None
+            for kind in ("image", "mask"):
+                _require_inside(path, line, kind, row[kind] or "")
             attributes = {k: row.get(k, "") or "" for k in info.attributes}
             reserved = set(CORE_COLUMNS) | set(HASH_COLUMNS) | set(info.attributes)
             extra = {k: v or "" for k, v in row.items() if k not in reserved and k is not None}

@@ -46,14 +46,33 @@ class DatasetReport:
 
 def check_dataset(root: str | Path, verify_hashes: bool = True) -> DatasetReport:
     """Validate every record of a dataset folder; layout errors (no manifest, duplicate ids) raise."""
-    dataset = Dataset.open(root)
+    return check_records(Dataset.open(root), verify_hashes)
+
+
+def check_records(dataset: Dataset, verify_hashes: bool = True, show_progress: bool = True) -> DatasetReport:
+    """Validate the records of a dataset (or of a subset view of one): the one validation pass."""
     info = dataset.info
-    report = DatasetReport(Path(root), info.name, dict(info.labels), records=len(dataset))
+    report = DatasetReport(dataset.root, info.name, dict(info.labels), records=len(dataset))
     report.attributes = {name: Counter() for name in info.attributes}
     report.free_form_attributes = {name for name, allowed in info.attributes.items() if allowed is None}
-    for record in progress(dataset.records, "check"):
+    records = progress(dataset.records, "check") if show_progress else dataset.records
+    for record in records:
         _check_record(dataset, record, report, verify_hashes)
     return report
+
+
+def require_valid(dataset: Dataset, what: str = "pairs") -> None:
+    """Validate on entry: the pairs a command is about to use, before it does any work or writes anything.
+
+    The same checks as `sonosynth data check` (files present, image and mask the same size, mask values
+    within the declared labels, attribute values declared); the first problem becomes a one-line
+    `DataError` naming the file. Hashes are not recomputed here (`data check` does that)."""
+    report = check_records(dataset, verify_hashes=False, show_progress=False)
+    if report.problems:
+        more = len(report.problems) - 1
+        extra = f" (and {more} more problem{'s' if more > 1 else ''}: run `sonosynth data check {dataset.root}`)" \
+            if more else ""
+        raise DataError(f"{report.problems[0]}; cannot use these {what}{extra}")
 
 
 def _check_record(dataset: Dataset, record: Record, report: DatasetReport, verify_hashes: bool) -> None:

@@ -80,10 +80,12 @@ def open_training_pairs(config: TrainConfig) -> tuple[Any, str]:
     """(LetterboxedPairs over the training records, fingerprint of those records)."""
     from sonosynth.data.format import MANIFEST_CSV, Dataset
     from sonosynth.data.torch_dataset import LetterboxedPairs
+    from sonosynth.data.validate import require_valid
 
     if not config.dataset:
         raise SonosynthError("no dataset given")
     chosen = Dataset.open(config.dataset).select(config.split, what="pairs to train on")
+    require_valid(chosen, "pairs to train on")  # before any output exists
     try:
         pairs = LetterboxedPairs(chosen, config.image_size, class_attributes=config.class_attributes)
     except ValueError as exc:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from sonosynth.data.format import Dataset
+from sonosynth.data.validate import require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.files import commit_folder, prepare_output
@@ -366,6 +367,10 @@ def train_from_folders(
         check_compatible_labels(dataset, extra_ds)
     config.labels = dict(dataset.info.labels)
     config.validate()
+    require_valid(train, "training pairs")
+    require_valid(val, "validation pairs")
+    if extra_ds is not None:
+        require_valid(extra_ds, "extra pairs")
     train_pairs = load_pairs(train, config.size, progress)
     val_pairs = load_pairs(val, config.size, progress)
     extra_pairs = load_pairs(extra_ds, config.size, progress) if extra_ds is not None else None

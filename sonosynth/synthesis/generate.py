@@ -32,6 +32,7 @@ from sonosynth.data.format import (
     copy_pairs,
 )
 from sonosynth.data.imageio import unit_to_pixels
+from sonosynth.data.validate import require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.files import prepare_output
@@ -298,8 +299,9 @@ def generate_dataset(
         if info.num_labels > model.num_labels or (not joint and info.num_labels != model.num_labels):
             raise DataError(f"{source}: {info.num_labels} labels but the model {run} was trained with "
                             f"{model.num_labels}")
-        pairs = load_source_pairs(dataset.select(config.split, what="pairs to take masks from"), model.size,
-                                  progress, keep_full=config.output_size == "source")
+        sources = dataset.select(config.split, what="pairs to take masks from")
+        require_valid(sources, "source pairs")
+        pairs = load_source_pairs(sources, model.size, progress, keep_full=config.output_size == "source")
     n = config.n if config.n is not None else len(pairs)
     rng = np.random.default_rng(config.seed)
     masks = MaskSource(pairs, config, progress) if pairs else None
