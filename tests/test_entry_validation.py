@@ -54,3 +54,12 @@ def test_data_check_reports_an_escaping_path(tmp_path):
     data, message = broken(tmp_path, "escape")
     result = CliRunner().invoke(app, ["data", "check", str(data)])
     assert isinstance(result.exception, DataError) and message in str(result.exception)
+
+
+def test_a_symlinked_images_folder_is_still_inside(tmp_path):
+    from sonosynth.data.validate import require_valid
+
+    data = write_toy_dataset(tmp_path / "toy")
+    (data / "images").rename(tmp_path / "images-on-another-disk")
+    (data / "images").symlink_to(tmp_path / "images-on-another-disk")
+    require_valid(Dataset.open(data))  # no error: the path as written stays in the folder

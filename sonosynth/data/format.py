@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -193,10 +194,11 @@ class Dataset(Sequence[Sample]):
 
 
 def _require_inside(manifest: Path, line: int, kind: str, relative: str) -> None:
-    """A dataset is one self-contained folder: a manifest path may not be absolute or climb out of it."""
-    root = manifest.parent.resolve()
-    target = (root / relative).resolve()
-    if not relative or Path(relative).is_absolute() or not target.is_relative_to(root):
+    """A dataset is one self-contained folder: a manifest path may not be absolute or climb out of it.
+
+    Checked on the path as written (a symlinked images/ folder stays allowed)."""
+    normal = os.path.normpath(relative) if relative else ""
+    if not normal or os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
         raise DataError(f"{manifest}: line {line}: {kind} path '{relative}' is not inside the dataset folder")
 
 
