@@ -267,3 +267,5 @@ def test_img2img_enters_the_same_loop_part_way() -> None:
         pipe(labels, fov=fov, image=start, strength=0.0)
     with pytest.raises(ValueError, match="image must be"):
         pipe(labels, fov=fov, image=start[:1])
+    with pytest.raises(ValueError, match="pass image="):
+        pipe(labels, fov=fov, strength=0.5)

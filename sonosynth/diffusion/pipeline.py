@@ -132,6 +132,8 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         if image is not None and latents is not None:
             raise ValueError("pass image (to start part-way) or latents (the starting noise), not both")
+        if strength < 1.0 and image is None:
+            raise ValueError("strength < 1 starts part-way from an image: pass image=")
         unet = self.unet
         device = unet.device
         total, side = self._batch_geometry(labels, fov, num_images, size)
@@ -265,7 +267,7 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         unet, scheduler = self.unet, self.scheduler
         scheduler.set_timesteps(num_inference_steps, device=unet.device)
         timesteps = scheduler.timesteps
-        if image is not None or strength < 1.0:
+        if image is not None:
             run = max(1, round(num_inference_steps * strength))
             begin = (num_inference_steps - run) * scheduler.order
             timesteps = timesteps[begin:]
