@@ -266,6 +266,7 @@ def generate_dataset(
     `predictor` (images -> label maps, e.g. from `fidelity.segmenter_predictor`) scores every pair's
     mask fidelity into the manifest; it is required when `config.filter_dice` is set.
     """
+    import torch
     from tqdm.auto import tqdm
 
     from sonosynth.diffusion.schedulers import scheduler_name
@@ -342,7 +343,7 @@ def generate_dataset(
                 class_labels=model.class_tensor(rows),
                 num_inference_steps=config.steps,
                 guidance_scale=config.guidance_scale,
-                generator=[torch_generator(s) for s in batch_seeds],
+                generator=[torch.Generator().manual_seed(s) for s in batch_seeds],
                 output_type="np",
             )
             written = [_at_output_size(c, output.images[i], None if output.masks is None else output.masks[i],
@@ -389,12 +390,6 @@ def generate_dataset(
     if kept < n and progress:
         print(f"warning: only {kept} of {n} samples passed the fidelity filter in {drawn} draws")
     return Path(out)
-
-
-def torch_generator(seed: int) -> Any:
-    import torch
-
-    return torch.Generator().manual_seed(seed)
 
 
 @dataclass
