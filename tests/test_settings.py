@@ -30,7 +30,7 @@ CONFIGS = all_configs()
 
 def test_every_config_dataclass_follows_the_convention():
     names = {c.__name__ for c in CONFIGS}
-    assert {"TrainConfig", "ModelConfig", "AugmentConfig", "SegmentationConfig", "ClassicalAugmentConfig",
+    assert {"TrainConfig", "ModelConfig", "AugmentConfig", "SegmentationConfig",
             "GeneratorRecipe", "GenerateConfig", "DeformConfig", "DownstreamConfig"} <= names
 
 
@@ -48,16 +48,17 @@ def test_defaults_round_trip_through_yaml(cls, tmp_path):
 
 
 def test_unknown_keys_nested_configs_and_tuples(tmp_path):
+    from sonosynth.augment import AugmentConfig
     from sonosynth.diffusion.config import TrainConfig
-    from sonosynth.segmentation.classical import ClassicalAugmentConfig
     from sonosynth.segmentation.train import SegmentationConfig
 
-    config = TrainConfig.from_dict({"model": {"kind": "concat", "size": "tiny"}, "augment": {"hflip": 0.5}})
-    assert config.model.kind == "concat" and config.augment.hflip == 0.5
+    config = TrainConfig.from_dict({"model": {"kind": "concat", "size": "tiny"},
+                                    "augment": {"preset": "gentle", "flip_prob": 0.5}})
+    assert config.model.kind == "concat" and config.augment.flip_prob == 0.5
     with pytest.raises(SonosynthError, match=r"^run.yaml: model: unknown model config fields \['depth'\]$"):
         TrainConfig.from_dict({"model": {"depth": 3}}, origin="run.yaml")
     segmenter = SegmentationConfig.from_dict({"classical": {"rotate_deg": [-3, 3]}})
-    assert segmenter.classical == ClassicalAugmentConfig(rotate_deg=(-3, 3))
+    assert segmenter.classical == AugmentConfig(rotate_deg=(-3, 3))
     with pytest.raises(SonosynthError, match=r"^s.yaml: .*size 30 does not suit"):  # validated on construction
         SegmentationConfig.from_dict({"size": 30, "net": "tiny"}, origin="s.yaml")
     bad = tmp_path / "bad.yaml"

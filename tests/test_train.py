@@ -14,8 +14,8 @@ import torch
 from factories import write_toy_dataset
 from safetensors.torch import load_file
 
+from sonosynth.augment import AugmentConfig
 from sonosynth.diffusion import checkpoints as ckpt
-from sonosynth.diffusion.augment import AugmentConfig
 from sonosynth.diffusion.config import TrainConfig, with_model_size
 from sonosynth.diffusion.data import StreamBatchSampler
 from sonosynth.diffusion.train import train
@@ -54,7 +54,7 @@ def test_config_yaml_round_trip(tmp_path):
         patch_size=32,
         class_attributes=["view"],
         prediction_type="epsilon",
-        augment=AugmentConfig(hflip=0.5, rotate_deg=2.0),
+        augment=AugmentConfig.from_dict({"preset": "gentle", "flip_prob": 0.5, "rotate_deg": [-2, 2]}),
         log_with="tensorboard",
     )
     config.save(tmp_path / "config.yaml")
@@ -173,7 +173,8 @@ def _kill_at(step_to_die: int):
 
 def test_resume_equals_uninterrupted_run(toy_dataset, tmp_path):
     config = tiny_config(toy_dataset, max_steps=6, checkpoint_every=2, keep_checkpoints=2,
-                         augment=AugmentConfig(probability=1.0), cond_drop_prob=0.3)
+                         augment=AugmentConfig.from_dict({"preset": "gentle", "probability": 1.0}),
+                         cond_drop_prob=0.3)
     straight = train(config, tmp_path / "straight", progress=False)
 
     # Killed at step 5: the checkpoint of step 4 survives, step 5 is lost and redone.
@@ -292,7 +293,7 @@ def test_tiny_model_overfits_two_pairs(tmp_path):
     config = tiny_config(
         dataset, model=ModelConfig(size="tiny", kind="concat"), batch_size=4, max_steps=80, lr=2e-3,
         warmup_steps=5, lr_schedule="constant", checkpoint_every=1000, ema_decay=0.9, sample_steps=10,
-        guidance_scale=1.0, augment=AugmentConfig(enabled=False),
+        guidance_scale=1.0, augment=AugmentConfig.preset("none"),
     )
     result = train(config, tmp_path / "run", progress=False)
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-10:]) / 10

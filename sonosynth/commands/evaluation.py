@@ -53,7 +53,7 @@ def downstream_command(
         [], "--structure", help="Score a union of labels as one structure, NAME=1+2 (repeatable; default: each label)."
     ),
     classical_config: Path | None = typer.Option(
-        None, "--classical-config", help="YAML with the ranges of the +classical arms' augmentation."
+        None, "--classical-config", help="YAML of values that change the classical preset of the +classical arms."
     ),
     size: int = typer.Option(64, help="Segmenter training size in pixels."),
     net_size: str = opt.net_size("small", f"Segmenter size preset: {opt.NET_SIZES}."),
@@ -74,11 +74,11 @@ def downstream_command(
     ),
 ) -> None:
     """Segmenters for each k x arm x seed: Dice, HD95, HC error and paired differences on the real test split."""
+    from sonosynth.augment import AugmentConfig
     from sonosynth.data.format import Dataset
     from sonosynth.evaluation.downstream import ARMS, DownstreamConfig, parse_ks, run_downstream
     from sonosynth.evaluation.generators import GeneratorRecipe
     from sonosynth.evaluation.metrics import parse_structures
-    from sonosynth.segmentation.classical import ClassicalAugmentConfig
     from sonosynth.segmentation.train import SegmentationConfig
 
     if arms == "auto":
@@ -99,8 +99,7 @@ def downstream_command(
         ),
         head_circumference=head_circumference,
         generator=None if generator_per_k is None else GeneratorRecipe.from_yaml(generator_per_k),
-        classical=ClassicalAugmentConfig() if classical_config is None
-        else ClassicalAugmentConfig.from_yaml(classical_config),
+        classical=AugmentConfig.preset_file("classical", classical_config),
         structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
     )
     command = command_line(ctx, "downstream").replace(" --report-only", "")  # the command that runs the cells

@@ -32,20 +32,18 @@ def train_command(
         False, "--classical", help="Strong classical (MONAI) augmentation instead of the light one."
     ),
     classical_config: Path | None = typer.Option(
-        None, "--classical-config", help="YAML of classical augmentation ranges (implies --classical)."
+        None, "--classical-config", help="YAML of values that change the classical preset (implies --classical)."
     ),
     seed: int = opt.SEED,
     device: str = opt.DEVICE,
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Train a segmenter with Dice + cross-entropy and early stopping on the validation split."""
-    from sonosynth.segmentation.classical import ClassicalAugmentConfig
+    from sonosynth.augment import AugmentConfig
     from sonosynth.segmentation.train import SegmentationConfig, train_from_folders
 
-    if classical_config is not None:
-        classical_settings = ClassicalAugmentConfig.from_yaml(classical_config)
-    else:
-        classical_settings = ClassicalAugmentConfig() if classical else None
+    use_classical = classical or classical_config is not None
+    classical_settings = AugmentConfig.preset_file("classical", classical_config) if use_classical else None
     config = SegmentationConfig(
         size=size,
         net=opt.either(net_size, net),

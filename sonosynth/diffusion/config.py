@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from sonosynth.diffusion.augment import AugmentConfig
+from sonosynth.augment import AugmentConfig
 from sonosynth.errors import SonosynthError
 from sonosynth.models.configs import SIZE_PRESETS, ModelConfig
 from sonosynth.settings import Config
@@ -57,7 +57,7 @@ class TrainConfig(Config):
     cond_drop_prob: float = 0.1
     class_attributes: list[str] = field(default_factory=list)
     split: str = "auto"  # auto: the `train` split when the dataset has one, else every pair
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig.preset("gentle"))
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     sample_every: int = 500

@@ -54,26 +54,50 @@ class TrainingItems:
     """Letterboxed pairs with coordinates, augmentation and patch cropping, indexed by (index, seed)."""
 
     def __init__(self, pairs: Any, config: TrainConfig):
+        from sonosynth.augment import Augmentation
+
         self.pairs, self.config = pairs, config
+        self.augmentation = Augmentation(config.augment, config.image_size)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        """The item's augmentation (whole image, before any patch is cut) and patch follow from its seed."""
         import torch
 
-        from sonosynth.diffusion.augment import augment_pair, random_crop
         from sonosynth.models.denoiser import coordinate_channels
 
         index, seed = key
         item = dict(self.pairs[index])
-        if self.config.model.coord_channels:
+        if self.config.model.coord_channels:  # where a pixel lies in the output image: never warped
             item["coords"] = coordinate_channels(1, self.config.image_size)[0]
-        generator = torch.Generator().manual_seed(seed)
-        item = augment_pair(item, generator, self.config.augment)
+        masks = torch.cat([item["label"][None].to(item["fov"].dtype), item["fov"]])
+        item["image"], masks = self.augmentation(item["image"], masks, seed)
+        item["label"], item["fov"] = masks[0].round().long(), masks[1:]
         if self.config.patch_size and self.config.patch_size < self.config.image_size:
-            item = random_crop(item, self.config.patch_size, generator)
+            item = random_crop(item, self.config.patch_size, torch.Generator().manual_seed(seed))
         return item
+
+
+def random_crop(item: dict[str, Any], patch_size: int, generator: Any) -> dict[str, Any]:
+    """Cut the same random patch_size window from every spatial entry (coords included).
+
+    Coordinates must already be present (computed over the full image) so the patch still knows
+    its depth and lateral position.
+    """
+    import torch
+
+    height, width = item["image"].shape[-2:]
+    if patch_size >= height and patch_size >= width:
+        return dict(item)
+    top = int(torch.randint(0, height - patch_size + 1, (), generator=generator))
+    left = int(torch.randint(0, width - patch_size + 1, (), generator=generator))
+    out = dict(item)
+    for key in ("image", "label", "fov", "coords"):
+        if key in item:
+            out[key] = item[key][..., top : top + patch_size, left : left + patch_size].contiguous()
+    return out
 
 
 def open_training_pairs(config: TrainConfig) -> tuple[Any, str]:

@@ -26,12 +26,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from sonosynth.augment import AugmentConfig
 from sonosynth.data.format import Dataset
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.generators import GeneratorRecipe, ensure_generator, generator_folder
 from sonosynth.files import write_json_atomic
-from sonosynth.segmentation.classical import ClassicalAugmentConfig
 from sonosynth.segmentation.train import SegmentationConfig
 from sonosynth.settings import Config
 
@@ -50,7 +50,7 @@ class DownstreamConfig(Config):
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     head_circumference: bool | None = None  # None: on when label 1 is named 'head'
     generator: GeneratorRecipe | None = None  # set: a generator per (k, seed), trained on those subjects only
-    classical: ClassicalAugmentConfig = field(default_factory=ClassicalAugmentConfig)  # ranges of *+classical
+    classical: AugmentConfig = field(default_factory=lambda: AugmentConfig.preset("classical"))  # *+classical arms
     structures: dict[str, list[int]] = field(default_factory=dict)  # empty: each foreground label alone
 
     def validate(self, has_synthetic: bool) -> None:

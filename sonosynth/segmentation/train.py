@@ -12,7 +12,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sonosynth.augment import Augmentation, AugmentConfig
 from sonosynth.data.format import Dataset
 from sonosynth.data.validate import require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.files import commit_folder, prepare_output
-from sonosynth.segmentation.classical import ClassicalAugmentConfig, build_classical_transform, classical_augment_batch
+from sonosynth.seeds import derive_seed
 from sonosynth.segmentation.nets import UNET_SIZES, build_unet, min_image_size
 from sonosynth.settings import Config
 
@@ -39,8 +40,8 @@ class SegmentationConfig(Config):
     """Everything that defines a segmenter training run (saved as SEGRUN/config.yaml).
 
     `augment` switches augmentation on or off. When on, `classical` chooses the kind: None is the
-    light affine + gain/gamma of `augment_batch`; a `ClassicalAugmentConfig` replaces it with the
-    strong classical (MONAI) augmentation, seeded from `seed`.
+    `light` preset (affine + gain/gamma); an `AugmentConfig` (the `classical` preset in the
+    `+classical` arms) replaces it. `flip` adds left-right flips to either.
     """
 
     size: int = 64
@@ -56,13 +57,13 @@ class SegmentationConfig(Config):
     flip: bool = False  # ultrasound fans have an orientation: no flips unless asked
     seed: int = 0
     labels: dict[str, str] = field(default_factory=dict)  # filled from the training data
-    classical: ClassicalAugmentConfig | None = None  # strong classical augmentation instead of the light one
+    classical: AugmentConfig | None = None  # strong classical augmentation instead of the light one
 
     what: ClassVar[str] = "segmenter config"
 
     def __post_init__(self) -> None:
         if isinstance(self.classical, dict):
-            self.classical = ClassicalAugmentConfig.from_dict(self.classical)
+            self.classical = AugmentConfig.from_dict(self.classical)
         self.labels = {str(k): str(v) for k, v in (self.labels or {}).items()}
         self.validate()
 
@@ -122,34 +123,14 @@ def load_pairs(dataset: Dataset, size: int, progress: bool = False) -> PairTenso
     return PairTensors(torch.stack(images), torch.stack(labels))
 
 
-def augment_batch(
-    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, flip: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Small affine (rotation, scale, shift) applied identically to image and mask, then gain and gamma.
-
-    The ranges are kept small because ultrasound anatomy has a fixed orientation relative to the
-    probe; gain and gamma mimic the time-gain and display settings that differ between scanners.
-    """
-    b = images.shape[0]
-
-    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
-        return low + (high - low) * torch.rand(*shape, generator=generator)
-
-    angle = uniform(-math.radians(10), math.radians(10), b)
-    scale = uniform(0.9, 1.1, b)
-    shift = uniform(-0.1, 0.1, b, 2)  # in [-1, 1] grid units: +-5% of the image
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    mirror = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(b)
-    theta = torch.stack(
-        [torch.stack([cos * mirror, -sin, shift[:, 0]], 1), torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1
-    )
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    unit = F.grid_sample((images + 1) / 2, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    warped = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    gain = torch.exp(uniform(math.log(0.8), math.log(1.25), b)).view(b, 1, 1, 1)
-    gamma = torch.exp(uniform(math.log(0.7), math.log(1.4), b)).view(b, 1, 1, 1)
-    unit = (unit.clamp(0, 1) ** gamma * gain).clamp(0, 1)
-    return unit * 2 - 1, warped[:, 0].long()
+def segmenter_augmentation(config: SegmentationConfig) -> Augmentation | None:
+    """The augmentation `config` asks for: None, the light preset or its classical ranges, flips added."""
+    if not config.augment:
+        return None
+    chosen = config.classical if config.classical is not None else AugmentConfig.preset("light")
+    if config.flip:
+        chosen = replace(chosen, flip_prob=0.5)
+    return Augmentation(chosen, config.size)
 
 
 @dataclass
@@ -214,10 +195,9 @@ def train_segmenter(
 ) -> TrainingResult:
     """Train a U-Net with Dice + cross-entropy; `extra` pairs fill `synthetic_ratio` of each batch.
 
-    Pairs stay in host memory and batches are drawn and augmented there with a CPU generator, so
-    the batches (and thus the run) do not depend on the device; only the network runs on `device`.
-    With `config.classical` set, the classical MONAI augmentation (seeded with `config.seed`)
-    replaces the light `augment_batch`.
+    Pairs stay in host memory and batches are drawn there with a CPU generator, each pair augmented
+    with its own seed (from the run seed, the step and its slot), so the batches (and thus the run) do
+    not depend on the device; only the network runs on `device`.
     """
     from monai.losses import DiceCELoss
     from tqdm.auto import tqdm
@@ -234,9 +214,7 @@ def train_segmenter(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     generator = torch.Generator().manual_seed(config.seed)
-    classical = None  # validate() refused classical without augment
-    if config.classical is not None:
-        classical = build_classical_transform(config.classical, config.size, seed=config.seed, flip=config.flip)
+    augmentation = segmenter_augmentation(config)
 
     n_real, n_extra = batch_composition(
         config.batch_size, config.synthetic_ratio, len(train), 0 if extra is None else len(extra)
@@ -258,10 +236,9 @@ def train_segmenter(
                 parts_img.append(pairs.images[index])
                 parts_lab.append(pairs.labels[index])
         images, labels = torch.cat(parts_img), torch.cat(parts_lab)
-        if classical is not None:
-            images, labels = classical_augment_batch(images, labels, classical)
-        elif config.augment:
-            images, labels = augment_batch(images, labels, generator, flip=config.flip)
+        if augmentation is not None:
+            seeds = [derive_seed(config.seed, "augment", step, slot) for slot in range(len(images))]
+            images, labels = augmentation.batch(images, labels, seeds)
         images, labels = images.to(model_device), labels.to(model_device)
         loss = loss_fn(model(images), labels[:, None])
         optimizer.zero_grad(set_to_none=True)
