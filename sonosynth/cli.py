@@ -1,7 +1,8 @@
 """The `sonosynth` command. Each command group lives in sonosynth/commands/ and calls the API.
 
-User errors (SonosynthError) print one line `error: ...` and exit 1; anything else is a bug and
-keeps its traceback.
+User errors (SonosynthError) and the machine's (OSError: a full disk, a file-size limit, no
+permission) print one line `error: ...` and exit 1; a usage error (unknown option, missing argument)
+exits 2; Ctrl-C exits 130; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def main() -> None:
         app()
     except SonosynthError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc} (nothing half-written was left behind)", err=True)
         sys.exit(1)
     except SystemExit as exc:
         if exc.code == 130:  # typer turns Ctrl-C into a silent exit 130

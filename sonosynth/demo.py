@@ -94,11 +94,10 @@ def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = p
     with _stage("phantom", config, log):
         data = out / DATA
         if not (data / "manifest.csv").is_file():
-            from tqdm.auto import tqdm
-
             from sonosynth.phantom.dataset import write_phantom_dataset
+            from sonosynth.progress import progress_bar
 
-            with tqdm(total=config.n_cases, desc="phantom cases", unit="case") as bar:
+            with progress_bar(total=config.n_cases, desc="phantom cases", unit="case") as bar:
                 write_phantom_dataset(data, "fetal-head", config.n_cases, config.phantom_size, config.seed,
                                       overwrite=True, progress=bar.update)
 

@@ -33,6 +33,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """A failed write (a full disk, a file-size limit, no permission) becomes one line naming `path`.
+
+    safetensors reports its I/O errors as `SafetensorError`, not `OSError`: both are caught.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except SafetensorError as exc:
+        raise DataError(f"{path}: cannot write ({exc})") from None
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -25,12 +25,11 @@ def phantom(
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Simulate ultrasound image/mask pairs (fetal head, apical 4-chamber heart, breast lesion)."""
-    from tqdm import tqdm
-
     from sonosynth.errors import SonosynthError
     from sonosynth.files import prepare_output
     from sonosynth.phantom.cases import check_domain, parse_size
     from sonosynth.phantom.dataset import write_phantom_dataset
+    from sonosynth.progress import progress_bar
 
     check_domain(domain)
     parsed = parse_size(size)
@@ -38,7 +37,7 @@ def phantom(
         raise SonosynthError(f"--n must be at least 1, got {n}")
     prepare_output(out, overwrite)
     phantom_config = _load_config(config) if config is not None else None
-    with tqdm(total=n, desc=f"phantom {domain}", unit="img") as bar:
+    with progress_bar(total=n, desc=f"phantom {domain}", unit="img") as bar:
         path = write_phantom_dataset(
             out,
             domain,

@@ -75,4 +75,7 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     if array.dtype not in (np.uint8, np.uint16):
         raise DataError(f"{path}: can only write uint8/uint16 arrays, got {array.dtype}")
     # zlib level 3 instead of PIL's 6: about 4x faster on speckle images for ~10% larger files.
-    Image.fromarray(array).save(path, format="PNG", compress_level=3)
+    try:
+        Image.fromarray(array).save(path, format="PNG", compress_level=3)
+    except OSError as exc:  # a full disk or a file-size limit
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from sonosynth.diffusion.config import MUST_MATCH_ON_RESUME, TrainConfig
 from sonosynth.diffusion.run import CHECKPOINTS_DIR
 from sonosynth.errors import SonosynthError
-from sonosynth.files import write_json_atomic
+from sonosynth.files import write_json_atomic, writing
 
 STATE_JSON = "state.json"
 _NAME = re.compile(r"^step-(\d{6,})$")
@@ -96,7 +96,8 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors needs contiguous, non-shared CPU tensors."""
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
+    with writing(path):
+        save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

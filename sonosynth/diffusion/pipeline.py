@@ -83,6 +83,12 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         kwargs.setdefault("local_files_only", True)
         return super().from_pretrained(model_folder(pretrained_model_name_or_path), **kwargs)
 
+    def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
+        """diffusers' denoising bar, as readable log lines when there is no terminal (`sonosynth.progress`)."""
+        from sonosynth.progress import progress_bar
+
+        return progress_bar(iterable, total=total, **getattr(self, "_progress_bar_config", {}))
+
     @property
     def kind(self) -> str:
         return self.unet.model_config.kind

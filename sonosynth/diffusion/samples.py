@@ -33,12 +33,17 @@ def make_pipeline(model: Any, config: TrainConfig, step: int | None = None,
 def save_pipeline(model: Any, config: TrainConfig, out: Path, step: int | None = None,
                   class_values: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Save the model as a diffusers pipeline folder, atomically (built next to `out`, then renamed)."""
-    from sonosynth.files import commit_folder
+    from sonosynth.files import commit_folder, writing
 
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    make_pipeline(model, config, step, class_values).save_pretrained(str(tmp))
+    try:
+        with writing(out):
+            make_pipeline(model, config, step, class_values).save_pretrained(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     commit_folder(tmp, out)
     return out
 

@@ -20,6 +20,8 @@ import copy
 import csv
 import math
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -72,21 +74,65 @@ def train(
     `on_step(step, loss)` is called after every optimizer step (and after its checkpoint). If it
     returns True on any process, this step becomes the last one: the final checkpoint, sample grid
     and model are written as at `max_steps` (e.g. to stop on a time budget).
+
+    A run that fails (an error, a non-finite loss, Ctrl-C) before its first checkpoint leaves nothing
+    behind: what this call created in `run_dir` is removed. One that fails later keeps its last
+    checkpoint, and the error says to continue with --resume.
     """
+    run_dir = Path(run_dir)
+    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
+    looping: list[bool] = []  # set once the loop runs: a failure from then on may leave a resumable run
+    try:
+        return _train(config, run_dir, resume, on_step, progress, device, looping)
+    except BaseException as exc:
+        note = _after_failure(run_dir, before, bool(looping))
+        if isinstance(exc, SonosynthError) and note:
+            raise SonosynthError(f"{exc}; {note}") from None
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        raise
+
+
+def _after_failure(run_dir: Path, before: set[Path] | None, looping: bool) -> str:
+    """Remove what a failed call created unless a checkpoint survives; say what is left (rank 0 only)."""
+    from sonosynth.diffusion import checkpoints as ckpt
+
+    if int(os.environ.get("RANK", "0")) != 0 or not run_dir.is_dir():
+        return ""
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None:
+        return f"{run_dir} keeps checkpoint {latest.name}: continue with --resume" if looping else ""
+    created = [run_dir] if before is None else sorted(set(run_dir.iterdir()) - before)
+    for path in created:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return f"nothing was kept in {run_dir} (no checkpoint yet)" if created else ""
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    on_step: Callable[[int, float], bool | None] | None,
+    progress: bool,
+    device: str,
+    looping: list[bool],
+) -> TrainResult:
     import torch
     import torch.nn.functional as F
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
     from sonosynth.diffusion import checkpoints as ckpt
     from sonosynth.diffusion.schedulers import make_scheduler
     from sonosynth.models.configs import build_model
+    from sonosynth.progress import progress_bar
 
     started = time.perf_counter()
-    run_dir = Path(run_dir)
     pairs, fingerprint = open_training_pairs(config)
     config = resolve_model_config(config, pairs)
 
@@ -169,10 +215,11 @@ def train(
         last_grid = at_step
 
     losses: list[float] = []
-    bar = tqdm(total=config.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+    bar = progress_bar(total=config.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (progress and accelerator.is_main_process))
     loss_log = _LossLog(folder.loss_csv, step) if accelerator.is_main_process else None
     last_checkpoint = step if checkpoint is not None else -1
+    looping.append(True)
     while step < config.max_steps:
         model.train()
         total = torch.zeros((), device=device)

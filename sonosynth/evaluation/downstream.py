@@ -140,10 +140,9 @@ def run_downstream(
     `report_only`: train nothing; write the report of the cells finished so far (e.g. while another
     process is still running the experiment), saying how many of the planned cells it holds.
     """
-    from tqdm.auto import tqdm
-
     from sonosynth.evaluation.metrics import label_structures
     from sonosynth.evaluation.report import write_downstream_report
+    from sonosynth.progress import progress_bar
     from sonosynth.segmentation.train import check_compatible_labels, load_pairs, real_splits
 
     config.validate(synthetic_path is not None)
@@ -185,7 +184,7 @@ def run_downstream(
         subject_of = [r.subject or r.id for r in train.records]
         train_pairs = load_pairs(train, segmentation.size, progress)
         loaded: dict[Path, Any] = {}  # the synthetic pairs of the current generator (cells are k-major)
-        for cell in tqdm(todo, desc="downstream cells", disable=not progress):
+        for cell in progress_bar(todo, desc="downstream cells", disable=not progress):
             chosen = nested_subjects(train.subjects, cell.k, cell.seed) if cell.k != "-" else []
             synth_pairs, generator = shared_synthetic, None
             if config.generator is not None and uses_synthetic(cell.arm):

@@ -364,9 +364,8 @@ def evaluate_quality(
     device: str = "cpu",
 ) -> Path:
     """Write REPORT (quality.json, quality.md, memorisation.csv, report.html) atomically."""
-    from tqdm.auto import tqdm
-
     from sonosynth.evaluation.report import write_quality_report
+    from sonosynth.progress import progress_bar
     from sonosynth.segmentation.train import check_compatible_labels
 
     config = config or QualityConfig()
@@ -381,7 +380,7 @@ def evaluate_quality(
     held_out = real.subset(["val", "test"]) if has_splits else real.subset(ids=[])
 
     steps = ["images", "features", "fidelity", "diversity", "intensity", "memorisation"]
-    bar = tqdm(total=len(steps), desc="quality", disable=not progress)
+    bar = progress_bar(total=len(steps), desc="quality", disable=not progress)
     result: dict[str, Any] = {
         "real": str(Path(real_path).resolve()),
         "synthetic": str(Path(synthetic_path).resolve()),

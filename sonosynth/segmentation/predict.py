@@ -129,14 +129,14 @@ def predict_folder(
     device: str = "cpu",
 ) -> Path:
     """`sonosynth segment predict`: write OUT/<name>.png label maps at the original image sizes."""
-    from tqdm.auto import tqdm
+    from sonosynth.progress import progress_bar
 
     out = prepare_output(out, overwrite)
     segmenter = load_segmenter(segrun, device)
     items = list_images(source)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
-        for name, path in tqdm(items, desc="segmenting", disable=not progress):
+        for name, path in progress_bar(items, desc="segmenting", disable=not progress):
             (mask,) = predict_masks(segmenter, [read_image(path)])
             write_png(tmp / f"{name}.png", mask)
         commit_folder(tmp, out)

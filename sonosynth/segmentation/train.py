@@ -25,7 +25,7 @@ from sonosynth.data.format import Dataset
 from sonosynth.data.validate import require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
-from sonosynth.files import commit_folder, prepare_output
+from sonosynth.files import commit_folder, prepare_output, writing
 from sonosynth.seeds import derive_seed
 from sonosynth.segmentation.nets import UNET_SIZES, build_unet, min_image_size
 from sonosynth.settings import Config
@@ -109,15 +109,14 @@ class PairTensors:
 
 def load_pairs(dataset: Dataset, size: int, progress: bool = False) -> PairTensors:
     """Letterbox every pair of `dataset` to size x size (the same preprocessing as LetterboxedPairs)."""
-    from tqdm.auto import tqdm
-
     from sonosynth.data.transforms import letterbox_mask
+    from sonosynth.progress import progress_bar
     from sonosynth.segmentation.predict import image_to_model
 
     if len(dataset) == 0:
         return PairTensors.empty(size)
     images, labels = [], []
-    for sample in tqdm(dataset, total=len(dataset), desc=f"loading {dataset.root.name}", disable=not progress):
+    for sample in progress_bar(dataset, total=len(dataset), desc=f"loading {dataset.root.name}", disable=not progress):
         images.append(image_to_model(sample.image, size))
         labels.append(letterbox_mask(sample.mask, size))
     return PairTensors(torch.stack(images), torch.stack(labels))
@@ -200,7 +199,8 @@ def train_segmenter(
     not depend on the device; only the network runs on `device`.
     """
     from monai.losses import DiceCELoss
-    from tqdm.auto import tqdm
+
+    from sonosynth.progress import progress_bar
 
     config.validate()
     extra = extra if extra is not None and len(extra) else None
@@ -225,7 +225,7 @@ def train_segmenter(
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     step = 0
-    bar = tqdm(total=config.max_steps, desc="segmenter", disable=not progress, leave=False)
+    bar = progress_bar(total=config.max_steps, desc="segmenter", disable=not progress, leave=False)
     model.train()
     running = 0.0
     for step in range(1, config.max_steps + 1):
@@ -286,10 +286,11 @@ def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-        save_file(state, str(tmp / MODEL_FILE))
-        result.config.save(tmp / CONFIG_FILE)
-        metrics = {**result.metrics(), **(extra_metrics or {})}
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        with writing(out):
+            save_file(state, str(tmp / MODEL_FILE))
+            result.config.save(tmp / CONFIG_FILE)
+            metrics = {**result.metrics(), **(extra_metrics or {})}
+            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         commit_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

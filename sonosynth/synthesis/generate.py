@@ -172,12 +172,11 @@ class Candidate:
 
 def load_source_pairs(dataset: Dataset, size: int, progress: bool = False, keep_full: bool = False) -> list[SourcePair]:
     """The pairs on the model's grid; `keep_full` also keeps each mask and fov at its own size."""
-    from tqdm.auto import tqdm
-
     from sonosynth.data.transforms import field_of_view
+    from sonosynth.progress import progress_bar
 
     pairs = []
-    for sample in tqdm(dataset, total=len(dataset), desc="reading source masks", disable=not progress):
+    for sample in progress_bar(dataset, total=len(dataset), desc="reading source masks", disable=not progress):
         pairs.append(SourcePair(sample.record, reduce_mask(sample.mask, size), reduced_fov(sample.image, size),
                                 reduced_spacing(sample.record.spacing_mm, sample.mask.shape, size),
                                 shape=tuple(sample.mask.shape),
@@ -267,9 +266,9 @@ def generate_dataset(
     mask fidelity into the manifest; it is required when `config.filter_dice` is set.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from sonosynth.diffusion.schedulers import scheduler_name
+    from sonosynth.progress import progress_bar
     from sonosynth.seeds import sample_seeds
     from sonosynth.synthesis.grid import to_square
     from sonosynth.synthesis.sampling import load_synthesis_model
@@ -329,7 +328,7 @@ def generate_dataset(
                "guidance": config.guidance_scale}
     kept = drawn = 0
     with DatasetWriter(out, out_info, overwrite=overwrite) as writer, \
-            tqdm(total=n, desc=f"generating ({config.mask_source} masks)", disable=not progress) as bar:
+            progress_bar(total=n, desc=f"generating ({config.mask_source} masks)", disable=not progress) as bar:
         while kept < n and drawn < max_draws:
             wanted = [config.attributes.draw(rng) for _ in range(min(config.batch_size, max_draws - drawn))]
             batch = [masks.draw(rng, w) if masks else _full_square(model.size) for w in wanted]

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
 from sonosynth.errors import DataError
+from sonosynth.progress import progress_bar
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -75,7 +75,7 @@ def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """A progress bar on stderr for long imports (silent when not a terminal is fine too)."""
-    yield from tqdm(items, desc=description, total=total, unit="pair", leave=False, dynamic_ncols=True)
+    yield from progress_bar(items, desc=description, total=total, unit="pair", leave=False, dynamic_ncols=True)
 
 
 def prefetch(load: Callable[[T], U], items: Sequence[T], workers: int = 2, ahead: int = 8) -> Iterator[U]:

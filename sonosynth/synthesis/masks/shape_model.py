@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.files import writing
 from sonosynth.settings import Config
 from sonosynth.synthesis.masks.topology import AnatomyRules, enforce_topology
 
@@ -287,8 +288,9 @@ class ShapeModel:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"mean": self.mean, "components": self.components, "stdevs": self.stdevs},
-                  str(folder / WEIGHTS_FILE))
+        with writing(folder / WEIGHTS_FILE):
+            save_file({"mean": self.mean, "components": self.components, "stdevs": self.stdevs},
+                      str(folder / WEIGHTS_FILE))
         meta = {
             "config": asdict(self.config),
             "labels": self.labels,

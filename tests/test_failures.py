@@ -1,0 +1,216 @@
+"""What survives a failure: errors and Ctrl-C, non-finite losses, SIGKILL mid-write, a full disk.
+
+The guarantees of docs/reliability.md: a training that fails before its first checkpoint leaves
+nothing; one that fails later keeps a resumable run and says so; a run killed while writing a
+checkpoint resumes from the last complete one to the same weights as an uninterrupted run; a killed
+generation leaves no output and the same command then writes what an uninterrupted one writes; a
+write that fails (disk full, file-size limit) is one line naming the file, with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from factories import save_tiny_run, write_toy_dataset
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from sonosynth.cli import app
+from sonosynth.diffusion import checkpoints as ckpt
+from sonosynth.diffusion.config import TrainConfig
+from sonosynth.diffusion.train import train
+from sonosynth.errors import SonosynthError
+from sonosynth.models.configs import ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(dataset: Path, **changes) -> TrainConfig:
+    settings = dict(dataset=str(dataset), model=ModelConfig(size="tiny"), image_size=32, batch_size=2, max_steps=4,
+                    warmup_steps=1, checkpoint_every=2, keep_checkpoints=5, sample_every=1000, sample_steps=2,
+                    num_samples=1)
+    return TrainConfig(**{**settings, **changes})
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at(step_to_stop: int):
+    def on_step(step: int, loss: float) -> None:
+        if step == step_to_stop:
+            raise Stop
+
+    return on_step
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(next((folder / "model" / "unet").glob("*.safetensors"))))
+
+
+def run_sonosynth(args: list[str], before: str = "", limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """`sonosynth ARGS` in a fresh process, after `before` (Python run first: patches that kill it), optionally
+    under a file-size limit (writes past it fail with EFBIG, as on a full disk)."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        limit = {limit_bytes!r}
+        if limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        {textwrap.indent(textwrap.dedent(before), '        ').strip()}
+        from sonosynth.cli import main
+        sys.argv = ["sonosynth", *{args!r}]
+        main()
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+
+
+# ---- errors, Ctrl-C and non-finite losses ----------------------------------------------------------------
+
+
+def test_a_training_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path: Path) -> None:
+    data = write_toy_dataset(tmp_path / "toy")
+    config = tiny_config(data, checkpoint_every=100)
+    with pytest.raises(Stop):
+        train(config, tmp_path / "run", on_step=stop_at(2), progress=False)
+    assert not (tmp_path / "run").exists()
+    # A folder the user made stays, with what they put there, and nothing else.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "mine", on_step=lambda step, loss: (_ for _ in ()).throw(KeyboardInterrupt),
+              progress=False)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_a_non_finite_loss_stops_with_the_last_good_checkpoint_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    data = write_toy_dataset(tmp_path / "toy")
+    config = tiny_config(data, max_steps=6)
+    straight = train(config, tmp_path / "straight", progress=False)
+
+    import torch.nn.functional as F
+
+    mse, calls = F.mse_loss, []
+
+    def nan_at_step_3(*args, **kwargs):
+        calls.append(1)
+        loss = mse(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(F, "mse_loss", nan_at_step_3)
+    with pytest.raises(SonosynthError, match=r"the loss became nan at step 3.*keeps checkpoint step-000002: "
+                                             r"continue with --resume"):
+        train(config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(F, "mse_loss", mse)
+    assert [step for step, _ in ckpt.list_checkpoints(tmp_path / "run")] == [2]
+    assert not (tmp_path / "run" / "model").exists()  # no NaN weights were written anywhere
+    for path in (tmp_path / "run" / "checkpoints" / "step-000002").glob("*.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(str(path)).values() if t.is_floating_point())
+    resumed = train(config, tmp_path / "run", resume=True, progress=False)
+    assert resumed.step == 6
+    assert all(torch.equal(a, b) for a, b in zip(weights(tmp_path / "straight").values(),
+                                                 weights(tmp_path / "run").values(), strict=True))
+    assert straight.step == 6
+
+    # Non-finite before any checkpoint: nothing is kept.
+    calls.clear()
+    monkeypatch.setattr(F, "mse_loss", nan_at_step_3)
+    with pytest.raises(SonosynthError, match=r"nothing was kept in .*run2 \(no checkpoint yet\)"):
+        train(tiny_config(data, checkpoint_every=100), tmp_path / "run2", progress=False)
+    assert not (tmp_path / "run2").exists()
+
+
+# ---- SIGKILL ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
+    data = write_toy_dataset(tmp_path / "toy")
+    config_file = tmp_path / "config.yaml"
+    tiny_config(data, max_steps=6).save(config_file)
+    args = ["train", str(data), "--config", str(config_file), "--device", "cpu"]
+    assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "straight")]).exit_code == 0
+
+    # SIGKILL once the step-4 checkpoint's weights are on disk but before its state.json: mid-write.
+    die = """
+        import os, signal
+        from sonosynth.diffusion import checkpoints
+        finish = checkpoints.finish_checkpoint
+        def finish_or_die(tmp, state, keep):
+            if state["step"] == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return finish(tmp, state, keep)
+        checkpoints.finish_checkpoint = finish_or_die
+    """
+    killed = run_sonosynth([*args, "--out", str(tmp_path / "run")], before=die)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "step-000004.tmp").is_dir()  # the half-written one
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-000002"  # never picked up
+
+    refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert isinstance(refused.exception, SonosynthError) and "--resume" in str(refused.exception)
+    resumed = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert not (tmp_path / "run" / "checkpoints" / "step-000004.tmp").exists()
+    straight, again = weights(tmp_path / "straight"), weights(tmp_path / "run")
+    assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+@pytest.mark.slow
+def test_killed_generation_leaves_no_output_and_the_rerun_writes_the_same(tmp_path: Path) -> None:
+    data = write_toy_dataset(tmp_path / "toy", n=6)
+    run = save_tiny_run(tmp_path / "run")
+    args = ["generate", str(run), "--source", str(data), "--n", "5", "--steps", "2", "--batch-size", "1",
+            "--seed", "3", "--device", "cpu"]
+    assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "straight")]).exit_code == 0
+
+    die = """
+        import os, signal
+        from sonosynth.data import format
+        add, count = format.DatasetWriter.add, []
+        def add_or_die(self, *args, **kwargs):
+            count.append(1)
+            if len(count) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return add(self, *args, **kwargs)
+        format.DatasetWriter.add = add_or_die
+    """
+    out = tmp_path / "out"
+    killed = run_sonosynth([*args, "--out", str(out)], before=die)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not out.exists()  # only a temporary folder beside it, never the output
+    again = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert (out / "manifest.csv").read_text() == (tmp_path / "straight" / "manifest.csv").read_text()
+    for image in (tmp_path / "straight" / "images").iterdir():
+        assert (out / "images" / image.name).read_bytes() == image.read_bytes()
+
+
+# ---- a full disk --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["phantom", "train"])
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing(tmp_path: Path, command: str) -> None:
+    out = tmp_path / "out"
+    if command == "phantom":
+        args, limit = ["data", "phantom", str(out), "--n", "6", "--size", "64"], 3000
+    else:
+        data = write_toy_dataset(tmp_path / "toy")
+        config_file = tmp_path / "config.yaml"
+        tiny_config(data, max_steps=2, checkpoint_every=1).save(config_file)
+        args, limit = ["train", str(data), "--config", str(config_file), "--device", "cpu", "--out", str(out)], 30_000
+    result = run_sonosynth(args, limit_bytes=limit)
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "cannot write (" in errors[0] and "File too large" in errors[0] and str(out) in errors[0]
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out")] == []
