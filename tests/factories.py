@@ -15,6 +15,7 @@ from PIL import Image
 
 from sonosynth.data.format import DatasetInfo, DatasetWriter
 from sonosynth.data.imageio import write_png
+from sonosynth.diffusion.config import TrainConfig
 from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
 from sonosynth.diffusion.schedulers import make_scheduler
 from sonosynth.models.configs import ModelConfig, build_model
@@ -169,3 +170,27 @@ def imported_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Cal
         if not out.exists():
             make(out)
     return out
+
+
+# ---- training runs -----------------------------------------------------------------------------------
+
+
+def tiny_train_config(dataset: Path, **changes) -> TrainConfig:
+    """A run that takes seconds: tiny model, 32 px, batch 2, sampling with 2 steps."""
+    settings = dict(dataset=str(dataset), model=ModelConfig(size="tiny"), image_size=32, batch_size=2, max_steps=4,
+                    warmup_steps=1, checkpoint_every=2, keep_checkpoints=5, sample_every=1000, sample_steps=2,
+                    num_samples=1)
+    return TrainConfig(**{**settings, **changes})
+
+
+class Killed(Exception):
+    """Raised by `kill_at` to stop a training mid-run, as a crash would."""
+
+
+def kill_at(step_to_die: int) -> Callable[[int, float], None]:
+    """An `on_step` callback that raises `Killed` after optimizer step `step_to_die`."""
+    def on_step(step: int, loss: float) -> None:
+        if step == step_to_die:
+            raise Killed
+
+    return on_step

@@ -18,37 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import save_tiny_run, write_toy_dataset
+from factories import Killed, kill_at, save_tiny_run, tiny_train_config, write_toy_dataset
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sonosynth.cli import app
 from sonosynth.diffusion import checkpoints as ckpt
-from sonosynth.diffusion.config import TrainConfig
 from sonosynth.diffusion.train import train
 from sonosynth.errors import SonosynthError
-from sonosynth.models.configs import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(dataset: Path, **changes) -> TrainConfig:
-    settings = dict(dataset=str(dataset), model=ModelConfig(size="tiny"), image_size=32, batch_size=2, max_steps=4,
-                    warmup_steps=1, checkpoint_every=2, keep_checkpoints=5, sample_every=1000, sample_steps=2,
-                    num_samples=1)
-    return TrainConfig(**{**settings, **changes})
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_at(step_to_stop: int):
-    def on_step(step: int, loss: float) -> None:
-        if step == step_to_stop:
-            raise Stop
-
-    return on_step
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -78,9 +57,9 @@ def run_sonosynth(args: list[str], before: str = "", limit_bytes: int | None = N
 
 def test_a_training_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path: Path) -> None:
     data = write_toy_dataset(tmp_path / "toy")
-    config = tiny_config(data, checkpoint_every=100)
-    with pytest.raises(Stop):
-        train(config, tmp_path / "run", on_step=stop_at(2), progress=False)
+    config = tiny_train_config(data, checkpoint_every=100)
+    with pytest.raises(Killed):
+        train(config, tmp_path / "run", on_step=kill_at(2), progress=False)
     assert not (tmp_path / "run").exists()
     # A folder the user made stays, with what they put there, and nothing else.
     (tmp_path / "mine").mkdir()
@@ -93,7 +72,7 @@ def test_a_training_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_pa
 
 def test_a_non_finite_loss_stops_with_the_last_good_checkpoint_and_resumes(tmp_path: Path, monkeypatch) -> None:
     data = write_toy_dataset(tmp_path / "toy")
-    config = tiny_config(data, max_steps=6)
+    config = tiny_train_config(data, max_steps=6)
     straight = train(config, tmp_path / "straight", progress=False)
 
     import torch.nn.functional as F
@@ -124,7 +103,7 @@ def test_a_non_finite_loss_stops_with_the_last_good_checkpoint_and_resumes(tmp_p
     calls.clear()
     monkeypatch.setattr(F, "mse_loss", nan_at_step_3)
     with pytest.raises(SonosynthError, match=r"nothing was kept in .*run2 \(no checkpoint yet\)"):
-        train(tiny_config(data, checkpoint_every=100), tmp_path / "run2", progress=False)
+        train(tiny_train_config(data, checkpoint_every=100), tmp_path / "run2", progress=False)
     assert not (tmp_path / "run2").exists()
 
 
@@ -135,7 +114,7 @@ def test_a_non_finite_loss_stops_with_the_last_good_checkpoint_and_resumes(tmp_p
 def test_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
     data = write_toy_dataset(tmp_path / "toy")
     config_file = tmp_path / "config.yaml"
-    tiny_config(data, max_steps=6).save(config_file)
+    tiny_train_config(data, max_steps=6).save(config_file)
     args = ["train", str(data), "--config", str(config_file), "--device", "cpu"]
     assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "straight")]).exit_code == 0
 
@@ -205,7 +184,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing(tmp_path: Pa
     else:
         data = write_toy_dataset(tmp_path / "toy")
         config_file = tmp_path / "config.yaml"
-        tiny_config(data, max_steps=2, checkpoint_every=1).save(config_file)
+        tiny_train_config(data, max_steps=2, checkpoint_every=1).save(config_file)
         args, limit = ["train", str(data), "--config", str(config_file), "--device", "cpu", "--out", str(out)], 30_000
     result = run_sonosynth(args, limit_bytes=limit)
     assert result.returncode == 1, result.stderr[-2000:]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from factories import write_toy_dataset
+from factories import Killed, kill_at, tiny_train_config, write_toy_dataset
 from safetensors.torch import load_file
 
 from sonosynth.augment import AugmentConfig
@@ -23,25 +23,6 @@ from sonosynth.errors import SonosynthError
 from sonosynth.models.configs import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(dataset: Path, **changes) -> TrainConfig:
-    """A run that takes seconds: tiny model, 32 px, batch 2, sampling with 2 steps."""
-    settings = dict(
-        dataset=str(dataset),
-        model=ModelConfig(size="tiny"),
-        image_size=32,
-        batch_size=2,
-        max_steps=4,
-        warmup_steps=1,
-        checkpoint_every=2,
-        keep_checkpoints=5,
-        sample_every=1000,
-        sample_steps=2,
-        num_samples=1,
-    )
-    settings.update(changes)
-    return TrainConfig(**settings)
 
 
 # ---- config ----------------------------------------------------------------------------------------
@@ -139,7 +120,7 @@ def test_optimizer_and_rng_state_round_trip():
 
 def test_checkpoint_write_failure_leaves_previous_intact(toy_dataset, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    train(tiny_config(toy_dataset, max_steps=2), run, progress=False)
+    train(tiny_train_config(toy_dataset, max_steps=2), run, progress=False)
     assert ckpt.latest_checkpoint(run).name == "step-000002"
 
     real_save = ckpt.save_tensors
@@ -151,7 +132,7 @@ def test_checkpoint_write_failure_leaves_previous_intact(toy_dataset, tmp_path, 
 
     monkeypatch.setattr(ckpt, "save_tensors", failing_save)
     with pytest.raises(OSError, match="disk full"):
-        train(tiny_config(toy_dataset, max_steps=4), run, resume=True, progress=False)
+        train(tiny_train_config(toy_dataset, max_steps=4), run, resume=True, progress=False)
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2]
     assert ckpt.read_state(ckpt.latest_checkpoint(run))["step"] == 2
 
@@ -159,27 +140,15 @@ def test_checkpoint_write_failure_leaves_previous_intact(toy_dataset, tmp_path, 
 # ---- resume ------------------------------------------------------------------------------------------
 
 
-class Killed(Exception):
-    pass
-
-
-def _kill_at(step_to_die: int):
-    def on_step(step: int, loss: float) -> None:
-        if step == step_to_die:
-            raise Killed
-
-    return on_step
-
-
 def test_resume_equals_uninterrupted_run(toy_dataset, tmp_path):
-    config = tiny_config(toy_dataset, max_steps=6, checkpoint_every=2, keep_checkpoints=2,
+    config = tiny_train_config(toy_dataset, max_steps=6, checkpoint_every=2, keep_checkpoints=2,
                          augment=AugmentConfig.from_dict({"preset": "gentle", "probability": 1.0}),
                          cond_drop_prob=0.3)
     straight = train(config, tmp_path / "straight", progress=False)
 
     # Killed at step 5: the checkpoint of step 4 survives, step 5 is lost and redone.
     with pytest.raises(Killed):
-        train(config, tmp_path / "killed", on_step=_kill_at(5), progress=False)
+        train(config, tmp_path / "killed", on_step=kill_at(5), progress=False)
     assert ckpt.latest_checkpoint(tmp_path / "killed").name == "step-000004"
     with pytest.raises(SonosynthError, match="already holds a training run"):
         train(config, tmp_path / "killed", progress=False)
@@ -200,7 +169,7 @@ def test_the_saved_model_carries_its_class_values(toy_dataset, tmp_path):
     """Generation needs no training dataset: attribute names and value order are saved with the model."""
     from sonosynth import MaskToUltrasoundPipeline
 
-    train(tiny_config(toy_dataset, max_steps=1, class_attributes=["view"]), tmp_path / "run", progress=False)
+    train(tiny_train_config(toy_dataset, max_steps=1, class_attributes=["view"]), tmp_path / "run", progress=False)
     pipe = MaskToUltrasoundPipeline.from_pretrained(tmp_path / "run" / "model")
     assert pipe.class_attributes == {"view": ["a", "b"]}
     assert pipe.unet.model_config.class_cardinalities == [2]
@@ -208,11 +177,11 @@ def test_the_saved_model_carries_its_class_values(toy_dataset, tmp_path):
 
 def test_resume_refuses_a_changed_config(toy_dataset, tmp_path):
     run = tmp_path / "run"
-    train(tiny_config(toy_dataset, max_steps=2), run, progress=False)
+    train(tiny_train_config(toy_dataset, max_steps=2), run, progress=False)
     with pytest.raises(SonosynthError, match="config changed.*batch_size"):
-        train(tiny_config(toy_dataset, max_steps=3, batch_size=3), run, resume=True, progress=False)
+        train(tiny_train_config(toy_dataset, max_steps=3, batch_size=3), run, resume=True, progress=False)
     # Training longer is allowed.
-    assert train(tiny_config(toy_dataset, max_steps=3), run, resume=True, progress=False).step == 3
+    assert train(tiny_train_config(toy_dataset, max_steps=3), run, resume=True, progress=False).step == 3
 
 
 # ---- several processes -----------------------------------------------------------------------------
@@ -268,7 +237,7 @@ def test_patch_training_samples_whole_images(toy_dataset, tmp_path):
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
 
     seen = []
-    config = tiny_config(toy_dataset, patch_size=16, max_steps=2)
+    config = tiny_train_config(toy_dataset, patch_size=16, max_steps=2)
     result = train(config, tmp_path / "run", progress=False, on_step=lambda step, loss: seen.append(step))
     assert seen == [1, 2]
     pipe = MaskToUltrasoundPipeline.from_pretrained(tmp_path / "run")
@@ -290,7 +259,7 @@ def test_tiny_model_overfits_two_pairs(tmp_path):
     from sonosynth.models.configs import build_model
 
     dataset = write_toy_dataset(tmp_path / "two", n=2, seed=3)
-    config = tiny_config(
+    config = tiny_train_config(
         dataset, model=ModelConfig(size="tiny", kind="concat"), batch_size=4, max_steps=80, lr=2e-3,
         warmup_steps=5, lr_schedule="constant", checkpoint_every=1000, ema_decay=0.9, sample_steps=10,
         guidance_scale=1.0, augment=AugmentConfig.preset("none"),
