@@ -64,6 +64,9 @@ def strict_from_dict(cls: type[T], data: dict[str, Any], origin: str, what: str)
     unknown = sorted(set(data) - {f.name for f in fields(cls)})  # type: ignore[arg-type]
     if unknown:
         raise SonosynthError(f"{origin}: unknown {what} fields {unknown}")
+    problems = _coerce_scalars(data, _type_hints(cls))
+    if problems:
+        raise SonosynthError(f"{origin}: " + "; ".join(problems))
     try:
         return cls(**data)
     except SonosynthError as exc:
@@ -71,6 +74,39 @@ def strict_from_dict(cls: type[T], data: dict[str, Any], origin: str, what: str)
         raise SonosynthError(message if message.startswith(origin) else f"{origin}: {message}") from None
     except (TypeError, ValueError) as exc:
         raise SonosynthError(f"{origin}: {exc}") from None
+
+
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce_scalars(data: dict[str, Any], hints: dict[str, Any]) -> list[str]:
+    """Check values of plain scalar fields (bool, int, float, str, or one of them | None) against their type.
+
+    YAML reads `5e-4` as a string (YAML 1.1 floats need a dot), so a float field takes a number written
+    that way; otherwise a value of the wrong type is a problem naming the field, not a crash later on."""
+    problems = []
+    for name, value in data.items():
+        kinds = [a for a in _alternatives(hints.get(name)) if a is not type(None)]
+        if len(kinds) != 1 or kinds[0] not in _SCALARS or (value is None and type(None) in _alternatives(hints[name])):
+            continue
+        kind = kinds[0]
+        if kind is float and isinstance(value, str) and _is_float(value):
+            data[name] = value = float(value)
+        if kind is float:
+            fits = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not fits:
+            problems.append(f"{name} must be {_SCALARS[kind]}, got {value!r}")
+    return problems
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:

@@ -109,9 +109,9 @@ def test_export_refuses_existing_target_taken_id_and_bad_id(toy_dataset: Path, t
 
 def test_export_of_a_dataset_with_a_missing_file_leaves_nothing(toy_dataset: Path, tmp_path: Path):
     (toy_dataset / "masks" / "toy_003.png").unlink()
-    with pytest.raises(DataError, match=r"toy_003\.png: file listed in the manifest is missing"):
+    with pytest.raises(DataError, match=r"toy_003\.png: mask file missing; cannot use these pairs to export"):
         export_nnunet(toy_dataset, tmp_path / "raw", 9)
-    assert list((tmp_path / "raw").iterdir()) == []
+    assert not (tmp_path / "raw").exists()  # refused before anything was created
 
 
 def test_rgb_mask_png_is_re_encoded_as_a_label_map(tmp_path: Path):

@@ -144,11 +144,11 @@ def test_fidelity_filter_drops_or_flags_and_records_scores(tmp_path, toy_run, to
     assert len(flagged) == 3 and calls == [3]
     assert all(r.extra["flagged"] == "1" and float(r.extra["fidelity_dice"]) == 0.0 for r in flagged.records)
 
-    dropped = Dataset.open(generate_dataset(
-        toy_run, toy_source, tmp_path / "drop",
-        GenerateConfig(n=3, steps=1, filter_dice=0.5, max_draws_factor=2), predictor=finds_nothing, progress=False))
-    provenance = json.loads((tmp_path / "drop" / "dataset.json").read_text())["provenance"]
-    assert len(dropped) == 0 and provenance["drawn"] == 6
+    with pytest.raises(DataError, match=r"none of the 6 samples drawn passed the fidelity filter \(Dice >= 0.5\)"):
+        generate_dataset(toy_run, toy_source, tmp_path / "drop",
+                         GenerateConfig(n=3, steps=1, filter_dice=0.5, max_draws_factor=2), predictor=finds_nothing,
+                         progress=False)
+    assert not (tmp_path / "drop").exists() and not list(tmp_path.glob("drop.tmp-*"))
 
     kept = Dataset.open(generate_dataset(
         toy_run, toy_source, tmp_path / "kept",

@@ -23,6 +23,7 @@ from PIL import Image
 from sonosynth.data.format import Dataset, Record
 from sonosynth.data.imageio import read_image, read_label_map, write_png
 from sonosynth.data.importers.pairing import progress
+from sonosynth.data.validate import require_valid
 from sonosynth.errors import DataError
 from sonosynth.files import commit_folder, prepare_output
 
@@ -73,6 +74,7 @@ def export_nnunet(
         dataset = dataset.subset(split=list(splits))
     if len(dataset) == 0:
         raise DataError(f"{dataset_root}: no records to export" + (f" in splits {list(splits)}" if splits else ""))
+    require_valid(dataset, "pairs to export")  # before any output exists
     out_root = Path(out_root)
     folder = nnunet_folder_name(dataset_id, name or dataset.info.name)
     target = prepare_output(out_root / folder, overwrite)

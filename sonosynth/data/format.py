@@ -151,6 +151,8 @@ class Dataset(Sequence[Sample]):
         except json.JSONDecodeError as exc:
             raise DataError(f"{info_path}: invalid JSON ({exc})") from None
         records = read_manifest(manifest_path, info)
+        if not records:
+            raise DataError(f"{manifest_path}: holds no pairs (an empty dataset)")
         return cls(root, info, records)
 
     def __len__(self) -> int:
@@ -176,10 +178,11 @@ class Dataset(Sequence[Sample]):
         return Dataset(self.root, self.info, list(records))
 
     def select(self, split: str = "auto", what: str = "pairs") -> Dataset:
-        """The pairs a stage works on: `auto` is the `train` split when the dataset has one, else every
-        pair; `all` is every pair; any other name is that split. Nothing selected is a `DataError`."""
+        """The pairs a stage works on: `auto` is the `train` split when the dataset is split (even if that
+        leaves nothing: val and test pairs are never trained on by default), else every pair; `all` is
+        every pair; any other name is that split. Nothing selected is a `DataError`."""
         if split == "auto":
-            split = "train" if any(r.split == "train" for r in self.records) else "all"
+            split = "train" if any(r.split for r in self.records) else "all"
         chosen = self if split == "all" else self.subset(split=split)
         if not len(chosen):
             raise DataError(f"{self.root}: no {what} in split '{split}' (choose another split, or 'all')")
@@ -202,6 +205,20 @@ def _require_inside(manifest: Path, line: int, kind: str, relative: str) -> None
         raise DataError(f"{manifest}: line {line}: {kind} path '{relative}' is not inside the dataset folder")
 
 
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether `a` becomes `b` by one insertion, deletion, substitution or swap of neighbours (or is `b`)."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+
+
 def read_manifest(path: Path, info: DatasetInfo) -> list[Record]:
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
@@ -209,6 +226,13 @@ def read_manifest(path: Path, info: DatasetInfo) -> list[Record]:
         missing = [c for c in ("id", "image", "mask") if c not in columns]
         if missing:
             raise DataError(f"{path}: missing columns {missing}")
+        known = [*CORE_COLUMNS, *HASH_COLUMNS, *info.attributes]
+        for column in (c for c in columns if c not in known):
+            lower = column.lower()
+            close = next((k for k in known if lower == k or len(k) >= 4 and _one_edit_apart(lower, k)), None)
+            if close is not None:
+                raise DataError(f"{path}: column '{column}' looks like '{close}' misspelt (an extra column may not "
+                                "be one edit away from a manifest column or a declared attribute)")
         records, seen = [], set()
         for line, row in enumerate(reader, start=2):
             rid = row["id"]

@@ -56,7 +56,7 @@ class TrainConfig(Config):
     num_train_timesteps: int = 1000
     cond_drop_prob: float = 0.1
     class_attributes: list[str] = field(default_factory=list)
-    split: str = "auto"  # auto: the `train` split when the dataset has one, else every pair
+    split: str = "auto"  # auto: the `train` split when the dataset is split, else every pair
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig.preset("gentle"))
     checkpoint_every: int = 200
     keep_checkpoints: int = 3

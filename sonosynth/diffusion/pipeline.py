@@ -81,7 +81,12 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         from sonosynth.diffusion.run import model_folder
 
         kwargs.setdefault("local_files_only", True)
-        return super().from_pretrained(model_folder(pretrained_model_name_or_path), **kwargs)
+        kwargs["use_safetensors"] = True  # a pickle (.bin) file is never unpickled
+        folder = model_folder(pretrained_model_name_or_path)
+        try:
+            return super().from_pretrained(folder, **kwargs)
+        except OSError as exc:  # diffusers' "no file named ..." for missing weights
+            raise SonosynthError(f"{folder}: cannot load the model ({str(exc).strip()})") from None
 
     def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
         """diffusers' denoising bar, as readable log lines when there is no terminal (`sonosynth.progress`)."""

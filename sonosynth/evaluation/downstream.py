@@ -28,6 +28,7 @@ import numpy as np
 
 from sonosynth.augment import AugmentConfig
 from sonosynth.data.format import Dataset
+from sonosynth.data.validate import require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.generators import GeneratorRecipe, ensure_generator, generator_folder
@@ -149,7 +150,9 @@ def run_downstream(
     resolve_device(device)
     real = Dataset.open(real_path)
     synthetic = Dataset.open(synthetic_path) if synthetic_path is not None else None
+    require_valid(real, "real pairs")  # before the report folder exists
     if synthetic is not None:
+        require_valid(synthetic, "synthetic pairs")
         check_compatible_labels(real, synthetic)
     train, val, test = real_splits(real, seed=0)
     if len(test) == 0:

@@ -167,7 +167,8 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
-        """Like diffusers' loader, but weights that do not fit this version's network are an error.
+        """Like diffusers' loader, but safetensors only, and weights that do not fit this version's network
+        are an error.
 
         diffusers only warns and initialises missing layers at random, which would turn a model
         saved by another sonosynth version into noise without anyone noticing.
@@ -175,7 +176,14 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
         from sonosynth.errors import SonosynthError
 
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        kwargs["use_safetensors"] = True  # never fall back to a pickle (.bin) file
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        except ValueError as exc:  # a tensor of another shape: diffusers refuses before the keys can be compared
+            reason = str(exc).split(" If you want")[0].replace("Cannot load  because ", "")
+            raise SonosynthError(f"{pretrained_model_name_or_path}: saved weights do not fit this version's "
+                                 f"network ({reason}); load it with the sonosynth version that trained it, or "
+                                 "retrain") from None
         missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
         mismatched = info.get("mismatched_keys") or []
         if missing or unexpected or mismatched:

@@ -340,6 +340,8 @@ def train_from_folders(
     resolve_device(device)
     dataset = Dataset.open(dataset_path)
     train, val, _ = real_splits(dataset, seed=config.seed)
+    if len(train) == 0 and extra_path is None:
+        raise DataError(f"{dataset.root}: no pairs in split 'train' to train on (give --extra pairs, or split it)")
     extra_ds = Dataset.open(extra_path) if extra_path is not None else None
     if extra_ds is not None:
         check_compatible_labels(dataset, extra_ds)

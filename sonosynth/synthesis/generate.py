@@ -120,7 +120,7 @@ class GenerateConfig(Config):
     scheduler: str | None = None  # None: the sampler saved with the model
     seed: int = 0
     batch_size: int = 8
-    split: str = "auto"  # auto: the source's `train` split when it has one, else every pair; all; a split name
+    split: str = "auto"  # auto: the source's `train` split when it is split, else every pair; all; a split name
     output_size: str = "cropped"  # cropped (model scale, no padding), source (the source pair's size), square
     deform: DeformConfig = field(default_factory=DeformConfig)
     shape: ShapeModelConfig = field(default_factory=ShapeModelConfig)
@@ -385,6 +385,9 @@ def generate_dataset(
                 )
                 kept += 1
                 bar.update(1)
+        if kept == 0:  # an empty dataset is of no use to any command: write nothing
+            raise DataError(f"{out}: none of the {drawn} samples drawn passed the fidelity filter "
+                            f"(Dice >= {config.filter_dice}); nothing was written")
         writer.info.provenance.update({"requested": n, "written": kept, "drawn": drawn})
     if kept < n and progress:
         print(f"warning: only {kept} of {n} samples passed the fidelity filter in {drawn} draws")
