@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import save_tiny_run, write_toy_dataset
+from factories import save_tiny_run, write_cardiac_dataset, write_toy_dataset
 from PIL import Image
 
 from sonosynth.cli import main
@@ -391,6 +391,18 @@ def test_every_command_refuses_a_broken_config(valid_dataset, tmp_path, capsys, 
     ran = run(args, capsys, monkeypatch)
     assert_refused(ran, str(config), out)
     assert problem in ran.err
+
+
+@pytest.mark.parametrize("command", ["sample", "generate"])
+def test_a_source_with_other_labels_than_the_model_is_refused(tiny_run, tmp_path, capsys, monkeypatch,
+                                                              command: str) -> None:
+    cardiac = write_cardiac_dataset(tmp_path / "cardiac", n=4)  # 4 labels; the model knows 2
+    out = tmp_path / "out"
+    extra = ["--n", "2"] if command == "generate" else []
+    ran = run([command, tiny_run, "--source", cardiac, *extra, "--out", out, "--steps", "1", "--device", "cpu"],
+              capsys, monkeypatch)
+    assert_refused(ran, str(cardiac), out)
+    assert "4 labels but the model" in ran.err
 
 
 def test_an_unknown_attribute_value_at_generation_names_the_value(valid_dataset, tiny_run, tmp_path, capsys,
