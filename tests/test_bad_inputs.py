@@ -194,13 +194,21 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_run(tmp_path_factory.mktemp("run") / "run", class_values={"view": ["a", "b"]})
 
 
+@pytest.fixture(scope="module")
+def tiny_segmenter(valid_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sonosynth.segmentation.train import SegmentationConfig, train_from_folders
+
+    config = SegmentationConfig(size=32, net="tiny", max_steps=1, val_every=1, batch_size=2)
+    return train_from_folders(valid_dataset, tmp_path_factory.mktemp("seg") / "seg", config, progress=False)
+
+
 def broken_copy(valid: Path, tmp_path: Path, fault: str) -> tuple[Path, str]:
     root = tmp_path / "data"
     shutil.copytree(valid, root)
     return root, DATASET_FAULTS[fault](root)
 
 
-def commands_reading_a_dataset(data: Path, run_dir: Path, out: Path) -> dict[str, list[str]]:
+def commands_reading_a_dataset(data: Path, run_dir: Path, segmenter: Path, out: Path) -> dict[str, list[object]]:
     tiny = ["--size", "32", "--net-size", "tiny", "--max-steps", "1"]
     return {
         "data check": ["data", "check", data],
@@ -212,6 +220,8 @@ def commands_reading_a_dataset(data: Path, run_dir: Path, out: Path) -> dict[str
                      "--device", "cpu"],
         "evaluate downstream": ["evaluate", "downstream", "--real", data, "--out", out, "--k", "1", "--seeds", "1",
                                 *tiny],
+        "evaluate quality": ["evaluate", "quality", "--real", data, "--synthetic", data, "--out", out, "--size", "32"],
+        "segment predict": ["segment", "predict", segmenter, data, "--out", out],
     }
 
 
@@ -220,20 +230,24 @@ NOT_MET = {
     ("data export", "no_train_split"),  # exports whatever splits there are
     ("data check", "no_train_split"),  # a dataset may be a test set
     ("evaluate downstream", "no_train_split"),  # reported by its own check below, as a missing split
+    ("evaluate quality", "no_train_split"),  # compares whatever pairs there are
+    # `segment predict` reads the images only: the masks and attributes are not its business
+    *(("segment predict", f) for f in ("wrong_mask_size", "labels_out_of_range", "sixteen_bit_mask", "colour_mask",
+                                       "no_train_split", "unknown_attribute_value")),
 }
 
 
 @pytest.mark.parametrize("fault", sorted(DATASET_FAULTS))
 @pytest.mark.parametrize("command", ["data check", "data export", "train", "segment train", "sample", "generate",
-                                     "evaluate downstream"])
-def test_every_command_refuses_a_broken_dataset(valid_dataset, tiny_run, tmp_path, capsys, monkeypatch,
-                                                fault: str, command: str) -> None:
+                                     "evaluate downstream", "evaluate quality", "segment predict"])
+def test_every_command_refuses_a_broken_dataset(valid_dataset, tiny_run, tiny_segmenter, tmp_path, capsys,
+                                                monkeypatch, fault: str, command: str) -> None:
     if (command, fault) in NOT_MET:
         pytest.skip(f"`{command}` does not read what {fault} breaks")
     data, names = broken_copy(valid_dataset, tmp_path, fault)
     out = tmp_path / "out"
     manifest = (data / "manifest.csv").read_bytes()
-    ran = run(commands_reading_a_dataset(data, tiny_run, out)[command], capsys, monkeypatch)
+    ran = run(commands_reading_a_dataset(data, tiny_run, tiny_segmenter, out)[command], capsys, monkeypatch)
     if command == "data check" and fault not in LAYOUT_FAULTS:  # a report of every problem, on stdout
         assert ran.code == 1 and "Traceback" not in ran.err and names in ran.out, ran.out + ran.err
     else:

@@ -364,6 +364,7 @@ def evaluate_quality(
     device: str = "cpu",
 ) -> Path:
     """Write REPORT (quality.json, quality.md, memorisation.csv, report.html) atomically."""
+    from sonosynth.data.validate import require_valid
     from sonosynth.evaluation.report import write_quality_report
     from sonosynth.progress import progress_bar
     from sonosynth.segmentation.train import check_compatible_labels
@@ -372,6 +373,8 @@ def evaluate_quality(
     out = prepare_output(out, overwrite)
     resolve_device(device)
     real, synthetic = Dataset.open(real_path), Dataset.open(synthetic_path)
+    require_valid(real, "real pairs")  # before the report folder exists
+    require_valid(synthetic, "synthetic pairs")
     check_compatible_labels(real, synthetic)
     if len(synthetic) < 2 or len(real) < 2:
         raise SonosynthError(f"{synthetic.root if len(synthetic) < 2 else real.root}: need at least 2 images")
