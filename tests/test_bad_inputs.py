@@ -432,3 +432,25 @@ def test_the_corpus_is_what_the_docs_list() -> None:
     text = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
     for name in [*DATASET_FAULTS, "hash_mismatch", *RUN_FAULTS]:
         assert f"`{name}`" in text, f"docs/reliability.md does not list `{name}`"
+
+
+@pytest.mark.parametrize("fault", ["truncated image", "edited mask of another size", "labels the model lacks"])
+def test_edit_refuses_broken_files(valid_dataset, tiny_run, tmp_path, capsys, monkeypatch, fault: str) -> None:
+    rows = read_manifest(valid_dataset)
+    row = rows[target(rows)]
+    image, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    shutil.copy(valid_dataset / row["image"], image)
+    shutil.copy(valid_dataset / row["mask"], mask)
+    edited = tmp_path / "edited.png"
+    shutil.copy(mask, edited)
+    offending = {"truncated image": image, "edited mask of another size": edited, "labels the model lacks": edited}
+    if fault == "truncated image":
+        image.write_bytes(image.read_bytes()[:200])
+    elif fault == "edited mask of another size":
+        Image.fromarray(np.zeros((10, 12), np.uint8)).save(edited)
+    else:
+        Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint8) * 3).save(edited)  # label 3 of 0..1
+    out = tmp_path / "out"
+    ran = run(["edit", tiny_run, "--image", image, "--mask", mask, "--edited-mask", edited, "--out", out,
+               "--steps", "2", "--device", "cpu"], capsys, monkeypatch)
+    assert_refused(ran, str(offending[fault]), out)
