@@ -29,6 +29,7 @@ data_commands.register(app)
 for _module_name in (
     "sonosynth.commands.phantom",
     "sonosynth.commands.train",
+    "sonosynth.commands.autoencoder",
     "sonosynth.commands.diffusion",
     "sonosynth.commands.synthesis",
     "sonosynth.commands.segmentation",

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,22 @@ def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
     if out.exists() and not overwrite:
         raise DataError(f"{out}: output folder already exists (use --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_folder(out: str | Path, write: Callable[[Path], Any]) -> Path:
+    """`write(tmp)` fills a folder beside `out`, which is then moved into place; a failed write leaves
+    nothing (and a full disk is one line naming `out`)."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with writing(out):
+            write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    commit_folder(tmp, out)
     return out
 
 

@@ -59,6 +59,17 @@ class Config:
         write_text_atomic(path, self.to_yaml())
 
 
+def at_least_one(config: Any, names: tuple[str, ...]) -> list[str]:
+    """Problems for the fields among `names` that are below 1 (counts, sizes, intervals)."""
+    return [f"{name} must be at least 1" for name in names if int(getattr(config, name)) < 1]
+
+
+def patch_problems(patch_size: int | None, image_size: int) -> list[str]:
+    if patch_size is not None and not 0 < patch_size <= image_size:
+        return [f"patch_size must be between 1 and image_size ({image_size})"]
+    return []
+
+
 def strict_from_dict(cls: type[T], data: dict[str, Any], origin: str, what: str) -> T:
     """`cls(**data)`, refusing unknown keys; construction errors become a SonosynthError naming `origin`."""
     unknown = sorted(set(data) - {f.name for f in fields(cls)})  # type: ignore[arg-type]

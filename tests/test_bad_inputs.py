@@ -222,6 +222,8 @@ def commands_reading_a_dataset(data: Path, run_dir: Path, segmenter: Path, out: 
                                 *tiny],
         "evaluate quality": ["evaluate", "quality", "--real", data, "--synthetic", data, "--out", out, "--size", "32"],
         "segment predict": ["segment", "predict", segmenter, data, "--out", out],
+        "autoencoder train": ["autoencoder", "train", data, "--out", out, "--size", "32", "--patch-size", "16",
+                              "--max-steps", "1", "--device", "cpu"],
     }
 
 
@@ -239,7 +241,8 @@ NOT_MET = {
 
 @pytest.mark.parametrize("fault", sorted(DATASET_FAULTS))
 @pytest.mark.parametrize("command", ["data check", "data export", "train", "segment train", "sample", "generate",
-                                     "evaluate downstream", "evaluate quality", "segment predict"])
+                                     "evaluate downstream", "evaluate quality", "segment predict",
+                                     "autoencoder train"])
 def test_every_command_refuses_a_broken_dataset(valid_dataset, tiny_run, tiny_segmenter, tmp_path, capsys,
                                                 monkeypatch, fault: str, command: str) -> None:
     if (command, fault) in NOT_MET:

@@ -19,8 +19,9 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from sonosynth.errors import SonosynthError
 from sonosynth.files import write_json_atomic, writing
 
 STATE_JSON = "state.json"
+T = TypeVar("T")
 _NAME = re.compile(r"^step-(\d{6,})$")
 
 
@@ -253,3 +255,53 @@ def restore_optimization(checkpoint: Path, state: dict[str, Any], optimizer: Any
     rng_file = checkpoint / f"rng-rank{rank}.safetensors"
     if rng_file.is_file():
         restore_rng_state(load_tensors(rng_file), state["rng"][str(rank)])
+
+
+def ema_copy(model: Any, ema: Any) -> Any:
+    """A copy of the model holding the EMA weights (the training model is left untouched)."""
+    import copy
+
+    averaged = copy.deepcopy(model)
+    ema.copy_to(averaged.parameters())
+    return averaged.eval()
+
+
+# ---- a training run's lifecycle --------------------------------------------------------------------
+
+
+def train_cleanly(run_dir: Path, body: Callable[[list[bool]], T]) -> T:
+    """Run `body(looping)` (a training loop that appends to `looping` once it starts stepping); on failure
+    (an error, a non-finite loss, Ctrl-C) remove what it created unless a checkpoint survives, and say so.
+
+    Before the first checkpoint nothing is left behind: a new run folder disappears, an existing one keeps
+    only what was there before. After one, the run is kept and the error says to continue with --resume.
+    """
+    import sys
+
+    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
+    looping: list[bool] = []
+    try:
+        return body(looping)
+    except BaseException as exc:
+        note = _after_failure(run_dir, before, bool(looping))
+        if isinstance(exc, SonosynthError) and note:
+            raise SonosynthError(f"{exc}; {note}") from None
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        raise
+
+
+def _after_failure(run_dir: Path, before: set[Path] | None, looping: bool) -> str:
+    """Remove what a failed call created unless a checkpoint survives; say what is left (rank 0 only)."""
+    if int(os.environ.get("RANK", "0")) != 0 or not run_dir.is_dir():
+        return ""
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        return f"{run_dir} keeps checkpoint {latest.name}: continue with --resume" if looping else ""
+    created = [run_dir] if before is None else sorted(set(run_dir.iterdir()) - before)
+    for path in created:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return f"nothing was kept in {run_dir} (no checkpoint yet)" if created else ""

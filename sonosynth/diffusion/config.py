@@ -8,7 +8,7 @@ from typing import ClassVar
 from sonosynth.augment import AugmentConfig
 from sonosynth.errors import SonosynthError
 from sonosynth.models.configs import SIZE_PRESETS, ModelConfig
-from sonosynth.settings import Config
+from sonosynth.settings import Config, at_least_one, patch_problems
 
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 LR_SCHEDULES = ("cosine", "constant")
@@ -84,11 +84,9 @@ class TrainConfig(Config):
             problems.append(f"mixed_precision must be one of {list(MIXED_PRECISION)}")
         if self.log_with not in (None, "tensorboard"):
             problems.append("log_with must be empty or 'tensorboard'")
-        for name in ("image_size", "batch_size", "grad_accumulation", "max_steps", "checkpoint_every", "sample_every"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be at least 1")
-        if self.patch_size is not None and not 0 < self.patch_size <= self.image_size:
-            problems.append(f"patch_size must be between 1 and image_size ({self.image_size})")
+        problems += at_least_one(self, ("image_size", "batch_size", "grad_accumulation", "max_steps",
+                                        "checkpoint_every", "sample_every"))
+        problems += patch_problems(self.patch_size, self.image_size)
         if not 0.0 <= self.cond_drop_prob < 1.0:
             problems.append("cond_drop_prob must be in [0, 1)")
         if problems:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,19 +32,10 @@ def make_pipeline(model: Any, config: TrainConfig, step: int | None = None,
 def save_pipeline(model: Any, config: TrainConfig, out: Path, step: int | None = None,
                   class_values: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Save the model as a diffusers pipeline folder, atomically (built next to `out`, then renamed)."""
-    from sonosynth.files import commit_folder, writing
+    from sonosynth.files import build_folder
 
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        with writing(out):
-            make_pipeline(model, config, step, class_values).save_pretrained(str(tmp))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    commit_folder(tmp, out)
-    return out
+    pipeline = make_pipeline(model, config, step, class_values)
+    return build_folder(out, lambda tmp: pipeline.save_pretrained(str(tmp)))
 
 
 def sample_batch(model: Any, items: list[dict[str, Any]], config: TrainConfig, seed: int) -> tuple[Any, Any]:

@@ -16,12 +16,9 @@ noise. `prediction_type: epsilon` is available.
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
 import os
-import shutil
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -30,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sonosynth.devices import resolve_device
+from sonosynth.diffusion.checkpoints import train_cleanly
 from sonosynth.diffusion.config import TrainConfig
 from sonosynth.diffusion.data import (
     StreamBatchSampler,
@@ -79,36 +77,8 @@ def train(
     behind: what this call created in `run_dir` is removed. One that fails later keeps its last
     checkpoint, and the error says to continue with --resume.
     """
-    run_dir = Path(run_dir)
-    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
-    looping: list[bool] = []  # set once the loop runs: a failure from then on may leave a resumable run
-    try:
-        return _train(config, run_dir, resume, on_step, progress, device, looping)
-    except BaseException as exc:
-        note = _after_failure(run_dir, before, bool(looping))
-        if isinstance(exc, SonosynthError) and note:
-            raise SonosynthError(f"{exc}; {note}") from None
-        if note:
-            print(f"note: {note}", file=sys.stderr)
-        raise
-
-
-def _after_failure(run_dir: Path, before: set[Path] | None, looping: bool) -> str:
-    """Remove what a failed call created unless a checkpoint survives; say what is left (rank 0 only)."""
-    from sonosynth.diffusion import checkpoints as ckpt
-
-    if int(os.environ.get("RANK", "0")) != 0 or not run_dir.is_dir():
-        return ""
-    latest = ckpt.latest_checkpoint(run_dir)
-    if latest is not None:
-        return f"{run_dir} keeps checkpoint {latest.name}: continue with --resume" if looping else ""
-    created = [run_dir] if before is None else sorted(set(run_dir.iterdir()) - before)
-    for path in created:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    return f"nothing was kept in {run_dir} (no checkpoint yet)" if created else ""
+    return train_cleanly(Path(run_dir), lambda looping: _train(config, Path(run_dir), resume, on_step, progress,
+                                                               device, looping))
 
 
 def _train(
@@ -211,7 +181,7 @@ def _train(
     def write_grid(at_step: int) -> None:
         nonlocal last_grid
         grid_path = folder.samples / f"{ckpt.checkpoint_name(at_step)}.png"
-        write_sample_grid(_ema_copy(unwrapped, ema), grid_items, config, grid_path)
+        write_sample_grid(ckpt.ema_copy(unwrapped, ema), grid_items, config, grid_path)
         last_grid = at_step
 
     losses: list[float] = []
@@ -284,7 +254,7 @@ def _train(
 
     model_dir = None
     if accelerator.is_main_process:
-        model_dir = save_pipeline(_ema_copy(unwrapped, ema), config, folder.model, step, pairs.class_values)
+        model_dir = save_pipeline(ckpt.ema_copy(unwrapped, ema), config, folder.model, step, pairs.class_values)
     accelerator.wait_for_everyone()
     if config.log_with:
         accelerator.end_training()
@@ -302,13 +272,6 @@ def _mixed_precision(setting: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
-
-
-def _ema_copy(model: Any, ema: Any) -> Any:
-    """A copy of the model holding the EMA weights (the training model is left untouched)."""
-    averaged = copy.deepcopy(model)
-    ema.copy_to(averaged.parameters())
-    return averaged.eval()
 
 
 class _LossLog:

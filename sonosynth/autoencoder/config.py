@@ -1,0 +1,90 @@
+"""`AutoencoderConfig`: everything that determines an autoencoder training run (AE/config.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from sonosynth.augment import AugmentConfig
+from sonosynth.errors import SonosynthError
+from sonosynth.settings import Config, at_least_one, patch_problems
+
+# Settings a resumed run may change (the rest must match the checkpoint's).
+MAY_CHANGE_ON_RESUME = ("max_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "num_samples")
+
+
+@dataclass
+class AutoencoderConfig(Config):
+    """A KL autoencoder for single-channel ultrasound, trained on random patches of letterboxed images.
+
+    It is convolutional, so patches (`patch_size`) train it for whole images at `image_size` at a
+    fraction of the cost. Loss: L1 + `frequency_weight` x a log-amplitude spectrum L1 (keeps speckle,
+    which pixel L1 alone blurs away) + `kl_weight` x KL, and after `adversarial_start` steps
+    `adversarial_weight` x a patch-GAN term (MONAI `PatchDiscriminator`, least squares).
+    """
+
+    what: ClassVar[str] = "autoencoder config"
+
+    datasets: list[str] = field(default_factory=list)
+    split: str = "auto"  # auto: each dataset's train split when it is split, else every image
+    image_size: int = 256
+    patch_size: int | None = 64  # None: whole images
+    channels: tuple[int, ...] = (32, 64, 64)  # one level each; the latent is image_size / 2^(levels - 1)
+    latent_channels: int = 4
+    layers_per_block: int = 1
+    batch_size: int = 8
+    lr: float = 1e-4
+    max_steps: int = 2000
+    kl_weight: float = 1e-6
+    frequency_weight: float = 0.1
+    adversarial_weight: float = 0.05
+    adversarial_start: int = 500
+    discriminator_channels: int = 32
+    ema_decay: float = 0.999
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig.preset("gentle"))
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    sample_every: int = 500
+    num_samples: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig.from_dict(self.augment)
+        self.datasets = [str(d) for d in self.datasets]
+        self.channels = tuple(int(c) for c in self.channels)
+        problems = []
+        if not self.channels or min(self.channels) < 1:
+            problems.append("channels must be one or more positive widths")
+        problems += at_least_one(self, ("image_size", "batch_size", "max_steps", "checkpoint_every", "sample_every",
+                                        "latent_channels", "layers_per_block", "discriminator_channels"))
+        factor = self.downsampling if self.channels else 1
+        for name in ("image_size", "patch_size"):
+            value = getattr(self, name)
+            if value is not None and value % factor:
+                problems.append(f"{name} {value} must be a multiple of the downsampling factor {factor}")
+        problems += patch_problems(self.patch_size, self.image_size)
+        for name in ("kl_weight", "frequency_weight", "adversarial_weight", "adversarial_start"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append("ema_decay must be in [0, 1)")
+        if problems:
+            raise SonosynthError("invalid autoencoder config: " + "; ".join(problems))
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    @property
+    def train_size(self) -> int:
+        return self.patch_size or self.image_size
+
+    @property
+    def norm_groups(self) -> int:
+        """GroupNorm groups: the largest divisor of every width, at most 32 (diffusers' default)."""
+        return max(g for g in range(1, 33) if all(c % g == 0 for c in self.channels))
+
+    def resume_key(self) -> dict:
+        """What must match a checkpoint's config to resume from it."""
+        return {k: v for k, v in self.to_dict().items() if k not in MAY_CHANGE_ON_RESUME}

@@ -1,0 +1,43 @@
+"""The autoencoder, its discriminator and the losses that train them (all built on diffusers and MONAI)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from sonosynth.autoencoder.config import AutoencoderConfig
+
+
+def build_autoencoder(config: AutoencoderConfig) -> Any:
+    """diffusers' `AutoencoderKL` for one channel, convolutional only (no attention in the middle block, so a
+    model trained on patches applies to whole images); loads back with `AutoencoderKL.from_pretrained(AE/model)`."""
+    from diffusers import AutoencoderKL
+
+    levels = len(config.channels)
+    return AutoencoderKL(
+        in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=config.channels,
+        layers_per_block=config.layers_per_block, latent_channels=config.latent_channels,
+        norm_num_groups=config.norm_groups, sample_size=config.image_size, mid_block_add_attention=False,
+    )
+
+
+def build_discriminator(config: AutoencoderConfig) -> Any:
+    """MONAI's patch-GAN discriminator, with as many stride-2 layers (up to 3) as the training patch allows."""
+    from monai.networks.nets import PatchDiscriminator
+
+    layers = max(1, min(3, int(math.log2(config.train_size)) - 3))
+    return PatchDiscriminator(spatial_dims=2, channels=config.discriminator_channels, in_channels=1,
+                              num_layers_d=layers)
+
+
+def log_spectrum(images: torch.Tensor) -> torch.Tensor:
+    return torch.log1p(torch.fft.rfft2(images.float(), norm="ortho").abs())
+
+
+def frequency_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between log-amplitude spectra: pixel L1 alone is minimised by a blur, which removes the speckle
+    (the high frequencies) that makes an ultrasound image look like one."""
+    return (log_spectrum(reconstruction) - log_spectrum(target)).abs().mean()

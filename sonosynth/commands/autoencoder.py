@@ -1,0 +1,65 @@
+"""`sonosynth autoencoder train DATASET... --out AE`: the ultrasound autoencoder for latent diffusion.
+
+Settings as in `sonosynth train`: the defaults, the run's saved config.yaml (with --resume), `--config FILE`,
+then the flags given. Any number of datasets: a label-free autoencoder can learn from every ultrasound
+image there is (masks are not used).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sonosynth.commands import options as opt
+
+autoencoder_app = typer.Typer(help="Train an ultrasound autoencoder (for latent diffusion at 256 px).",
+                              no_args_is_help=True)
+
+
+@autoencoder_app.command("train", no_args_is_help=True)
+def train_command(
+    datasets: list[Path] = typer.Argument(..., help="Dataset folders (their images; several allowed)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoints/, samples/, model/."),
+    size: int | None = typer.Option(None, "--size", help="Image side in pixels (letterboxed squares) (default 256)."),
+    patch_size: int | None = typer.Option(None, "--patch-size", help="Train on random patches of this side "
+                                                                     "(default 64; 0: whole images)."),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML file with AutoencoderConfig fields."),
+    max_steps: int | None = opt.max_steps(None, "Optimizer steps in total (default 2000)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size (default 8)."),
+    learning_rate: float | None = opt.learning_rate(None, "Learning rate (default 1e-4)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of everything random (default 0)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in AE."),
+    device: str = opt.DEVICE,
+) -> None:
+    """Train a KL autoencoder (loads with diffusers' AutoencoderKL.from_pretrained(AE/model))."""
+    from sonosynth.autoencoder.config import AutoencoderConfig
+    from sonosynth.autoencoder.train import train_autoencoder
+    from sonosynth.diffusion.run import RunFolder
+    from sonosynth.settings import read_yaml_mapping
+
+    base = AutoencoderConfig()
+    if resume and RunFolder(out).config_yaml.is_file():
+        base = AutoencoderConfig.from_yaml(RunFolder(out).config_yaml)
+    if config_file is not None:
+        base = AutoencoderConfig.from_dict({**base.to_dict(), **read_yaml_mapping(config_file)},
+                                           origin=str(config_file))
+    overrides: dict[str, Any] = {
+        "datasets": [str(d) for d in datasets],
+        "image_size": size,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "lr": learning_rate,
+        "seed": seed,
+    }
+    data = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+    if patch_size is not None:
+        data["patch_size"] = patch_size or None
+    config = AutoencoderConfig.from_dict(data, origin="command line")
+    result = train_autoencoder(config, out, resume=resume, device=device)
+    typer.echo(f"trained to step {result.step} in {result.seconds:.0f} s; model in {result.model_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(autoencoder_app, name="autoencoder")

@@ -1,0 +1,97 @@
+"""The ultrasound autoencoder: config, losses, training on several datasets, exact resume, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from factories import Killed, kill_at, write_cardiac_dataset, write_toy_dataset
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from sonosynth.autoencoder.config import AutoencoderConfig
+from sonosynth.autoencoder.model import build_autoencoder, frequency_loss
+from sonosynth.autoencoder.train import train_autoencoder
+from sonosynth.cli import app
+from sonosynth.diffusion import checkpoints as ckpt
+from sonosynth.errors import SonosynthError
+
+
+def tiny(datasets: list[Path], **changes) -> AutoencoderConfig:
+    settings = dict(datasets=[str(d) for d in datasets], image_size=32, patch_size=16, channels=(8, 8),
+                    latent_channels=2, discriminator_channels=8, batch_size=2, max_steps=6, adversarial_start=2,
+                    checkpoint_every=2, keep_checkpoints=5, sample_every=100, num_samples=2)
+    return AutoencoderConfig(**{**settings, **changes})
+
+
+@pytest.fixture
+def two_datasets(tmp_path: Path) -> list[Path]:
+    return [write_toy_dataset(tmp_path / "toy"), write_cardiac_dataset(tmp_path / "cardiac", n=4)]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_config_checks_sizes_and_round_trips(tmp_path: Path) -> None:
+    config = AutoencoderConfig()
+    assert config.downsampling == 4 and config.train_size == 64 and config.norm_groups == 32
+    config.save(tmp_path / "ae.yaml")
+    assert AutoencoderConfig.from_yaml(tmp_path / "ae.yaml") == config
+    with pytest.raises(SonosynthError, match="image_size 250 must be a multiple of the downsampling factor 4"):
+        AutoencoderConfig(image_size=250)
+    with pytest.raises(SonosynthError, match=r"unknown autoencoder config fields \['depth'\]"):
+        AutoencoderConfig.from_dict({"depth": 3})
+    assert build_autoencoder(tiny([])).config.block_out_channels == (8, 8)
+
+
+def test_frequency_loss_sees_lost_speckle() -> None:
+    generator = torch.Generator().manual_seed(0)
+    speckled = torch.rand(2, 1, 32, 32, generator=generator) * 2 - 1
+    blurred = torch.nn.functional.avg_pool2d(speckled, 3, 1, 1)  # what pixel L1 alone drifts towards
+    assert frequency_loss(speckled, speckled) == 0
+    assert frequency_loss(blurred, speckled) > 5 * frequency_loss(speckled + 0.01, speckled)
+
+
+def test_trains_on_several_datasets_and_loads_with_diffusers(two_datasets: list[Path], tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    result = train_autoencoder(tiny(two_datasets), tmp_path / "ae", progress=False, device="cpu")
+    assert result.step == 6 and len(result.losses) == 6
+    assert all("adversarial" in row for row in result.losses[2:]) and "adversarial" not in result.losses[0]
+    model = AutoencoderKL.from_pretrained(str(tmp_path / "ae" / "model"))  # the ecosystem's own API
+    latent = model.encode(torch.zeros(1, 1, 32, 32)).latent_dist.mode()
+    assert latent.shape == (1, 2, 16, 16) and model.decode(latent).sample.shape == (1, 1, 32, 32)
+    assert (tmp_path / "ae" / "samples" / "step-000006.png").is_file()
+    assert len((tmp_path / "ae" / "loss.csv").read_text().splitlines()) == 7
+
+
+def test_resume_equals_uninterrupted_run(two_datasets: list[Path], tmp_path: Path) -> None:
+    config = tiny(two_datasets)
+    train_autoencoder(config, tmp_path / "straight", progress=False, device="cpu")
+    with pytest.raises(Killed):  # step 5 is lost, the checkpoint of step 4 (adversarial term on) survives
+        train_autoencoder(config, tmp_path / "killed", on_step=kill_at(5), progress=False, device="cpu")
+    assert ckpt.latest_checkpoint(tmp_path / "killed").name == "step-000004"
+    with pytest.raises(SonosynthError, match="already holds a training run"):
+        train_autoencoder(config, tmp_path / "killed", progress=False, device="cpu")
+    with pytest.raises(SonosynthError, match=r"cannot resume, the config changed \(lr\)"):
+        train_autoencoder(tiny(two_datasets, lr=1e-3), tmp_path / "killed", resume=True, progress=False,
+                          device="cpu")
+    train_autoencoder(config, tmp_path / "killed", resume=True, progress=False, device="cpu")
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "killed")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_cli_trains_and_refuses_bad_input(two_datasets: list[Path], tmp_path: Path) -> None:
+    config = tmp_path / "ae.yaml"
+    tiny([], max_steps=2).save(config)
+    out = tmp_path / "ae"
+    args = ["autoencoder", "train", *map(str, two_datasets), "--config", str(config), "--out", str(out),
+            "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert AutoencoderConfig.from_yaml(out / "config.yaml").datasets == [str(d) for d in two_datasets]
+    bad = CliRunner().invoke(app, [*args[:-4], "--size", "31", "--out", str(tmp_path / "ae2")])
+    assert isinstance(bad.exception, SonosynthError) and "multiple of the downsampling factor" in str(bad.exception)
+    assert not (tmp_path / "ae2").exists()
