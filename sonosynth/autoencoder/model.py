@@ -41,3 +41,39 @@ def frequency_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.
     """L1 between log-amplitude spectra: pixel L1 alone is minimised by a blur, which removes the speckle
     (the high frequencies) that makes an ultrasound image look like one."""
     return (log_spectrum(reconstruction) - log_spectrum(target)).abs().mean()
+
+
+def load_autoencoder(path: str) -> Any:
+    """A trained autoencoder (an AE run folder or its model/ folder), frozen, for latent diffusion."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL
+
+    from sonosynth.errors import SonosynthError
+
+    folder = Path(path)
+    if (folder / "model" / "config.json").is_file():
+        folder = folder / "model"
+    if not (folder / "config.json").is_file():
+        raise SonosynthError(f"{path}: not an autoencoder (no config.json here or in model/; "
+                             "train one with `sonosynth autoencoder train`)")
+    try:
+        vae = AutoencoderKL.from_pretrained(str(folder), use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise SonosynthError(f"{folder}: cannot load the autoencoder ({str(exc).strip()})") from None
+    if vae.config.in_channels != 1:
+        raise SonosynthError(f"{folder}: the autoencoder takes {vae.config.in_channels} channels; ultrasound has 1")
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+def latent_factor(vae: Any) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def calibrate_scaling(vae: Any, images: torch.Tensor) -> float:
+    """1 / std of the latents of `images`, so the diffusion runs on unit-variance latents (as Stable
+    Diffusion's 0.18215 does for its autoencoder; ours is measured on the training images)."""
+    latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()
+    return float(1.0 / latents.float().std().clamp_min(1e-6))

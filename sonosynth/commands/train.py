@@ -38,6 +38,9 @@ def train_command(
     ),
     size: int | None = typer.Option(None, "--size", help="Image side in pixels (letterboxed squares) (default 64)."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML file with TrainConfig fields."),
+    autoencoder: Path | None = typer.Option(
+        None, "--autoencoder", help="Latent diffusion on this autoencoder (`sonosynth autoencoder train`)."
+    ),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Optimizer steps in total (default 2000)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Per-process batch size (default 8)."),
     learning_rate: float | None = opt.learning_rate(None, "Peak learning rate (default 5e-4)."),
@@ -67,6 +70,7 @@ def train_command(
         base = TrainConfig.from_dict({**base.to_dict(), **read_yaml_mapping(config_file)}, origin=str(config_file))
     overrides: dict[str, Any] = {
         "dataset": str(dataset),
+        "autoencoder": None if autoencoder is None else str(autoencoder),
         "image_size": size,
         "max_steps": max_steps,
         "batch_size": batch_size,

@@ -17,6 +17,7 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 # Changing these makes a checkpoint unloadable or changes what the next batches are.
 MUST_MATCH_ON_RESUME = (
     "model",
+    "autoencoder",
     "image_size",
     "patch_size",
     "batch_size",
@@ -40,6 +41,7 @@ class TrainConfig(Config):
     what: ClassVar[str] = "training config"
 
     dataset: str = ""
+    autoencoder: str | None = None  # an autoencoder run (`sonosynth autoencoder train`): latent diffusion
     model: ModelConfig = field(default_factory=ModelConfig)
     image_size: int = 64
     patch_size: int | None = None  # None: whole images; else random patches with coordinate channels

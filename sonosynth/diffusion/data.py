@@ -119,14 +119,19 @@ def open_training_pairs(config: TrainConfig) -> tuple[Any, str]:
     return pairs, digest.hexdigest()[:16]
 
 
-def resolve_model_config(config: TrainConfig, pairs: Any) -> TrainConfig:
-    """Fill what the data decides: number of labels, attribute cardinalities, coordinate channels."""
+def resolve_model_config(config: TrainConfig, pairs: Any, vae: Any = None) -> TrainConfig:
+    """Fill what the data (and the autoencoder, for a latent model) decides: number of labels, attribute
+    cardinalities, coordinate channels, latent channels and factor."""
+    from sonosynth.autoencoder.model import latent_factor
+
     info = pairs.dataset.info
     model = replace(
         config.model,
         num_labels=info.num_labels,
         class_cardinalities=[len(pairs.class_values[name]) for name in config.class_attributes],
         coord_channels=config.model.coord_channels or bool(config.patch_size and config.patch_size < config.image_size),
+        latent_channels=None if vae is None else int(vae.config.latent_channels),
+        latent_factor=1 if vae is None else latent_factor(vae),
     )
     factor = model.downsampling_factor
     for name in ("image_size", "patch_size"):
@@ -136,14 +141,18 @@ def resolve_model_config(config: TrainConfig, pairs: Any) -> TrainConfig:
     return replace(config, model=model)
 
 
-def training_inputs(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+def training_inputs(model: Any, batch: dict[str, Any], vae: Any = None) -> tuple[Any, Any, Any]:
     """(x0, condition, class_labels) from a batch of `LetterboxedPairs` items, on the model's device.
 
-    For a joint model x0 is the image with the one-hot mask scaled to [-1, 1]: it learns both."""
+    For a joint model x0 is the image with the one-hot mask scaled to [-1, 1]: it learns both; for a
+    latent model (`vae`) it is the image's scaled latent (the posterior's mode: deterministic)."""
     import torch
 
     device = model.device
     image = batch["image"].to(device, torch.float32)
+    if vae is not None:
+        with torch.no_grad():
+            image = vae.encode(image.to(vae.dtype)).latent_dist.mode().float() * vae.config.scaling_factor
     labels = batch["label"].to(device)
     fov, coords = batch.get("fov"), batch.get("coords")
     condition = model.make_condition(labels, fov=None if fov is None else fov.to(device),

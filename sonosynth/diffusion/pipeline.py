@@ -58,21 +58,25 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
     """Generates ultrasound images that obey a label map (spade/concat) or images with their mask (joint).
 
     `sample_size` is the square side the model was trained at and `training_step` the optimiser
-    step it was saved at; both are stored in model_index.json for provenance.
+    step it was saved at; both are stored in model_index.json for provenance. A latent model also holds
+    its autoencoder (`vae`, a diffusers `AutoencoderKL`): the loop runs on latents and `decode` turns
+    them into images; everything else (labels, fov, sizes) stays in pixels.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
 
     def __init__(
         self,
         unet: ConditionalDenoiser,
         scheduler: Any,
+        vae: Any = None,
         sample_size: int | None = None,
         training_step: int | None = None,
         class_values: list[list[Any]] | None = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         self.register_to_config(sample_size=sample_size, training_step=training_step, class_values=class_values)
 
     @classmethod
@@ -150,10 +154,12 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         total, side = self._batch_geometry(labels, fov, num_images, size)
         if isinstance(generator, list) and len(generator) != total:
             raise ValueError(f"got {len(generator)} generators for {total} images; pass one per image")
+        latent_side = side // unet.model_config.latent_factor
+        shapes = {"image": (total, 1 if self.vae is not None else unet.sample_channels, side, side),
+                  "latents": (total, unet.sample_channels, latent_side, latent_side)}
         for name, start_x in (("image", image), ("latents", latents)):
-            if start_x is not None and tuple(start_x.shape) != (total, unet.sample_channels, side, side):
-                raise ValueError(f"{name} must be ({total}, {unet.sample_channels}, {side}, {side}), "
-                                 f"got {tuple(start_x.shape)}")
+            if start_x is not None and tuple(start_x.shape) != shapes[name]:
+                raise ValueError(f"{name} must be {shapes[name]}, got {tuple(start_x.shape)}")
         chunk = batch_size or total
         images, masks = [], []
         for start in range(0, total, chunk):
@@ -169,8 +175,8 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
                 guidance_scale=guidance_scale, batch=stop - start, size=side,
             )
             x = self.denoise(
-                guidance, (stop - start, unet.sample_channels, side, side), num_inference_steps, generator=gen,
-                image=on_device(image), strength=strength, latents=on_device(latents),
+                guidance, (stop - start, unet.sample_channels, latent_side, latent_side), num_inference_steps,
+                generator=gen, image=self.encode(on_device(image)), strength=strength, latents=on_device(latents),
             )
             image_part, mask_part = self.decode(x, on_device(fov))
             images.append(image_part.cpu())
@@ -298,8 +304,17 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
             x = scheduler.step(prediction, t, x, **step_kwargs).prev_sample
         return x
 
+    def encode(self, image: torch.Tensor | None) -> torch.Tensor | None:
+        """An image (B, 1, S, S) in [-1, 1] in the space the loop runs in: itself, or its scaled latent."""
+        if image is None or self.vae is None:
+            return image
+        latent = self.vae.encode(image.to(self.vae.device, self.vae.dtype)).latent_dist.mode()
+        return latent * self.vae.config.scaling_factor
+
     def decode(self, x: torch.Tensor, fov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Clean sample -> (image (B, 1, S, S) in [-1, 1], joint mask or None), black outside `fov`."""
+        if self.vae is not None:
+            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
         image, mask = self.unet.decode(x)
         if fov is not None:
             inside = fov.to(image.device) > 0.5

@@ -14,7 +14,7 @@ from sonosynth.seeds import derive_seed
 
 
 def make_pipeline(model: Any, config: TrainConfig, step: int | None = None,
-                  class_values: Mapping[str, Sequence[str]] | None = None) -> Any:
+                  class_values: Mapping[str, Sequence[str]] | None = None, vae: Any = None) -> Any:
     """The model with the few-step DPM++ sampler on the training noise schedule.
 
     `class_values`: each class attribute's values in index order (saved with the model, so that
@@ -25,27 +25,28 @@ def make_pipeline(model: Any, config: TrainConfig, step: int | None = None,
     training = make_scheduler("ddpm", config.prediction_type, config.num_train_timesteps)
     scheduler = make_scheduler("dpm++", config=training.config)
     values = [[name, list(class_values[name])] for name in config.class_attributes] if class_values else None
-    return MaskToUltrasoundPipeline(unet=model, scheduler=scheduler, sample_size=config.image_size,
+    return MaskToUltrasoundPipeline(unet=model, scheduler=scheduler, vae=vae, sample_size=config.image_size,
                                     training_step=step, class_values=values)
 
 
 def save_pipeline(model: Any, config: TrainConfig, out: Path, step: int | None = None,
-                  class_values: Mapping[str, Sequence[str]] | None = None) -> Path:
+                  class_values: Mapping[str, Sequence[str]] | None = None, vae: Any = None) -> Path:
     """Save the model as a diffusers pipeline folder, atomically (built next to `out`, then renamed)."""
     from sonosynth.files import build_folder
 
-    pipeline = make_pipeline(model, config, step, class_values)
+    pipeline = make_pipeline(model, config, step, class_values, vae)
     return build_folder(out, lambda tmp: pipeline.save_pretrained(str(tmp)))
 
 
-def sample_batch(model: Any, items: list[dict[str, Any]], config: TrainConfig, seed: int) -> tuple[Any, Any]:
+def sample_batch(model: Any, items: list[dict[str, Any]], config: TrainConfig, seed: int,
+                 vae: Any = None) -> tuple[Any, Any]:
     """Generate images for the label maps of `items` with the few-step sampler: (images, masks or None).
 
     Images are (B, 1, S, S) in [-1, 1]; masks are the generated ones for a joint model.
     """
     import torch
 
-    pipeline = make_pipeline(model, config)
+    pipeline = make_pipeline(model, config, vae=vae)
     pipeline.set_progress_bar_config(disable=True)
     labels = torch.stack([it["label"] for it in items])
     fov = torch.stack([it["fov"] for it in items])
@@ -64,13 +65,14 @@ def sample_batch(model: Any, items: list[dict[str, Any]], config: TrainConfig, s
     return output.images, getattr(output, "masks", None)
 
 
-def write_sample_grid(model: Any, items: list[dict[str, Any]], config: TrainConfig, path: Path) -> None:
+def write_sample_grid(model: Any, items: list[dict[str, Any]], config: TrainConfig, path: Path,
+                      vae: Any = None) -> None:
     """PNG rows of mask | generated | real, written atomically."""
     import torch
     from PIL import Image
 
     with torch.no_grad():
-        images, masks = sample_batch(model, items, config, derive_seed(config.seed, "samples"))
+        images, masks = sample_batch(model, items, config, derive_seed(config.seed, "samples"), vae)
     images = _as_unit_range(images).cpu()
     k = max(1, config.model.num_labels - 1)
     rows = []

@@ -104,7 +104,14 @@ def _train(
 
     started = time.perf_counter()
     pairs, fingerprint = open_training_pairs(config)
-    config = resolve_model_config(config, pairs)
+    vae = None
+    if config.autoencoder:
+        from sonosynth.autoencoder.model import calibrate_scaling, load_autoencoder
+
+        vae = load_autoencoder(config.autoencoder)
+        first = torch.stack([pairs[i]["image"] for i in range(min(64, len(pairs)))])
+        vae.register_to_config(scaling_factor=calibrate_scaling(vae, first))
+    config = resolve_model_config(config, pairs, vae)
 
     checkpoint = ckpt.checkpoint_to_resume(run_dir, config, fingerprint) if resume else None
     folder = RunFolder(run_dir)
@@ -153,6 +160,8 @@ def _train(
         step = int(state["step"])
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(device)
+    if vae is not None:
+        vae.to(device)
     unwrapped = accelerator.unwrap_model(model)
     if checkpoint is not None:
         ckpt.restore_optimization(checkpoint, state, optimizer, lr_scheduler, accelerator)
@@ -181,7 +190,7 @@ def _train(
     def write_grid(at_step: int) -> None:
         nonlocal last_grid
         grid_path = folder.samples / f"{ckpt.checkpoint_name(at_step)}.png"
-        write_sample_grid(ckpt.ema_copy(unwrapped, ema), grid_items, config, grid_path)
+        write_sample_grid(ckpt.ema_copy(unwrapped, ema), grid_items, config, grid_path, vae)
         last_grid = at_step
 
     losses: list[float] = []
@@ -197,7 +206,7 @@ def _train(
             micro_batch = step * config.grad_accumulation + micro
             batch = next(batches)
             generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "noise", micro_batch, rank))
-            x0, condition, class_labels = training_inputs(unwrapped, batch)
+            x0, condition, class_labels = training_inputs(unwrapped, batch, vae)
             condition, class_labels = drop_conditions(unwrapped, condition, class_labels, config.cond_drop_prob,
                                                                 generator=generator)
             noise = torch.randn(x0.shape, generator=generator, device=device)
@@ -254,7 +263,8 @@ def _train(
 
     model_dir = None
     if accelerator.is_main_process:
-        model_dir = save_pipeline(ckpt.ema_copy(unwrapped, ema), config, folder.model, step, pairs.class_values)
+        model_dir = save_pipeline(ckpt.ema_copy(unwrapped, ema), config, folder.model, step, pairs.class_values,
+                                  vae)
     accelerator.wait_for_everyone()
     if config.log_with:
         accelerator.end_training()

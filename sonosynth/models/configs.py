@@ -72,6 +72,9 @@ class ModelConfig(Config):
     - `class_cardinalities`: number of values of each categorical attribute, in order; each gets
       one extra "unknown" index used for classifier-free guidance's null class.
     - `spade_block`: which spatially-adaptive normaliser the spade decoder uses (`SPADE_BLOCKS`).
+    - `latent_channels`, `latent_factor`: set for latent diffusion (`sonosynth train --autoencoder AE`): the
+      network denoises the autoencoder's latents, `latent_factor` times smaller than the image, and its
+      condition (built at the image's resolution) is area-resized to the latent grid.
     """
 
     what: ClassVar[str] = "model config"
@@ -89,10 +92,17 @@ class ModelConfig(Config):
     spade_intermediate_channels: int | None = None
     spade_block: str | None = None
     num_head_channels: int | None = None
+    latent_channels: int | None = None  # None: pixel space
+    latent_factor: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise SonosynthError(f"model kind must be one of {list(KINDS)}, got '{self.kind}'")
+        if self.latent_channels is not None and self.kind == "joint":
+            raise SonosynthError("a 'joint' model generates its mask in pixel space: latent models are spade or concat")
+        if self.latent_factor < 1 or (self.latent_channels is None and self.latent_factor != 1):
+            raise SonosynthError(f"latent_factor must be 1 without latents and at least 1 with them, "
+                                 f"got {self.latent_factor}")
         if self.size not in SIZE_PRESETS:
             raise SonosynthError(f"model size must be one of {list(SIZE_PRESETS)}, got '{self.size}'")
         if self.num_labels < 2:
@@ -127,13 +137,13 @@ class ModelConfig(Config):
 
     @property
     def sample_channels(self) -> int:
-        """Channels the diffusion runs on: the image, plus the one-hot mask for joint."""
-        return 1 + (self.num_labels if self.kind == "joint" else 0)
+        """Channels the diffusion runs on: the image (or its latent), plus the one-hot mask for joint."""
+        return (self.latent_channels or 1) + (self.num_labels if self.kind == "joint" else 0)
 
     @property
     def downsampling_factor(self) -> int:
-        """Image sides must be multiples of this."""
-        return 2 ** (len(self.channels) - 1)
+        """Image sides must be multiples of this (the network's levels, times the autoencoder's factor)."""
+        return 2 ** (len(self.channels) - 1) * self.latent_factor
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, origin: str | None = None) -> ModelConfig:

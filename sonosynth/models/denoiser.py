@@ -117,6 +117,8 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
         spade_intermediate_channels: int | None = None,
         spade_block: str | None = None,
         num_head_channels: int | None = None,
+        latent_channels: int | None = None,
+        latent_factor: int = 1,
     ):
         super().__init__()
         cfg = ModelConfig(
@@ -133,6 +135,8 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
             spade_intermediate_channels=spade_intermediate_channels,
             spade_block=spade_block,
             num_head_channels=num_head_channels,
+            latent_channels=latent_channels,
+            latent_factor=latent_factor,
         )
         self.model_config = cfg
         common: dict[str, Any] = {
@@ -252,7 +256,8 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
         size: int | None = None,
         batch: int | None = None,
     ) -> torch.Tensor | None:
-        """(B, C_c, S, S) condition from a (B, S, S) label map, (B, 1, S, S) fov and (B, 2, S, S) coords.
+        """(B, C_c, S, S) condition from a (B, S, S) label map, (B, 1, S, S) fov and (B, 2, S, S) coords
+        (S / latent_factor for a latent model).
 
         A missing fov means the whole square is in view; missing coords mean full-image positions.
         For `joint` the labels are not part of the condition (they are generated).
@@ -274,7 +279,10 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
             parts.append(coordinate_channels(batch, size, self.device) if coords is None else coords.float())
         if not parts:
             return None
-        return torch.cat([p.to(self.device, torch.float32) for p in parts], dim=1)
+        condition = torch.cat([p.to(self.device, torch.float32) for p in parts], dim=1)
+        if cfg.latent_factor > 1:  # a latent model: each latent pixel sees the share of each label under it
+            condition = nn.functional.avg_pool2d(condition, cfg.latent_factor)
+        return condition
 
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, S, S) label map -> (B, K, S, S) float one-hot."""

@@ -110,6 +110,9 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
                         f"0..{model.num_labels - 1}")
     if model.kind == "joint":
         raise SonosynthError("edit needs a mask-conditioned model (spade or concat), not 'joint'")
+    if model.pipe.vae is not None:
+        raise SonosynthError(f"{model.run}: editing a latent model (RePaint in latent space) is not built yet; "
+                             "use a pixel-space model")
     region = edit_region(mask, edited_mask, config.margin_px)
     if not region.any():
         raise DataError(f"{where}: the edited mask equals the mask; nothing to edit")

@@ -1,0 +1,104 @@
+"""Latent diffusion: `sonosynth train --autoencoder AE` trains on latents; the saved pipeline holds the autoencoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from factories import Killed, kill_at, tiny_train_config, write_toy_dataset
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from sonosynth.autoencoder.config import AutoencoderConfig
+from sonosynth.autoencoder.model import build_autoencoder
+from sonosynth.cli import app
+from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
+from sonosynth.diffusion.train import train
+from sonosynth.errors import SonosynthError
+from sonosynth.models.configs import ModelConfig
+
+
+@pytest.fixture
+def autoencoder(tmp_path: Path) -> Path:
+    """An untrained 2x autoencoder with 2 latent channels, saved as `sonosynth autoencoder train` saves it."""
+    torch.manual_seed(0)
+    model = build_autoencoder(AutoencoderConfig(image_size=32, patch_size=None, channels=(8, 8), latent_channels=2))
+    model.save_pretrained(str(tmp_path / "ae" / "model"))
+    return tmp_path / "ae"
+
+
+def unet_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(next((run / "model" / "unet").glob("*.safetensors"))))
+
+
+def test_the_condition_is_area_resized_to_the_latent_grid() -> None:
+    from sonosynth.models.configs import build_model
+
+    model = build_model(ModelConfig(size="tiny", latent_channels=2, latent_factor=2))
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :2, :1] = 1  # one pixel of four in the top-left latent cell, over two cells down
+    condition = model.make_condition(labels)
+    assert condition.shape == (1, 3, 4, 4)  # 2 labels + fov, at half the side
+    assert condition[0, 1, 0, 0] == pytest.approx(0.5) and condition[0, 1, 0, 1] == 0
+    assert model.model_config.sample_channels == 2 and model.model_config.downsampling_factor == 8
+    with pytest.raises(SonosynthError, match="latent models are spade or concat"):
+        ModelConfig(kind="joint", latent_channels=2, latent_factor=2)
+
+
+def test_latent_training_saves_a_pipeline_that_samples_images(autoencoder: Path, tmp_path: Path) -> None:
+    data = write_toy_dataset(tmp_path / "toy")
+    result = train(tiny_train_config(data, autoencoder=str(autoencoder), max_steps=3), tmp_path / "run",
+                   progress=False, device="cpu")
+    assert result.step == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    pipe = MaskToUltrasoundPipeline.from_pretrained(tmp_path / "run")
+    assert pipe.vae is not None and pipe.unet.model_config.latent_channels == 2
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured on the training images
+    labels = torch.zeros(2, 32, 32, dtype=torch.long)
+    labels[:, 8:20, 8:24] = 1
+    fov = torch.ones(2, 1, 32, 32)
+    fov[:, :, :, :4] = 0
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = pipe(labels, fov=fov, num_inference_steps=2, generator=generators, output_type="pt")
+    assert out.images.shape == (2, 1, 32, 32)  # decoded to pixels
+    assert (out.images[:, :, :, :4] == -1).all()  # black outside the field of view
+    again = pipe(labels[:1], fov=fov[:1], num_inference_steps=2, generator=[torch.Generator().manual_seed(0)],
+                 output_type="pt")
+    assert torch.allclose(again.images[0], out.images[0], atol=1e-5)  # per-image seeds: the batch does not matter
+    with pytest.raises(ValueError, match=r"latents must be \(2, 2, 16, 16\)"):
+        pipe(labels, num_inference_steps=2, latents=torch.zeros(2, 2, 32, 32))
+
+
+def test_latent_resume_equals_uninterrupted_run(autoencoder: Path, tmp_path: Path) -> None:
+    data = write_toy_dataset(tmp_path / "toy")
+    config = tiny_train_config(data, autoencoder=str(autoencoder), max_steps=4)
+    train(config, tmp_path / "straight", progress=False, device="cpu")
+    with pytest.raises(Killed):
+        train(config, tmp_path / "killed", on_step=kill_at(3), progress=False, device="cpu")
+    train(config, tmp_path / "killed", resume=True, progress=False, device="cpu")
+    straight, resumed = unet_weights(tmp_path / "straight"), unet_weights(tmp_path / "killed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_cli_generates_from_a_latent_run_and_edit_refuses_it(autoencoder: Path, tmp_path: Path) -> None:
+    data = write_toy_dataset(tmp_path / "toy")
+    config = tmp_path / "train.yaml"
+    tiny_train_config(data, max_steps=2).save(config)
+    run = tmp_path / "run"
+    trained = CliRunner().invoke(app, ["train", str(data), "--config", str(config), "--autoencoder", str(autoencoder),
+                                       "--out", str(run), "--device", "cpu"])
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "synthetic"
+    generated = CliRunner().invoke(app, ["generate", str(run), "--source", str(data), "--n", "2", "--steps", "2",
+                                         "--out", str(out), "--device", "cpu"])
+    assert generated.exit_code == 0, generated.output
+    assert len(list((out / "images").iterdir())) == 2
+    first = sorted((data / "images").iterdir())[0]
+    mask = data / "masks" / first.name
+    edited = CliRunner().invoke(app, ["edit", str(run), "--image", str(first), "--mask", str(mask),
+                                      "--edited-mask", str(mask), "--out", str(tmp_path / "edit"), "--device", "cpu"])
+    assert isinstance(edited.exception, SonosynthError) and "latent model" in str(edited.exception)
+    bad = CliRunner().invoke(app, ["train", str(data), "--config", str(config), "--autoencoder", str(tmp_path),
+                                   "--out", str(tmp_path / "run2"), "--device", "cpu"])
+    assert isinstance(bad.exception, SonosynthError) and "not an autoencoder" in str(bad.exception)
+    assert not (tmp_path / "run2").exists()
