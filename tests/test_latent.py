@@ -102,3 +102,37 @@ def test_cli_generates_from_a_latent_run_and_edit_refuses_it(autoencoder: Path, 
                                    "--out", str(tmp_path / "run2"), "--device", "cpu"])
     assert isinstance(bad.exception, SonosynthError) and "not an autoencoder" in str(bad.exception)
     assert not (tmp_path / "run2").exists()
+
+
+def test_init_starts_from_an_earlier_run_and_refuses_another_network(tmp_path: Path) -> None:
+    """`--init RUN` fine-tunes: with a zero learning rate the new run's saved weights are the old run's."""
+    data = write_toy_dataset(tmp_path / "toy")
+    first = train(tiny_train_config(data, max_steps=2), tmp_path / "first", progress=False, device="cpu")
+    assert first.step == 2
+    frozen = tiny_train_config(data, max_steps=1, lr=0.0, init=str(tmp_path / "first"))
+    train(frozen, tmp_path / "second", progress=False, device="cpu")
+    before, after = unet_weights(tmp_path / "first"), unet_weights(tmp_path / "second")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    moved = train(tiny_train_config(data, max_steps=1, init=str(tmp_path / "first")), tmp_path / "third",
+                  progress=False, device="cpu")
+    fresh = train(tiny_train_config(data, max_steps=1), tmp_path / "fresh", progress=False, device="cpu")
+    assert moved.losses[0] != fresh.losses[0]  # it did not start from scratch
+    other = tiny_train_config(data, max_steps=1, init=str(tmp_path / "first"),
+                              model=ModelConfig(size="tiny", kind="concat"))
+    with pytest.raises(SonosynthError, match="its weights do not fit this model"):
+        train(other, tmp_path / "fourth", progress=False, device="cpu")
+    assert not (tmp_path / "fourth").exists()
+
+
+def test_autoencoder_init_starts_from_an_earlier_autoencoder(tmp_path: Path) -> None:
+    from sonosynth.autoencoder.train import train_autoencoder
+
+    data = write_toy_dataset(tmp_path / "toy")
+    settings = dict(datasets=[str(data)], image_size=32, patch_size=16, channels=(8, 8), latent_channels=2,
+                    discriminator_channels=8, batch_size=2, adversarial_start=100, sample_every=100, num_samples=1)
+    train_autoencoder(AutoencoderConfig(**settings, max_steps=2), tmp_path / "ae1", progress=False, device="cpu")
+    train_autoencoder(AutoencoderConfig(**settings, max_steps=1, lr=0.0, init=str(tmp_path / "ae1")),
+                      tmp_path / "ae2", progress=False, device="cpu")
+    name = "diffusion_pytorch_model.safetensors"
+    before, after = load_file(str(tmp_path / "ae1" / "model" / name)), load_file(str(tmp_path / "ae2" / "model" / name))
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -26,6 +26,7 @@ class AutoencoderConfig(Config):
     what: ClassVar[str] = "autoencoder config"
 
     datasets: list[str] = field(default_factory=list)
+    init: str | None = None  # start from this earlier autoencoder run's weights (fine-tuning); ignored on resume
     split: str = "auto"  # auto: each dataset's train split when it is split, else every image
     image_size: int = 256
     patch_size: int | None = 64  # None: whole images

@@ -121,6 +121,10 @@ def _train(config: AutoencoderConfig, run_dir: Path, resume: bool, on_step: Call
     with torch.random.fork_rng(devices=[]):  # weight init draws from the global generator; leave it as it was
         torch.manual_seed(derive_seed(config.seed, "init"))
         autoencoder, discriminator = build_autoencoder(config), build_discriminator(config)
+    if config.init and checkpoint is None:  # fine-tuning: the earlier run's (EMA) weights; a fresh discriminator
+        init = Path(config.init)
+        folder_of_weights = init / "model" if (init / "model").is_dir() else init
+        ckpt.load_init_weights(autoencoder, folder_of_weights / "diffusion_pytorch_model.safetensors", config.init)
     ema = EMAModel(autoencoder.parameters(), decay=config.ema_decay)
     optimizers = {
         "autoencoder": torch.optim.AdamW(autoencoder.parameters(), lr=config.lr),

@@ -30,6 +30,7 @@ def train_command(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size (default 8)."),
     learning_rate: float | None = opt.learning_rate(None, "Learning rate (default 1e-4)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of everything random (default 0)."),
+    init: Path | None = typer.Option(None, "--init", help="Start from an earlier autoencoder run's weights."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in AE."),
     device: str = opt.DEVICE,
 ) -> None:
@@ -46,6 +47,7 @@ def train_command(
         base = AutoencoderConfig.from_dict({**base.to_dict(), **read_yaml_mapping(config_file)},
                                            origin=str(config_file))
     overrides: dict[str, Any] = {
+        "init": None if init is None else str(init),
         "datasets": [str(d) for d in datasets],
         "image_size": size,
         "max_steps": max_steps,

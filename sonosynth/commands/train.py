@@ -52,6 +52,7 @@ def train_command(
     seed: int | None = typer.Option(None, "--seed", help="Seed of everything random (default 0)."),
     mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="auto, no, fp16 or bf16."),
     log_with: str | None = typer.Option(None, "--log-with", help="'tensorboard' to log into RUN/."),
+    init: Path | None = typer.Option(None, "--init", help="Start from this earlier run's weights (fine-tune it)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in RUN."),
     device: str = opt.DEVICE,
 ) -> None:
@@ -69,6 +70,7 @@ def train_command(
         # from that size's preset, not mixed with another preset's widths.
         base = TrainConfig.from_dict({**base.to_dict(), **read_yaml_mapping(config_file)}, origin=str(config_file))
     overrides: dict[str, Any] = {
+        "init": None if init is None else str(init),
         "dataset": str(dataset),
         "autoencoder": None if autoencoder is None else str(autoencoder),
         "image_size": size,

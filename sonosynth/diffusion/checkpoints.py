@@ -257,6 +257,23 @@ def restore_optimization(checkpoint: Path, state: dict[str, Any], optimizer: Any
         restore_rng_state(load_tensors(rng_file), state["rng"][str(rank)])
 
 
+def load_init_weights(model: Any, weights_file: Path, source: str) -> None:
+    """Start `model` from the weights of an earlier run (`--init`): every tensor must be there, with its shape."""
+    if not weights_file.is_file():
+        raise SonosynthError(f"{source}: no {weights_file.name} to start from (not a finished run?)")
+    weights = load_file(str(weights_file))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    reshaped = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or unexpected or reshaped:
+        example = (reshaped or missing or unexpected)[0]
+        raise SonosynthError(f"{source}: its weights do not fit this model ({len(missing)} missing, "
+                             f"{len(unexpected)} unexpected, {len(reshaped)} of another shape, e.g. {example}); "
+                             "--init needs the same network and labels")
+    model.load_state_dict(weights)
+
+
 def ema_copy(model: Any, ema: Any) -> Any:
     """A copy of the model holding the EMA weights (the training model is left untouched)."""
     import copy

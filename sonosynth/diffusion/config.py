@@ -18,6 +18,7 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 MUST_MATCH_ON_RESUME = (
     "model",
     "autoencoder",
+    "init",
     "image_size",
     "patch_size",
     "batch_size",
@@ -42,6 +43,7 @@ class TrainConfig(Config):
 
     dataset: str = ""
     autoencoder: str | None = None  # an autoencoder run (`sonosynth autoencoder train`): latent diffusion
+    init: str | None = None  # start from this earlier run's weights (fine-tuning); ignored on resume
     model: ModelConfig = field(default_factory=ModelConfig)
     image_size: int = 64
     patch_size: int | None = None  # None: whole images; else random patches with coordinate channels

@@ -142,6 +142,11 @@ def _train(
     with torch.random.fork_rng(devices=[]):  # weight init draws from the global generator; leave it as it was
         torch.manual_seed(derive_seed(config.seed, "init"))
         model = build_model(config.model)
+    if config.init and checkpoint is None:  # fine-tuning: the earlier run's (EMA) weights, then this config
+        from sonosynth.diffusion.run import model_folder
+
+        unet_dir = model_folder(config.init) / "unet"
+        ckpt.load_init_weights(model, unet_dir / "diffusion_pytorch_model.safetensors", config.init)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     lr_scheduler = get_scheduler(
