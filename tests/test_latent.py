@@ -80,7 +80,10 @@ def test_latent_resume_equals_uninterrupted_run(autoencoder: Path, tmp_path: Pat
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
-def test_cli_generates_from_a_latent_run_and_edit_refuses_it(autoencoder: Path, tmp_path: Path) -> None:
+def test_cli_generates_and_edits_with_a_latent_run(autoencoder: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
     data = write_toy_dataset(tmp_path / "toy")
     config = tmp_path / "train.yaml"
     tiny_train_config(data, max_steps=2).save(config)
@@ -93,11 +96,24 @@ def test_cli_generates_from_a_latent_run_and_edit_refuses_it(autoencoder: Path, 
                                          "--out", str(out), "--device", "cpu"])
     assert generated.exit_code == 0, generated.output
     assert len(list((out / "images").iterdir())) == 2
+
+    # RePaint on latents: the edit region is regenerated, every other pixel is the input's.
     first = sorted((data / "images").iterdir())[0]
-    mask = data / "masks" / first.name
-    edited = CliRunner().invoke(app, ["edit", str(run), "--image", str(first), "--mask", str(mask),
-                                      "--edited-mask", str(mask), "--out", str(tmp_path / "edit"), "--device", "cpu"])
-    assert isinstance(edited.exception, SonosynthError) and "latent model" in str(edited.exception)
+    mask = np.asarray(Image.open(data / "masks" / first.name))
+    edited = mask.copy()
+    edited[10:20, 10:30] = 1
+    Image.fromarray(edited).save(tmp_path / "edited.png")
+    result = CliRunner().invoke(app, ["edit", str(run), "--image", str(first),
+                                      "--mask", str(data / "masks" / first.name),
+                                      "--edited-mask", str(tmp_path / "edited.png"), "--steps", "4",
+                                      "--out", str(tmp_path / "edit"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    original = np.asarray(Image.open(first))
+    output = np.asarray(Image.open(tmp_path / "edit" / "image.png"))
+    region = np.asarray(Image.open(tmp_path / "edit" / "region.png")) > 0
+    assert region.any() and np.array_equal(output[~region], original[~region])
+    assert not np.array_equal(output[region], original[region])
+
     bad = CliRunner().invoke(app, ["train", str(data), "--config", str(config), "--autoencoder", str(tmp_path),
                                    "--out", str(tmp_path / "run2"), "--device", "cpu"])
     assert isinstance(bad.exception, SonosynthError) and "not an autoencoder" in str(bad.exception)

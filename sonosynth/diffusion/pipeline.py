@@ -304,6 +304,7 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
             x = scheduler.step(prediction, t, x, **step_kwargs).prev_sample
         return x
 
+    @torch.no_grad()
     def encode(self, image: torch.Tensor | None) -> torch.Tensor | None:
         """An image (B, 1, S, S) in [-1, 1] in the space the loop runs in: itself, or its scaled latent."""
         if image is None or self.vae is None:
@@ -311,6 +312,7 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         latent = self.vae.encode(image.to(self.vae.device, self.vae.dtype)).latent_dist.mode()
         return latent * self.vae.config.scaling_factor
 
+    @torch.no_grad()
     def decode(self, x: torch.Tensor, fov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Clean sample -> (image (B, 1, S, S) in [-1, 1], joint mask or None), black outside `fov`."""
         if self.vae is not None:

@@ -9,7 +9,10 @@ region the output IS the input image, pixel for pixel.
 
 Uses: insert a lesion into a normal breast image, enlarge a structure, simulate an anomaly from
 normal anatomy. The model works on its square grid; images of any size are letterboxed, and the
-generated region is resized back and pasted into the full-resolution original.
+generated region is resized back and pasted into the full-resolution original. A latent model
+(`train --autoencoder`) runs the same loop on latents: the real image is encoded, a latent cell counts
+as known when every pixel under it is, and the decoded result is pasted back the same way, so the
+pixels outside the edit are still the input's exactly.
 """
 
 from __future__ import annotations
@@ -110,9 +113,6 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
                         f"0..{model.num_labels - 1}")
     if model.kind == "joint":
         raise SonosynthError("edit needs a mask-conditioned model (spade or concat), not 'joint'")
-    if model.pipe.vae is not None:
-        raise SonosynthError(f"{model.run}: editing a latent model (RePaint in latent space) is not built yet; "
-                             "use a pixel-space model")
     region = edit_region(mask, edited_mask, config.margin_px)
     if not region.any():
         raise DataError(f"{where}: the edited mask equals the mask; nothing to edit")
@@ -134,6 +134,10 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
     prediction_type = model.pipe.scheduler.config.prediction_type
     generator = torch.Generator().manual_seed(config.seed)
     original, known = original.to(device), known.to(device)
+    factor = model.unet.model_config.latent_factor
+    if factor > 1:  # a latent model: RePaint on latents; a latent cell is known when every pixel under it is
+        original = model.pipe.encode(original)
+        known = 1.0 - torch.nn.functional.max_pool2d(1.0 - known, factor)
     x = torch.randn(original.shape, generator=generator).to(device)
     evaluations, t_last = 0, int(scheduler.timesteps[0]) + 1
     for t in scheduler.timesteps:
@@ -147,7 +151,7 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
         else:
             x = scheduler.undo_step(x, t_last, generator=generator)
         t_last = t
-    x = torch.where(fov.to(device) > 0.5, x.clamp(-1, 1), torch.full_like(x, -1.0))
+    x, _ = model.pipe.decode(x, fov.to(device))  # clamped, black outside the fov (decoded first if latent)
     generated = unletterbox(((x[0, 0].cpu() + 1.0) / 2.0), image.shape[0], image.shape[1]).numpy()
     generated = unit_to_pixels(generated, image.dtype)
     out = np.where(region, generated, image)
