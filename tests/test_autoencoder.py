@@ -95,3 +95,27 @@ def test_cli_trains_and_refuses_bad_input(two_datasets: list[Path], tmp_path: Pa
     bad = CliRunner().invoke(app, [*args[:-4], "--size", "31", "--out", str(tmp_path / "ae2")])
     assert isinstance(bad.exception, SonosynthError) and "multiple of the downsampling factor" in str(bad.exception)
     assert not (tmp_path / "ae2").exists()
+
+
+def test_evaluate_reports_fidelity_against_the_real_images(two_datasets: list[Path], tmp_path: Path) -> None:
+    from sonosynth.autoencoder.evaluate import histogram_l1, speckle_snr
+
+    train_autoencoder(tiny(two_datasets[:1], max_steps=2), tmp_path / "ae", progress=False, device="cpu")
+    seg = tmp_path / "seg"
+    trained = CliRunner().invoke(app, ["segment", "train", str(two_datasets[0]), "--out", str(seg), "--size", "32",
+                                       "--net-size", "tiny", "--max-steps", "2", "--val-every", "2"])
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "fidelity.json"
+    result = CliRunner().invoke(app, ["autoencoder", "evaluate", str(tmp_path / "ae"), str(two_datasets[0]),
+                                      "--split", "all", "--segmenter", str(seg), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    measures = json.loads(out.read_text())
+    assert measures["images"] == 6 and measures["size"] == 32
+    assert 0 < measures["psnr"] < 100 and -1 <= measures["ssim"] <= 1 and 0 <= measures["histogram_l1"] <= 2
+    assert {"dice_original", "dice_reconstruction", "snr_change"} <= set(measures)
+    # The measures themselves: an image is its own perfect reconstruction.
+    image, inside = torch.rand(16, 16), torch.ones(16, 16, dtype=torch.bool)
+    assert histogram_l1(image, image) == 0 and histogram_l1(image * 0.5, image) > 0.5
+    assert speckle_snr(torch.full((16, 16), 0.5) + 0.01 * image, inside) > speckle_snr(image, inside)

@@ -63,5 +63,25 @@ def train_command(
     typer.echo(f"trained to step {result.step} in {result.seconds:.0f} s; model in {result.model_dir}")
 
 
+@autoencoder_app.command("evaluate", no_args_is_help=True)
+def evaluate_command(
+    autoencoder: Path = typer.Argument(..., help="Autoencoder run (or its model/ folder)."),
+    dataset: Path = typer.Argument(..., help="Dataset whose images to reconstruct."),
+    split: str = typer.Option("test", "--split", help="Which images: test (default), val, train, auto or all."),
+    segmenter: Path | None = typer.Option(None, "--segmenter", help="SEGRUN: its Dice on reconstructions."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the measures to this JSON file."),
+    device: str = opt.DEVICE,
+) -> None:
+    """PSNR, SSIM, speckle SNR, intensity histogram (and a segmenter's Dice) of reconstructed images."""
+    from sonosynth.autoencoder.evaluate import evaluate_autoencoder
+    from sonosynth.files import write_json_atomic
+
+    result = evaluate_autoencoder(autoencoder, dataset, split=split, segmenter=segmenter, device=device)
+    for key, value in result.items():
+        typer.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if out is not None:
+        write_json_atomic(out, result)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(autoencoder_app, name="autoencoder")
