@@ -25,7 +25,7 @@ from sonosynth.autoencoder.config import AutoencoderConfig
 from sonosynth.diffusion import checkpoints as ckpt
 from sonosynth.diffusion.run import RunFolder
 from sonosynth.errors import SonosynthError
-from sonosynth.files import atomic_path, build_folder
+from sonosynth.files import build_folder
 from sonosynth.seeds import derive_seed
 
 LOSS_COLUMNS = ("step", "loss", "l1", "frequency", "kl", "adversarial", "discriminator")
@@ -259,19 +259,13 @@ def _restore(checkpoint: Path, autoencoder: Any, discriminator: Any, ema: Any, o
 @torch.no_grad()
 def _write_grid(model: Any, images: list[torch.Tensor], path: Path) -> None:
     """PNG rows of input | reconstruction (the posterior's mode), whole images."""
-    import numpy as np
-    from PIL import Image
+    from sonosynth.diffusion.samples import write_grid
 
     if not images:
         return
     batch = torch.stack(images).to(model.device)
     reconstruction = model.decode(model.encode(batch).latent_dist.mode()).sample.clamp(-1, 1).cpu()
-    rows = [torch.cat([torch.nn.functional.pad((c[0] + 1) / 2, (1, 1, 1, 1), value=0.5) for c in (a, b)], dim=1)
-            for a, b in zip(batch.cpu(), reconstruction, strict=True)]
-    grid = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        Image.fromarray(grid).save(tmp)
+    write_grid([[(a[0] + 1) / 2, (b[0] + 1) / 2] for a, b in zip(batch.cpu(), reconstruction, strict=True)], path)
 
 
 def _reset_loss_log(path: Path, start: int) -> None:

@@ -69,7 +69,6 @@ def write_sample_grid(model: Any, items: list[dict[str, Any]], config: TrainConf
                       vae: Any = None) -> None:
     """PNG rows of mask | generated | real, written atomically."""
     import torch
-    from PIL import Image
 
     with torch.no_grad():
         images, masks = sample_batch(model, items, config, derive_seed(config.seed, "samples"), vae)
@@ -78,10 +77,18 @@ def write_sample_grid(model: Any, items: list[dict[str, Any]], config: TrainConf
     rows = []
     for i, item in enumerate(items):
         label = masks[i] if masks is not None else item["label"]
-        real = (item["image"][0] + 1.0) / 2.0
-        row = [label.float().cpu() / k, images[i, 0], real]
-        rows.append(torch.cat([torch.nn.functional.pad(c, (1, 1, 1, 1), value=0.5) for c in row], dim=1))
-    grid = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        rows.append([label.float().cpu() / k, images[i, 0], (item["image"][0] + 1.0) / 2.0])
+    write_grid(rows, path)
+
+
+def write_grid(rows: Sequence[Sequence[Any]], path: Path) -> None:
+    """A PNG of panels ((H, W) tensors in [0, 1]) in rows, each framed in grey, written atomically."""
+    import torch
+    from PIL import Image
+
+    lines = [torch.cat([torch.nn.functional.pad(c, (1, 1, 1, 1), value=0.5) for c in row], dim=1) for row in rows]
+    grid = (torch.cat(lines, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         Image.fromarray(grid).save(tmp)
 
