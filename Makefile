@@ -10,6 +10,10 @@ $(BIN)/sonosynth: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PIN)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# nnU-Net's network package pulls timm and with it PyPI's torchvision, which cannot load beside the
+	# CPU torch file (and then breaks transformers' imports). Nothing here uses them: timm serves only
+	# nnU-Net's Primus/EVA architectures. Users with a matching torchvision keep both.
+	$(BIN)/pip uninstall --quiet --yes torchvision timm
 	touch $@
 
 venv: $(BIN)/sonosynth

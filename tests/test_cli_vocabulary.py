@@ -23,8 +23,14 @@ def test_training_commands_share_their_words(command):
     text = help_of(*command)
     for flag in ("--max-steps", "--net-size", "--learning-rate", "--device"):
         assert flag in text, f"{' '.join(command)} lacks {flag}"
-    for old in ("--steps ", "--net ", "--lr ", "--model "):
+    for old in ("--steps ", "--lr ", "--model "):
         assert old not in text, f"{' '.join(command)} still shows {old.strip()}"
+
+
+@pytest.mark.parametrize("command", [["segment", "train"], ["evaluate", "downstream"]], ids=" ".join)
+def test_net_names_the_segmenter(command):
+    text = help_of(*command)
+    assert "--net " in text and "nnunet" in text
 
 
 @pytest.mark.parametrize("command", [["sample"], ["generate"], ["edit"]], ids=" ".join)
@@ -50,12 +56,12 @@ def test_old_spellings_still_work(monkeypatch, tmp_path):
     old = runner.invoke(app, ["segment", "train", str(tmp_path), "--out", str(tmp_path / "s"), "--steps", "7",
                               "--net", "tiny"])
     assert old.exit_code == 0, old.output
-    assert (seen["segment"].max_steps, seen["segment"].net) == (7, "tiny")
+    assert (seen["segment"].max_steps, seen["segment"].net, seen["segment"].net_size) == (7, "unet", "tiny")
     seen.clear()
     new = runner.invoke(app, ["segment", "train", str(tmp_path), "--out", str(tmp_path / "s"), "--max-steps", "9",
                               "--net-size", "base"])
     assert new.exit_code == 0, new.output
-    assert (seen["segment"].max_steps, seen["segment"].net) == (9, "base")
+    assert (seen["segment"].max_steps, seen["segment"].net_size) == (9, "base")
     old = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--model", "tiny", "--lr", "0.01"])
     assert old.exit_code == 0, old.output
     assert (seen["train"].model.size, seen["train"].lr) == ("tiny", 0.01)

@@ -47,7 +47,7 @@ def downstream_command(
     arms: str = typer.Option(
         "auto", "--arms",
         help="Comma separated among real, real+classical, real+synthetic, real+synthetic+classical, synthetic "
-        "(auto: all, or real,real+classical without synthetic data).",
+        "(auto: all, or real,real+classical without synthetic data; no +classical arms with --net nnunet).",
     ),
     structure: list[str] = typer.Option(
         [], "--structure", help="Score a union of labels as one structure, NAME=1+2 (repeatable; default: each label)."
@@ -57,7 +57,7 @@ def downstream_command(
     ),
     size: int = typer.Option(64, help="Segmenter training size in pixels."),
     net_size: str = opt.net_size("small", f"Segmenter size preset: {opt.NET_SIZES}."),
-    net: str | None = opt.old_spelling("--net", "--net-size"),
+    net: str = opt.segmenter_net(),
     max_steps: int = opt.max_steps(4000, "Maximum training steps per cell (early stopping usually ends sooner)."),
     steps: int | None = opt.old_spelling("--steps", "--max-steps"),
     batch_size: int = typer.Option(8),
@@ -76,20 +76,30 @@ def downstream_command(
     """Segmenters for each k x arm x seed: Dice, HD95, HC error and paired differences on the real test split."""
     from sonosynth.augment import AugmentConfig
     from sonosynth.data.format import Dataset
-    from sonosynth.evaluation.downstream import ARMS, DownstreamConfig, parse_ks, run_downstream
+    from sonosynth.evaluation.downstream import (
+        ARMS,
+        DownstreamConfig,
+        parse_ks,
+        run_downstream,
+        uses_classical,
+        uses_synthetic,
+    )
     from sonosynth.evaluation.generators import GeneratorRecipe
     from sonosynth.evaluation.metrics import parse_structures
     from sonosynth.segmentation.train import SegmentationConfig
 
     if arms == "auto":
-        arms = ",".join(ARMS if synthetic or generator_per_k else ("real", "real+classical"))
+        chosen = [a for a in ARMS if (synthetic or generator_per_k or not uses_synthetic(a))
+                  and not (net == "nnunet" and uses_classical(a))]  # nnU-Net brings its own augmentation
+        arms = ",".join(chosen)
     config = DownstreamConfig(
         ks=parse_ks(k),
         seeds=seeds,
         arms=[a.strip() for a in arms.split(",") if a.strip()],
         segmentation=SegmentationConfig(
             size=size,
-            net=opt.either(net_size, net),
+            net=net,
+            net_size=net_size,
             max_steps=opt.either(max_steps, steps),
             batch_size=batch_size,
             learning_rate=learning_rate,

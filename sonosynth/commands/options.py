@@ -27,6 +27,14 @@ OUTPUT_SIZE = typer.Option("cropped", "--output-size",
 NET_SIZES = "tiny, small or base"
 
 
+def segmenter_net() -> typer.models.OptionInfo:
+    return typer.Option(
+        "unet", "--net",
+        help="Segmenter: unet (a MONAI U-Net of --net-size) or nnunet (nnU-Net v2 2d with its own training recipe; "
+        "pip install 'sonosynth[nnunet]').",
+    )
+
+
 def max_steps(default: int | None, help: str) -> typer.models.OptionInfo:
     return typer.Option(default, "--max-steps", help=help)
 

@@ -19,7 +19,7 @@ def train_command(
     synthetic_ratio: float = typer.Option(0.5, help="Fraction of each batch drawn from --extra pairs."),
     size: int = typer.Option(64, help="Training size in pixels (images are letterboxed to size x size)."),
     net_size: str = opt.net_size("small"),
-    net: str | None = opt.old_spelling("--net", "--net-size"),
+    net: str = opt.segmenter_net(),
     max_steps: int = opt.max_steps(2000, "Maximum training steps (early stopping usually ends sooner)."),
     steps: int | None = opt.old_spelling("--steps", "--max-steps"),
     batch_size: int = typer.Option(8),
@@ -46,7 +46,8 @@ def train_command(
     classical_settings = AugmentConfig.preset_file("classical", classical_config) if use_classical else None
     config = SegmentationConfig(
         size=size,
-        net=opt.either(net_size, net),
+        net=net,
+        net_size=net_size,
         max_steps=opt.either(max_steps, steps),
         batch_size=batch_size,
         learning_rate=learning_rate,

@@ -38,6 +38,7 @@ from sonosynth.settings import Config
 
 ARMS = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
 CELLS_DIR = "cells"
+NNUNET_DIR = "nnunet"  # nnU-Net's raw / preprocessed / results folders of each cell (--net nnunet)
 SETTINGS_FILE = "settings.json"
 
 
@@ -70,6 +71,8 @@ class DownstreamConfig(Config):
                 raise SonosynthError(f"--k {k}: each k must be a positive integer or 'all'")
         if self.seeds < 1:
             raise SonosynthError("--seeds must be at least 1")
+        if self.segmentation.net == "nnunet" and any(uses_classical(a) for a in self.arms):
+            raise SonosynthError("nnU-Net trains with its own augmentation: drop the +classical arms with --net nnunet")
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ def run_downstream(
                               classical=config.classical if uses_classical(cell.arm) else None),
                 train_pairs.select(real_index), val_pairs, synth_pairs if uses_synthetic(cell.arm) else None,
                 test_samples, real.info.num_labels, structures, head_label, device,
+                workdir=out / NNUNET_DIR / cell.name,
             )
             record.update(
                 n_real_subjects=len({subject_of[i] for i in real_index}),
@@ -230,16 +234,18 @@ def _run_cell(
     structures: dict[str, list[int]],
     head_label: int | None,
     device: str,
+    workdir: Path | None = None,
 ) -> dict[str, Any]:
     """Train one cell's segmenter and score it on every test image (per-image scores are kept)."""
     import torch
 
     from sonosynth.evaluation.metrics import score_pair, summarize
-    from sonosynth.segmentation.predict import Segmenter, predict_masks
+    from sonosynth.segmentation.predict import predict_masks
     from sonosynth.segmentation.train import train_segmenter
 
-    result = train_segmenter(config, real_pairs, val_pairs, synth_pairs, progress=False, device=device)
-    segmenter = Segmenter(result.model, config)
+    result = train_segmenter(config, real_pairs, val_pairs, synth_pairs, progress=False, device=device,
+                             workdir=workdir if config.net == "nnunet" else None)
+    segmenter = result.segmenter()
     with torch.no_grad():
         predictions = predict_masks(segmenter, [s.image for s in test_samples])
     scores = [

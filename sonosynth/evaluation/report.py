@@ -397,11 +397,7 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
                         "rerun the command to continue.\n")
     notes = (
         f"Real data: `{settings['real']}`.\n{origin}"
-        f"Segmenter: MONAI U-Net '{seg['net']}' at {seg['size']} px, up to {seg['max_steps']} steps "
-        f"(batch {seg['batch_size']}, lr {seg['learning_rate']}, early stopping on the real val split, patience "
-        f"{seg['patience']} x {seg['val_every']} steps), synthetic ratio {seg['synthetic_ratio']} in real+synthetic "
-        "batches; `+classical` arms replace the light augmentation by strong classical augmentation (MONAI "
-        f"transforms: {classical}).\n{convergence}"
+        f"{_segmenter_note(seg, classical)}\n{convergence}"
         "Metrics on the real test split in the original pixel grid; mean ± sample std over seeds. Dice is "
         "averaged over images whose reference has the structure; the false-positive rate is the share of "
         "images without it where the prediction draws it. HD95 averages images where both maps have the "
@@ -410,6 +406,24 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
     if command:
         notes += f"\nCommand: `{command}`\n"
     return notes
+
+
+def _segmenter_note(seg: dict[str, Any], classical: str) -> str:
+    if seg.get("net") == "nnunet":
+        return (
+            f"Segmenter: nnU-Net v2 `2d` (its own optimiser, batch, patch size and augmentation) on pairs letterboxed "
+            f"to {seg['size']} px, up to {seg['max_steps']} iterations in epochs of {seg['val_every']}, stopped after "
+            f"{seg['patience']} epochs without a new best EMA pseudo Dice on the real val split (whose weights are "
+            f"kept); real+synthetic cases listed so that {seg['synthetic_ratio']} of the draws are synthetic."
+        )
+    size = seg.get("net_size", seg.get("net"))  # reports made before `net` named the segmenter
+    return (
+        f"Segmenter: MONAI U-Net '{size}' at {seg['size']} px, up to {seg['max_steps']} steps "
+        f"(batch {seg['batch_size']}, lr {seg['learning_rate']}, early stopping on the real val split, patience "
+        f"{seg['patience']} x {seg['val_every']} steps), synthetic ratio {seg['synthetic_ratio']} in real+synthetic "
+        "batches; `+classical` arms replace the light augmentation by strong classical augmentation (MONAI "
+        f"transforms: {classical})."
+    )
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,13 +26,28 @@ from sonosynth.files import commit_folder, prepare_output
 from sonosynth.segmentation.nets import build_unet
 from sonosynth.segmentation.train import CONFIG_FILE, MODEL_FILE, SegmentationConfig
 
+if TYPE_CHECKING:
+    from sonosynth.segmentation.nnunet import NnUNetModel
+
 
 @dataclass
 class Segmenter:
-    """A trained network and the settings it was trained with."""
+    """A trained network and the settings it was trained with (and nnU-Net's plans, for nnU-Net)."""
 
     network: torch.nn.Module
     config: SegmentationConfig
+    nnunet: NnUNetModel | None = None
+    _predictor: Any = field(default=None, init=False, repr=False)
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, K, S, S) of letterboxed images (N, 1, S, S) in [-1, 1]."""
+        if self.nnunet is None:
+            return torch.softmax(self.network(batch.to(self.device)), dim=1).cpu()
+        from sonosynth.segmentation.nnunet import nnunet_probabilities
+
+        if self._predictor is None:  # nnU-Net's own sliding-window predictor, with its test-time mirroring
+            self._predictor = self.nnunet.predictor(self.network, self.device)
+        return nnunet_probabilities(self._predictor, batch)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -67,7 +83,7 @@ def image_to_model(image: np.ndarray, size: int) -> torch.Tensor:
 
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
     """Load SEGRUN (config.yaml + model.safetensors) written by `sonosynth segment train` onto `device`."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     device = resolve_device(device)
     path = Path(path)
@@ -76,14 +92,21 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segm
         if not required.is_file():
             raise SonosynthError(f"{required}: missing; not a segmenter run folder")
     config = SegmentationConfig.from_yaml(config_path)
-    network = build_unet(config.net, config.num_labels)
+    nnunet = None
+    if config.net == "nnunet":
+        from sonosynth.segmentation.nnunet import NnUNetModel, require_nnunet
+
+        require_nnunet()
+        nnunet = NnUNetModel.load(path)
+        network = nnunet.build_network()
+    else:
+        network = build_unet(config.net_size, config.num_labels)
     try:
-        state = load_file(str(model_path))
-        network.load_state_dict(state)
+        load_model(network, str(model_path))
     except Exception as exc:  # safetensors/torch raise several types for corrupt or mismatched files
         raise SonosynthError(f"{model_path}: cannot load weights ({exc})") from None
     network.to(device).eval()
-    return Segmenter(network, config)
+    return Segmenter(network, config, nnunet)
 
 
 def predict_probabilities(
@@ -95,8 +118,7 @@ def predict_probabilities(
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            batch = torch.stack([image_to_model(im, size) for im in chunk]).to(segmenter.device)
-            probs = torch.softmax(segmenter.network(batch), dim=1).cpu()
+            probs = segmenter.probabilities(torch.stack([image_to_model(im, size) for im in chunk]))
             for image, p in zip(chunk, probs, strict=True):
                 h, w = np.asarray(image).shape
                 out.append(unletterbox(p, h, w, mode="bilinear"))

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,22 +30,32 @@ from sonosynth.seeds import derive_seed
 from sonosynth.segmentation.nets import UNET_SIZES, build_unet, min_image_size
 from sonosynth.settings import Config
 
+if TYPE_CHECKING:
+    from sonosynth.segmentation.nnunet import NnUNetModel
+    from sonosynth.segmentation.predict import Segmenter
+
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+
+
+NETS = ("unet", "nnunet")
 
 
 @dataclass
 class SegmentationConfig(Config):
     """Everything that defines a segmenter training run (saved as SEGRUN/config.yaml).
 
+    `net` is the segmenter: `unet` (a MONAI U-Net of size `net_size`, the default) or `nnunet` (nnU-Net v2's
+    `2d` configuration, trained with its own optimiser and augmentation; see `segmentation/nnunet.py`).
     `augment` switches augmentation on or off. When on, `classical` chooses the kind: None is the
     `light` preset (affine + gain/gamma); an `AugmentConfig` (the `classical` preset in the
     `+classical` arms) replaces it. `flip` adds left-right flips to either.
     """
 
     size: int = 64
-    net: str = "small"
+    net: str = "unet"
+    net_size: str = "small"
     max_steps: int = 2000
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -64,6 +74,8 @@ class SegmentationConfig(Config):
     def __post_init__(self) -> None:
         if isinstance(self.classical, dict):
             self.classical = AugmentConfig.from_dict(self.classical)
+        if self.net in UNET_SIZES:  # runs saved before `net` named the segmenter held the U-Net size there
+            self.net, self.net_size = "unet", self.net
         self.labels = {str(k): str(v) for k, v in (self.labels or {}).items()}
         self.validate()
 
@@ -72,12 +84,14 @@ class SegmentationConfig(Config):
         return max(int(k) for k in self.labels) + 1
 
     def validate(self) -> None:
-        if self.net not in UNET_SIZES:
-            raise SonosynthError(f"unknown network size '{self.net}' (choose from {', '.join(UNET_SIZES)})")
-        smallest = min_image_size(self.net)
+        if self.net not in NETS:
+            raise SonosynthError(f"unknown segmenter '{self.net}' (choose from {', '.join(NETS)})")
+        if self.net_size not in UNET_SIZES:
+            raise SonosynthError(f"unknown network size '{self.net_size}' (choose from {', '.join(UNET_SIZES)})")
+        smallest = min_image_size(self.net_size) if self.net == "unet" else 16
         if self.size < smallest or self.size % (smallest // 4):
             raise SonosynthError(
-                f"size {self.size} does not suit the '{self.net}' network "
+                f"size {self.size} does not suit the '{self.net_size if self.net == 'unet' else self.net}' network "
                 f"(at least {smallest} and a multiple of {smallest // 4})"
             )
         if not 0.0 <= self.synthetic_ratio <= 1.0:
@@ -86,6 +100,8 @@ class SegmentationConfig(Config):
             raise SonosynthError("batch size, steps and validation interval must be positive")
         if self.classical is not None and not self.augment:
             raise SonosynthError("classical augmentation needs augmentation on (drop --no-augment or --classical)")
+        if self.net == "nnunet" and self.classical is not None:
+            raise SonosynthError("nnU-Net trains with its own augmentation; --classical applies to --net unet only")
 
 
 @dataclass
@@ -141,6 +157,8 @@ class TrainingResult:
     best_val_dice: float | None
     history: list[dict[str, float]]
     seconds: float
+    nnunet: NnUNetModel | None = None  # nnU-Net's plans, for `net: nnunet`
+    details: dict[str, Any] = field(default_factory=dict)  # what the segmenter chose itself (nnU-Net's batch, ...)
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -149,7 +167,13 @@ class TrainingResult:
             "best_val_dice": self.best_val_dice,
             "seconds": round(self.seconds, 2),
             "history": self.history,
+            **self.details,
         }
+
+    def segmenter(self) -> Segmenter:
+        from sonosynth.segmentation.predict import Segmenter
+
+        return Segmenter(self.model, self.config, self.nnunet)
 
 
 def batch_composition(batch_size: int, synthetic_ratio: float, n_real: int, n_extra: int) -> tuple[int, int]:
@@ -191,8 +215,12 @@ def train_segmenter(
     extra: PairTensors | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    workdir: Path | None = None,
 ) -> TrainingResult:
-    """Train a U-Net with Dice + cross-entropy; `extra` pairs fill `synthetic_ratio` of each batch.
+    """Train the segmenter `config.net` names; `extra` pairs fill `synthetic_ratio` of each batch.
+
+    The U-Net trains here with Dice + cross-entropy. nnU-Net (`segmentation/nnunet.py`) trains in its
+    own loop, its folders under `workdir` (a temporary folder when None) unless the environment names them.
 
     Pairs stay in host memory and batches are drawn there with a CPU generator, each pair augmented
     with its own seed (from the run seed, the step and its slot), so the batches (and thus the run) do
@@ -206,9 +234,18 @@ def train_segmenter(
     extra = extra if extra is not None and len(extra) else None
     if len(train) == 0 and extra is None:
         raise SonosynthError("no training pairs: the real training set is empty and no --extra data was given")
+    if config.net == "nnunet":
+        from sonosynth.segmentation.nnunet import train_nnunet
+
+        started = time.perf_counter()
+        network, plans, summary = train_nnunet(config, train, val, extra, workdir, progress, device)
+        return TrainingResult(model=network, config=config, steps=summary["steps"], best_step=summary["best_step"],
+                              best_val_dice=summary["best_val_dice"], history=summary["history"],
+                              seconds=time.perf_counter() - started, nnunet=plans,
+                              details={"nnunet": summary["nnunet"]})
     with torch.random.fork_rng(devices=[]):  # MONAI layers initialise from the global generator
         torch.manual_seed(config.seed)
-        model = build_unet(config.net, config.num_labels)
+        model = build_unet(config.net_size, config.num_labels)
     model_device = resolve_device(device)
     model.to(model_device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -280,15 +317,16 @@ def train_segmenter(
 def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[str, Any] | None = None,
                    overwrite: bool = False) -> Path:
     """Write SEGRUN (model.safetensors, config.yaml, metrics.json) atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     out = prepare_output(out, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
         with writing(out):
-            save_file(state, str(tmp / MODEL_FILE))
+            save_model(result.model, str(tmp / MODEL_FILE), force_contiguous=True)  # nnU-Net's net shares tensors
             result.config.save(tmp / CONFIG_FILE)
+            if result.nnunet is not None:
+                result.nnunet.save(tmp)
             metrics = {**result.metrics(), **(extra_metrics or {})}
             (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         commit_folder(tmp, out)
