@@ -19,6 +19,7 @@ from sonosynth.diffusion.config import TrainConfig
 from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
 from sonosynth.diffusion.schedulers import make_scheduler
 from sonosynth.models.configs import ModelConfig, build_model
+from sonosynth.segmentation.train import PairTensors
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -70,6 +71,20 @@ def ellipse_pair(rng: np.random.Generator, height: int = 48, width: int = 64) ->
     inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
     image = rng.rayleigh(40.0, size=(height, width)) + 80.0 * inside
     return np.clip(image, 1, 255).astype(np.uint8), inside.astype(np.uint8)
+
+
+def letterboxed_pairs(n: int, seed: int, size: int = 32) -> PairTensors:
+    """n toy ellipse pairs as a segmenter holds them: letterboxed to size x size tensors."""
+    from sonosynth.data.transforms import letterbox_mask
+    from sonosynth.segmentation.predict import image_to_model
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for _ in range(n):
+        image, mask = ellipse_pair(rng, 48, 64)
+        images.append(image_to_model(image, size))
+        labels.append(letterbox_mask(mask, size))
+    return PairTensors(torch.stack(images), torch.stack(labels))
 
 
 def write_toy_dataset(out: Path, n: int = 6, seed: int = 0, height: int = 48, width: int = 64) -> Path:

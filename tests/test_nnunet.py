@@ -6,33 +6,21 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from factories import ellipse_pair, save_tiny_run, write_toy_dataset
+from factories import ellipse_pair, letterboxed_pairs, save_tiny_run, write_toy_dataset
 from typer.testing import CliRunner
 
 from sonosynth.cli import app
 from sonosynth.data.export import export_nnunet
-from sonosynth.data.transforms import letterbox_mask
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.downstream import DownstreamConfig
 from sonosynth.segmentation.nnunet import case_multiplicities, free_dataset_id, nnunet_folders
-from sonosynth.segmentation.predict import image_to_model, load_segmenter, predict_masks
-from sonosynth.segmentation.train import PairTensors, SegmentationConfig, save_segmenter, train_segmenter
+from sonosynth.segmentation.predict import load_segmenter, predict_masks
+from sonosynth.segmentation.train import SegmentationConfig, save_segmenter, train_segmenter
 
 pytest.importorskip("nnunetv2", reason="nnU-Net tests need the nnunetv2 package (pip install 'sonosynth[nnunet]')")
 
 TINY_NNUNET = {"size": 32, "net": "nnunet", "max_steps": 4, "val_every": 2, "patience": 5}
 LABELS = {"0": "background", "1": "head"}
-
-
-def pairs(n: int, seed: int) -> PairTensors:
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for _ in range(n):
-        image, mask = ellipse_pair(rng, 48, 64)
-        images.append(image_to_model(image, 32))
-        labels.append(letterbox_mask(mask, 32))
-    return PairTensors(torch.stack(images), torch.stack(labels))
 
 
 def test_case_multiplicities_give_the_batch_ratio_in_expectation():
@@ -47,11 +35,11 @@ def test_case_multiplicities_give_the_batch_ratio_in_expectation():
 def test_nnunet_refuses_classical_augmentation_and_classical_arms():
     from sonosynth.augment import AugmentConfig
 
-    with pytest.raises(SonosynthError, match="own augmentation"):
+    with pytest.raises(SonosynthError, match="--classical applies to --net unet only"):
         SegmentationConfig(net="nnunet", classical=AugmentConfig.preset("classical"))
     config = DownstreamConfig(ks=["2"], seeds=1, arms=["real", "real+classical"],
                               segmentation=SegmentationConfig(net="nnunet"))
-    with pytest.raises(SonosynthError, match="drop the \\+classical arms"):
+    with pytest.raises(SonosynthError, match="the \\+classical arms are for --net unet"):
         config.validate(has_synthetic=False)
     with pytest.raises(SonosynthError, match="unknown segmenter"):
         SegmentationConfig(net="transunet")
@@ -72,7 +60,7 @@ def test_user_folders_are_kept_and_a_free_id_is_taken(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_nnunet_reads_our_exports_of_real_and_generated_pairs(tmp_path):
+def test_nnunet_reads_our_exports_of_real_and_generated_letterboxed_pairs(tmp_path):
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
 
     from sonosynth.synthesis.generate import GenerateConfig, generate_dataset
@@ -96,7 +84,8 @@ def test_nnunet_reads_our_exports_of_real_and_generated_pairs(tmp_path):
 def test_nnunet_trains_saves_loads_and_predicts_without_pickles(tmp_path):
     config = SegmentationConfig(**TINY_NNUNET, labels=LABELS)
     work = tmp_path / "work"
-    result = train_segmenter(config, pairs(4, 0), pairs(3, 1), pairs(6, 2), progress=False, workdir=work)
+    result = train_segmenter(config, letterboxed_pairs(4, 0), letterboxed_pairs(3, 1), letterboxed_pairs(6, 2),
+                             progress=False, workdir=work)
     assert result.history and all("val_dice" in h for h in result.history)
     assert result.steps == 4 and result.best_step in (2, 4) and result.details["nnunet"]["patch_size"]
     split = json.loads(next(work.glob("nnUNet_preprocessed/Dataset*/splits_final.json")).read_text())[0]

@@ -58,6 +58,8 @@ def downstream_command(
     size: int = typer.Option(64, help="Segmenter training size in pixels."),
     net_size: str = opt.net_size("small", f"Segmenter size preset: {opt.NET_SIZES}."),
     net: str = opt.segmenter_net(),
+    weights: Path | None = opt.sam_weights(),
+    sam_box: str = opt.sam_box(),
     max_steps: int = opt.max_steps(4000, "Maximum training steps per cell (early stopping usually ends sooner)."),
     steps: int | None = opt.old_spelling("--steps", "--max-steps"),
     batch_size: int = typer.Option(8),
@@ -90,7 +92,7 @@ def downstream_command(
 
     if arms == "auto":
         chosen = [a for a in ARMS if (synthetic or generator_per_k or not uses_synthetic(a))
-                  and not (net == "nnunet" and uses_classical(a))]  # nnU-Net brings its own augmentation
+                  and not (net != "unet" and uses_classical(a))]  # +classical arms are the U-Net's
         arms = ",".join(chosen)
     config = DownstreamConfig(
         ks=parse_ks(k),
@@ -100,6 +102,8 @@ def downstream_command(
             size=size,
             net=net,
             net_size=net_size,
+            weights=None if weights is None else str(weights),
+            sam_box=sam_box,
             max_steps=opt.either(max_steps, steps),
             batch_size=batch_size,
             learning_rate=learning_rate,

@@ -30,8 +30,19 @@ NET_SIZES = "tiny, small or base"
 def segmenter_net() -> typer.models.OptionInfo:
     return typer.Option(
         "unet", "--net",
-        help="Segmenter: unet (a MONAI U-Net of --net-size) or nnunet (nnU-Net v2 2d with its own training recipe; "
-        "pip install 'sonosynth[nnunet]').",
+        help="Segmenter: unet (a MONAI U-Net of --net-size), nnunet (nnU-Net v2 2d with its own training recipe; "
+        "pip install 'sonosynth[nnunet]') or sam (Segment Anything from --weights, mask decoder fine-tuned).",
+    )
+
+
+def sam_weights() -> typer.models.OptionInfo:
+    return typer.Option(None, "--weights", help="--net sam: a local Segment Anything folder (transformers format).")
+
+
+def sam_box() -> typer.models.OptionInfo:
+    return typer.Option(
+        "unet", "--sam-box",
+        help="--net sam: test-time box prompts from the run's U-Net (unet, fair) or the reference mask (reference).",
     )
 
 

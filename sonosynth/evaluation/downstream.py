@@ -71,8 +71,9 @@ class DownstreamConfig(Config):
                 raise SonosynthError(f"--k {k}: each k must be a positive integer or 'all'")
         if self.seeds < 1:
             raise SonosynthError("--seeds must be at least 1")
-        if self.segmentation.net == "nnunet" and any(uses_classical(a) for a in self.arms):
-            raise SonosynthError("nnU-Net trains with its own augmentation: drop the +classical arms with --net nnunet")
+        if self.segmentation.net != "unet" and any(uses_classical(a) for a in self.arms):
+            raise SonosynthError(f"the +classical arms are for --net unet: drop them with --net {self.segmentation.net}"
+                                 " (nnU-Net brings its own augmentation)")
 
 
 @dataclass(frozen=True)
@@ -246,8 +247,9 @@ def _run_cell(
     result = train_segmenter(config, real_pairs, val_pairs, synth_pairs, progress=False, device=device,
                              workdir=workdir if config.net == "nnunet" else None)
     segmenter = result.segmenter()
+    references = [s.mask for s in test_samples] if config.net == "sam" and config.sam_box == "reference" else None
     with torch.no_grad():
-        predictions = predict_masks(segmenter, [s.image for s in test_samples])
+        predictions = predict_masks(segmenter, [s.image for s in test_samples], references=references)
     scores = [
         score_pair(pred, s.mask, num_labels, s.record.spacing_mm, head_label, structures)
         for pred, s in zip(predictions, test_samples, strict=True)

@@ -416,6 +416,16 @@ def _segmenter_note(seg: dict[str, Any], classical: str) -> str:
             f"{seg['patience']} epochs without a new best EMA pseudo Dice on the real val split (whose weights are "
             f"kept); real+synthetic cases listed so that {seg['synthetic_ratio']} of the draws are synthetic."
         )
+    if seg.get("net") == "sam":
+        box = ("**boxes from the reference masks** (the source system's protocol: a user has no reference mask, "
+               "so these scores are optimistic)" if seg.get("sam_box") == "reference" else
+               f"boxes from a MONAI U-Net '{seg.get('net_size')}' trained on the same pairs (the fair protocol)")
+        return (
+            f"Segmenter: Segment Anything from `{seg.get('weights')}`, image and prompt encoders frozen, mask decoder "
+            f"fine-tuned with Dice + cross-entropy on box prompts (jitter 0-{seg.get('box_jitter')} px at SAM's "
+            f"input size) on pairs letterboxed to {seg['size']} px, up to {seg['max_steps']} steps, early stopping "
+            f"on the real val split; at test time {box}."
+        )
     size = seg.get("net_size", seg.get("net"))  # reports made before `net` named the segmenter
     return (
         f"Segmenter: MONAI U-Net '{size}' at {seg['size']} px, up to {seg['max_steps']} steps "

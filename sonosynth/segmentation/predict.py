@@ -19,7 +19,7 @@ import torch
 
 from sonosynth.data.format import DATASET_JSON, Dataset
 from sonosynth.data.imageio import pixels_to_unit, read_image, write_png
-from sonosynth.data.transforms import letterbox_image, unletterbox
+from sonosynth.data.transforms import letterbox_image, letterbox_mask, unletterbox
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.files import commit_folder, prepare_output
@@ -28,6 +28,7 @@ from sonosynth.segmentation.train import CONFIG_FILE, MODEL_FILE, SegmentationCo
 
 if TYPE_CHECKING:
     from sonosynth.segmentation.nnunet import NnUNetModel
+    from sonosynth.segmentation.sam import SamParts
 
 
 @dataclass
@@ -37,10 +38,17 @@ class Segmenter:
     network: torch.nn.Module
     config: SegmentationConfig
     nnunet: NnUNetModel | None = None
+    sam: SamParts | None = None
     _predictor: Any = field(default=None, init=False, repr=False)
 
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, K, S, S) of letterboxed images (N, 1, S, S) in [-1, 1]."""
+    def probabilities(self, batch: torch.Tensor, references: torch.Tensor | None = None) -> torch.Tensor:
+        """Class probabilities (N, K, S, S) of letterboxed images (N, 1, S, S) in [-1, 1].
+
+        `references` (N, S, S) label maps give SAM its boxes (`sam_box: reference`); the others ignore them.
+        """
+        if self.sam is not None:
+            return self.sam.probabilities(batch, references if self.config.sam_box == "reference" else None,
+                                          self.num_labels)
         if self.nnunet is None:
             return torch.softmax(self.network(batch.to(self.device)), dim=1).cpu()
         from sonosynth.segmentation.nnunet import nnunet_probabilities
@@ -93,6 +101,11 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segm
             raise SonosynthError(f"{required}: missing; not a segmenter run folder")
     config = SegmentationConfig.from_yaml(config_path)
     nnunet = None
+    if config.net == "sam":
+        from sonosynth.segmentation.sam import load_sam_run
+
+        sam = load_sam_run(path, config, device)
+        return Segmenter(sam.model, config, sam=sam)
     if config.net == "nnunet":
         from sonosynth.segmentation.nnunet import NnUNetModel, require_nnunet
 
@@ -110,24 +123,29 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segm
 
 
 def predict_probabilities(
-    segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16
+    segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16,
+    references: Sequence[np.ndarray] | None = None,
 ) -> list[torch.Tensor]:
-    """Per-image class probabilities (K, H, W) at each image's original size."""
+    """Per-image class probabilities (K, H, W) at each image's original size (`references`: see `probabilities`)."""
     size = segmenter.config.size
     out: list[torch.Tensor] = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            probs = segmenter.probabilities(torch.stack([image_to_model(im, size) for im in chunk]))
+            masks = None if references is None else torch.stack(
+                [letterbox_mask(m, size) for m in references[start : start + batch_size]])
+            probs = segmenter.probabilities(torch.stack([image_to_model(im, size) for im in chunk]), masks)
             for image, p in zip(chunk, probs, strict=True):
                 h, w = np.asarray(image).shape
                 out.append(unletterbox(p, h, w, mode="bilinear"))
     return out
 
 
-def predict_masks(segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+def predict_masks(segmenter: Segmenter, images: Sequence[np.ndarray], batch_size: int = 16,
+                  references: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
     """Label maps (uint8, same size as each input image) predicted by `segmenter`."""
-    return [p.argmax(0).to(torch.uint8).numpy() for p in predict_probabilities(segmenter, images, batch_size)]
+    probabilities = predict_probabilities(segmenter, images, batch_size, references)
+    return [p.argmax(0).to(torch.uint8).numpy() for p in probabilities]
 
 
 def list_images(source: str | Path) -> list[tuple[str, Path]]:

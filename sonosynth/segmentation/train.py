@@ -12,6 +12,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,21 +34,24 @@ from sonosynth.settings import Config
 if TYPE_CHECKING:
     from sonosynth.segmentation.nnunet import NnUNetModel
     from sonosynth.segmentation.predict import Segmenter
+    from sonosynth.segmentation.sam import SamParts
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 
 
-NETS = ("unet", "nnunet")
+NETS = ("unet", "nnunet", "sam")
 
 
 @dataclass
 class SegmentationConfig(Config):
     """Everything that defines a segmenter training run (saved as SEGRUN/config.yaml).
 
-    `net` is the segmenter: `unet` (a MONAI U-Net of size `net_size`, the default) or `nnunet` (nnU-Net v2's
-    `2d` configuration, trained with its own optimiser and augmentation; see `segmentation/nnunet.py`).
+    `net` is the segmenter: `unet` (a MONAI U-Net of size `net_size`, the default), `nnunet` (nnU-Net v2's
+    `2d` configuration, trained with its own optimiser and augmentation; see `segmentation/nnunet.py`) or
+    `sam` (Segment Anything from the local folder `weights`, its mask decoder fine-tuned on box prompts,
+    test-time boxes from `sam_box`; see `segmentation/sam.py`).
     `augment` switches augmentation on or off. When on, `classical` chooses the kind: None is the
     `light` preset (affine + gain/gamma); an `AugmentConfig` (the `classical` preset in the
     `+classical` arms) replaces it. `flip` adds left-right flips to either.
@@ -68,6 +72,9 @@ class SegmentationConfig(Config):
     seed: int = 0
     labels: dict[str, str] = field(default_factory=dict)  # filled from the training data
     classical: AugmentConfig | None = None  # strong classical augmentation instead of the light one
+    weights: str | None = None  # net: sam — the local Segment Anything folder (transformers format)
+    sam_box: str = "unet"  # net: sam — test-time boxes from the run's U-Net, or from the reference mask
+    box_jitter: float = 20.0  # net: sam — training box jitter, pixels at SAM's input resolution
 
     what: ClassVar[str] = "segmenter config"
 
@@ -100,8 +107,12 @@ class SegmentationConfig(Config):
             raise SonosynthError("batch size, steps and validation interval must be positive")
         if self.classical is not None and not self.augment:
             raise SonosynthError("classical augmentation needs augmentation on (drop --no-augment or --classical)")
-        if self.net == "nnunet" and self.classical is not None:
-            raise SonosynthError("nnU-Net trains with its own augmentation; --classical applies to --net unet only")
+        if self.net != "unet" and self.classical is not None:
+            raise SonosynthError(f"--classical applies to --net unet only (got --net {self.net})")
+        if self.net == "sam" and not self.weights:
+            raise SonosynthError("--net sam needs --weights SAM_DIR (a local Segment Anything folder)")
+        if self.sam_box not in ("unet", "reference"):
+            raise SonosynthError(f"--sam-box must be unet or reference, got '{self.sam_box}'")
 
 
 @dataclass
@@ -158,6 +169,7 @@ class TrainingResult:
     history: list[dict[str, float]]
     seconds: float
     nnunet: NnUNetModel | None = None  # nnU-Net's plans, for `net: nnunet`
+    sam: SamParts | None = None  # model, processor and box U-Net, for `net: sam`
     details: dict[str, Any] = field(default_factory=dict)  # what the segmenter chose itself (nnU-Net's batch, ...)
 
     def metrics(self) -> dict[str, Any]:
@@ -173,7 +185,61 @@ class TrainingResult:
     def segmenter(self) -> Segmenter:
         from sonosynth.segmentation.predict import Segmenter
 
-        return Segmenter(self.model, self.config, self.nnunet)
+        return Segmenter(self.model, self.config, self.nnunet, self.sam)
+
+
+@dataclass
+class EarlyStopping:
+    """Validation checks of one training run: the best score, its step and a snapshot of the weights then.
+
+    `stop` once `patience` checks in a row bring no better score. Without validation scores the last
+    weights are the result. Shared by every segmenter trained in a loop of ours (the U-Net, SAM's decoder).
+    """
+
+    patience: int
+    snapshot: Callable[[], dict[str, torch.Tensor]]
+    best: float = -1.0
+    best_step: int = 0
+    bad_checks: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    running_loss: float = 0.0
+    best_state: dict[str, torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.best_state = self.snapshot()
+
+    def check(self, step: int, loss: float, score: float | None) -> dict[str, float]:
+        entry = {"step": step, "loss": round(loss, 5)}
+        if score is not None:
+            entry["val_dice"] = round(score, 5)
+            if score > self.best:
+                self.best, self.best_step, self.bad_checks, self.best_state = score, step, 0, self.snapshot()
+            else:
+                self.bad_checks += 1
+        else:
+            self.best_state, self.best_step = self.snapshot(), step
+        self.history.append(entry)
+        return entry
+
+    def step_done(self, step: int, loss: float | None, config: SegmentationConfig,
+                  validate: Callable[[], float] | None, bar: Any) -> bool:
+        """Record a training step (its loss, if any); at a validation step check the score; True: stop now."""
+        if loss is not None:
+            self.running_loss = 0.9 * self.running_loss + 0.1 * loss if step > 1 else loss
+        bar.update(1)
+        if step % config.val_every and step != config.max_steps:
+            return False
+        bar.set_postfix(self.check(step, self.running_loss, None if validate is None else validate()))
+        return self.stop
+
+    @property
+    def stop(self) -> bool:
+        return self.bad_checks >= self.patience
+
+    def result(self, model: Any, config: SegmentationConfig, steps: int, seconds: float, **more: Any) -> TrainingResult:
+        return TrainingResult(model=model, config=config, steps=steps, best_step=self.best_step,
+                              best_val_dice=None if self.best < 0 else self.best, history=self.history,
+                              seconds=seconds, **more)
 
 
 def batch_composition(batch_size: int, synthetic_ratio: float, n_real: int, n_extra: int) -> tuple[int, int]:
@@ -243,6 +309,10 @@ def train_segmenter(
                               best_val_dice=summary["best_val_dice"], history=summary["history"],
                               seconds=time.perf_counter() - started, nnunet=plans,
                               details={"nnunet": summary["nnunet"]})
+    if config.net == "sam":
+        from sonosynth.segmentation.sam import train_sam
+
+        return train_sam(config, train, val, extra, progress, device)
     with torch.random.fork_rng(devices=[]):  # MONAI layers initialise from the global generator
         torch.manual_seed(config.seed)
         model = build_unet(config.net_size, config.num_labels)
@@ -257,14 +327,12 @@ def train_segmenter(
         config.batch_size, config.synthetic_ratio, len(train), 0 if extra is None else len(extra)
     )
 
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    best_dice, best_step, bad_checks = -1.0, 0, 0
-    history: list[dict[str, float]] = []
+    stopping = EarlyStopping(config.patience, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})
+    validate = (lambda: validation_dice(model, val, config.num_labels)) if val is not None and len(val) else None
     started = time.perf_counter()
     step = 0
     bar = progress_bar(total=config.max_steps, desc="segmenter", disable=not progress, leave=False)
     model.train()
-    running = 0.0
     for step in range(1, config.max_steps + 1):
         parts_img, parts_lab = [], []
         for pairs, count in ((train, n_real), (extra, n_extra)):
@@ -281,37 +349,12 @@ def train_segmenter(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
-        bar.update(1)
-        if step % config.val_every == 0 or step == config.max_steps:
-            entry = {"step": step, "loss": round(running, 5)}
-            if val is not None and len(val):
-                dice = validation_dice(model, val, config.num_labels)
-                entry["val_dice"] = round(dice, 5)
-                if dice > best_dice:
-                    best_dice, best_step, bad_checks = dice, step, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad_checks += 1
-            history.append(entry)
-            bar.set_postfix(entry)
-            if bad_checks >= config.patience:
-                break
+        if stopping.step_done(step, loss.item(), config, validate, bar):
+            break
     bar.close()
-    if val is not None and len(val):
-        model.load_state_dict(best_state)
-    else:
-        best_step = step
+    model.load_state_dict(stopping.best_state)
     model.eval()
-    return TrainingResult(
-        model=model,
-        config=config,
-        steps=step,
-        best_step=best_step,
-        best_val_dice=None if best_dice < 0 else best_dice,
-        history=history,
-        seconds=time.perf_counter() - started,
-    )
+    return stopping.result(model, config, step, time.perf_counter() - started)
 
 
 def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[str, Any] | None = None,
@@ -323,7 +366,12 @@ def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
         with writing(out):
-            save_model(result.model, str(tmp / MODEL_FILE), force_contiguous=True)  # nnU-Net's net shares tensors
+            if result.sam is not None:
+                from sonosynth.segmentation.sam import save_sam
+
+                save_sam(tmp, result)  # the trained decoder and the box U-Net only, not the base model
+            else:
+                save_model(result.model, str(tmp / MODEL_FILE), force_contiguous=True)  # nnU-Net shares tensors
             result.config.save(tmp / CONFIG_FILE)
             if result.nnunet is not None:
                 result.nnunet.save(tmp)
