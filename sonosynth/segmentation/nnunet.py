@@ -27,7 +27,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -229,7 +228,6 @@ def train_nnunet(
         preprocessed = folders["nnUNet_preprocessed"] / raw.name
         (preprocessed / "splits_final.json").write_text(json.dumps(split, indent=1) + "\n")
         return _train(config, preprocessed, len(val), device, progress)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _plan_and_preprocess(dataset_id: int, verbose: bool) -> None:
@@ -291,9 +289,9 @@ def _train(config: SegmentationConfig, preprocessed: Path, n_val: int, device: t
 
 
 @contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
+def _quiet(quiet: bool) -> Iterator[None]:
     """nnU-Net prints a great deal; keep it off the terminal unless asked (`progress`)."""
-    if not enabled:
+    if not quiet:
         yield
         return
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
@@ -310,7 +308,7 @@ def _early_stopping_trainer() -> type:
         best_epoch: int = -1
 
         def save_checkpoint(self, filename: str) -> None:  # no torch.save: nothing to unpickle later
-            if re.search(r"checkpoint_best", str(filename)):
+            if "checkpoint_best" in str(filename):
                 network = self.network._orig_mod if hasattr(self.network, "_orig_mod") else self.network
                 self.best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
                 self.best_epoch = self.current_epoch
