@@ -90,27 +90,28 @@ def downstream_command(
     from sonosynth.evaluation.metrics import parse_structures
     from sonosynth.segmentation.train import SegmentationConfig
 
+    segmentation = SegmentationConfig(
+        size=size,
+        net=net,
+        net_size=net_size,
+        weights=None if weights is None else str(weights),
+        sam_box=sam_box,
+        max_steps=opt.either(max_steps, steps),
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        val_every=val_every,
+        patience=patience,
+        synthetic_ratio=synthetic_ratio,
+    )
     if arms == "auto":
         chosen = [a for a in ARMS if (synthetic or generator_per_k or not uses_synthetic(a))
-                  and not (net != "unet" and uses_classical(a))]  # +classical arms are the U-Net's
+                  and not (segmentation.net != "unet" and uses_classical(a))]  # +classical arms are the U-Net's
         arms = ",".join(chosen)
     config = DownstreamConfig(
         ks=parse_ks(k),
         seeds=seeds,
         arms=[a.strip() for a in arms.split(",") if a.strip()],
-        segmentation=SegmentationConfig(
-            size=size,
-            net=net,
-            net_size=net_size,
-            weights=None if weights is None else str(weights),
-            sam_box=sam_box,
-            max_steps=opt.either(max_steps, steps),
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            val_every=val_every,
-            patience=patience,
-            synthetic_ratio=synthetic_ratio,
-        ),
+        segmentation=segmentation,
         head_circumference=head_circumference,
         generator=None if generator_per_k is None else GeneratorRecipe.from_yaml(generator_per_k),
         classical=AugmentConfig.preset_file("classical", classical_config),
