@@ -46,6 +46,11 @@ def sam_box() -> typer.models.OptionInfo:
     )
 
 
+def segmenter_choice(net: str, net_size: str, weights: object, sam_box: str) -> dict[str, object]:
+    """The `SegmentationConfig` fields that `--net`, `--net-size`, `--weights` and `--sam-box` set."""
+    return {"net": net, "net_size": net_size, "weights": None if weights is None else str(weights), "sam_box": sam_box}
+
+
 def max_steps(default: int | None, help: str) -> typer.models.OptionInfo:
     return typer.Option(default, "--max-steps", help=help)
 

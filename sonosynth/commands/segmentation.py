@@ -48,10 +48,7 @@ def train_command(
     classical_settings = AugmentConfig.preset_file("classical", classical_config) if use_classical else None
     config = SegmentationConfig(
         size=size,
-        net=net,
-        net_size=net_size,
-        weights=None if weights is None else str(weights),
-        sam_box=sam_box,
+        **opt.segmenter_choice(net, net_size, weights, sam_box),
         max_steps=opt.either(max_steps, steps),
         batch_size=batch_size,
         learning_rate=learning_rate,
