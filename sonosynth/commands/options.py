@@ -16,6 +16,7 @@ SEED = typer.Option(0, "--seed", help="Seed of all randomness: the same seed giv
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Images per forward pass (does not change the images).")
 SAMPLE_STEPS = typer.Option(25, "--steps", help="Denoising steps.")
 GUIDANCE = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale (1 = none).")
+PROMPT = typer.Option(None, "--prompt", help="Stable Diffusion runs: this text instead of the run's prompt template.")
 SCHEDULER = typer.Option(None, "--scheduler", help="Sampler: dpm++, dpm++sde, unipc, ddim or ddpm (default: saved).")
 SPLIT = typer.Option("auto", "--split",
                      help="Masks from this split: auto (train when there are splits, else all), train, val, test, all.")

@@ -45,6 +45,10 @@ def generate_command(
     filter_dice: float | None = typer.Option(None, "--filter-dice", help="Minimum mask-fidelity Dice."),
     filter_mode: str = typer.Option("drop", "--filter-mode", help="drop (regenerate) or flag (keep, flagged=1)."),
     segmenter: Path | None = typer.Option(None, "--segmenter", help="Segmenter run (`segment train`) for Dice."),
+    prompt: str | None = opt.PROMPT,
+    conditioning_scale: float | None = typer.Option(
+        None, "--conditioning-scale", help="ControlNet runs: weight of the mask's residuals (default: saved, 1)."
+    ),
     device: str = opt.DEVICE,
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
@@ -56,7 +60,7 @@ def generate_command(
         mask_source=masks or mask_source, n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
         batch_size=batch_size, split=split, output_size=output_size, target_hc_mm=_hc_range(hc_mm),
         filter_dice=filter_dice, filter_mode=filter_mode, attributes=AttributePolicy.parse(attr, attr_dist),
-        device=device,
+        prompt=prompt, conditioning_scale=conditioning_scale, device=device,
     )
     predictor = None
     if segmenter is not None:
@@ -80,6 +84,7 @@ def edit_command(
     guidance: float = opt.GUIDANCE,
     seed: int = opt.SEED,
     attr: list[str] = typer.Option([], "--attr", help="Condition on an attribute: NAME=VALUE (repeatable)."),
+    prompt: str | None = opt.PROMPT,
     device: str = opt.DEVICE,
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
@@ -88,7 +93,7 @@ def edit_command(
     from sonosynth.synthesis.generate import AttributePolicy
 
     config = EditConfig(steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample, margin_px=margin,
-                        guidance_scale=guidance, seed=seed, device=device)
+                        guidance_scale=guidance, seed=seed, prompt=prompt, device=device)
     attributes = AttributePolicy.parse(attr).fixed
     path = edit_files(run, image, mask, edited_mask, out, config, attributes, overwrite=overwrite)
     typer.echo(f"edited image written to {path}")

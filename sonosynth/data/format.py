@@ -54,6 +54,7 @@ class DatasetInfo:
     name: str
     labels: dict[str, str]
     modality: str = "ultrasound"
+    organ: str = ""  # what is imaged ("fetal head", "breast", "heart"): prompts of Stable Diffusion runs
     attributes: dict[str, list[str] | None] = field(default_factory=dict)
     source: str = ""
     license: str = ""

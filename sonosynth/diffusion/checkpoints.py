@@ -2,8 +2,8 @@
 
 ```
 RUN/checkpoints/step-000120/
-  model.safetensors       raw weights (state_dict of the denoiser)
-  ema.safetensors         EMA shadow weights, by parameter name
+  model.safetensors       raw weights (state_dict of the denoiser; a Stable Diffusion run: what it trains)
+  ema.safetensors         EMA shadow weights, by parameter name (runs without EMA have none)
   optimizer.safetensors   optimizer state tensors, flattened as state.<param>.<name>
   rng-rank<R>.safetensors torch (and CUDA) generator states of each process
   state.json              step, optimizer/LR-scheduler/EMA/grad-scaler scalars, RNG scalars; written last
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from sonosynth.diffusion.config import MUST_MATCH_ON_RESUME, TrainConfig
+from sonosynth.diffusion.config import MUST_MATCH_ON_RESUME
 from sonosynth.diffusion.run import CHECKPOINTS_DIR
 from sonosynth.errors import SonosynthError
 from sonosynth.files import write_json_atomic, writing
@@ -176,13 +176,16 @@ def jsonable(value: Any) -> Any:
     return None  # e.g. the LR lambdas, which are rebuilt from the config
 
 
-def checkpoint_to_resume(run_dir: Path, config: TrainConfig, fingerprint: str) -> Path | None:
+def checkpoint_to_resume(run_dir: Path, config: Any, fingerprint: str,
+                         must_match: tuple[str, ...] = MUST_MATCH_ON_RESUME) -> Path | None:
+    """The latest complete checkpoint, after checking that `config` (a TrainConfig, or another training
+    config with its own `must_match` fields) and the training pairs are those it was written with."""
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         return None
     state = read_state(checkpoint)
-    saved = TrainConfig.from_dict(state["config"], origin=str(checkpoint))
-    differing = [name for name in MUST_MATCH_ON_RESUME
+    saved = type(config).from_dict(state["config"], origin=str(checkpoint))
+    differing = [name for name in must_match
                  if _normalised(getattr(saved, name)) != _normalised(getattr(config, name))]
     if differing:
         details = ", ".join(f"{n}: {_normalised(getattr(saved, n))!r} -> {_normalised(getattr(config, n))!r}"
@@ -198,7 +201,7 @@ def _normalised(value: Any) -> Any:
 
 
 def save_training_state(accelerator: Any, run_dir: Path, step: int, model: Any, ema: Any, optimizer: Any,
-                        lr_scheduler: Any, config: TrainConfig, fingerprint: str) -> None:
+                        lr_scheduler: Any, config: Any, fingerprint: str) -> None:
     """One checkpoint of everything exact resume needs: every process writes its RNG state, the main
     process the weights, EMA, optimizer and state.json (last, so a complete folder means a usable one)."""
     from accelerate.utils import gather_object
@@ -215,7 +218,8 @@ def save_training_state(accelerator: Any, run_dir: Path, step: int, model: Any, 
     if accelerator.is_main_process:
         names = [n for n, _ in model.named_parameters()]
         save_tensors(tmp / "model.safetensors", model.state_dict())
-        save_tensors(tmp / "ema.safetensors", dict(zip(names, ema.shadow_params, strict=True)))
+        if ema is not None:
+            save_tensors(tmp / "ema.safetensors", dict(zip(names, ema.shadow_params, strict=True)))
         opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
         save_tensors(tmp / "optimizer.safetensors", opt_tensors)
         state = {
@@ -225,7 +229,7 @@ def save_training_state(accelerator: Any, run_dir: Path, step: int, model: Any, 
             "config": config.to_dict(),
             "optimizer": opt_meta,
             "lr_scheduler": jsonable(lr_scheduler.state_dict()),
-            "ema": {k: v for k, v in ema.state_dict().items() if k != "shadow_params"},
+            "ema": None if ema is None else {k: v for k, v in ema.state_dict().items() if k != "shadow_params"},
             "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "rng": {str(r): meta for r, meta in enumerate(rng_metas)},
         }
@@ -234,9 +238,11 @@ def save_training_state(accelerator: Any, run_dir: Path, step: int, model: Any, 
 
 
 def restore_weights(checkpoint: Path, model: Any, ema: Any) -> dict[str, Any]:
-    """Weights and EMA into the (not yet prepared) model; returns the checkpoint's state."""
+    """Weights and EMA (unless None) into the (not yet prepared) model; returns the checkpoint's state."""
     state = read_state(checkpoint)
     model.load_state_dict(load_tensors(checkpoint / "model.safetensors"))
+    if ema is None:
+        return state
     names = [n for n, _ in model.named_parameters()]
     shadow = load_tensors(checkpoint / "ema.safetensors")
     ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n] for n in names]})

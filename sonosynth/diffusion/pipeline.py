@@ -81,12 +81,17 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> MaskToUltrasoundPipeline:
-        """Load from a saved pipeline folder, or from a run folder holding one in `model/`."""
-        from sonosynth.diffusion.run import model_folder
+        """Load from a saved pipeline folder, or from a run folder holding one in `model/`; a Stable
+        Diffusion run comes back as its `PromptedMaskPipeline`."""
+        from sonosynth.diffusion.run import BASE_JSON, model_folder
 
+        folder = model_folder(pretrained_model_name_or_path)
+        if (folder / BASE_JSON).is_file():
+            from sonosynth.stable_diffusion.pipeline import PromptedMaskPipeline
+
+            return PromptedMaskPipeline.from_pretrained(folder, **kwargs)
         kwargs.setdefault("local_files_only", True)
         kwargs["use_safetensors"] = True  # a pickle (.bin) file is never unpickled
-        folder = model_folder(pretrained_model_name_or_path)
         try:
             return super().from_pretrained(folder, **kwargs)
         except OSError as exc:  # diffusers' "no file named ..." for missing weights
@@ -101,6 +106,34 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
     @property
     def kind(self) -> str:
         return self.unet.model_config.kind
+
+    @property
+    def conditioned_on_masks(self) -> bool:
+        """Generation takes label maps (spade, concat); a joint model makes its own mask."""
+        return self.kind != "joint"
+
+    @property
+    def num_labels(self) -> int:
+        return self.unet.model_config.num_labels
+
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per side of one cell of the grid the loop runs on (1: pixel space)."""
+        return self.unet.model_config.latent_factor
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Image sides must be multiples of this."""
+        return self.unet.model_config.downsampling_factor
+
+    def latent_shape(self, batch: int, side: int) -> tuple[int, ...]:
+        """Shape of what the loop denoises for `batch` images of `side` pixels."""
+        cells = side // self.latent_factor
+        return (batch, self.unet.sample_channels, cells, cells)
+
+    def image_shape(self, batch: int, side: int) -> tuple[int, ...]:
+        """Shape `image=` (the img2img start) must have: pixels for a latent model, else the loop's own space."""
+        return (batch, 1 if self.vae is not None else self.unet.sample_channels, side, side)
 
     @property
     def class_attributes(self) -> dict[str, list[str]] | None:
@@ -128,6 +161,7 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         image: torch.Tensor | None = None,
         strength: float = 1.0,
         latents: torch.Tensor | None = None,
+        prompt: str | list[str] | None = None,
     ) -> MaskToUltrasoundOutput:
         """Generate one image per label map (or `num_images` for a joint model without fov).
 
@@ -140,6 +174,8 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
           in [-1, 1]) noised to `strength` of the schedule and run only the last
           `max(1, round(num_inference_steps * strength))` steps; `strength=1` with no image is plain sampling.
         - `latents`: the starting noise (B, C, S, S) instead of drawing it from `generator`.
+        - `prompt`: text for a prompted (Stable Diffusion) model, one or one per image, instead of the prompt
+          its template builds from `class_labels`.
         """
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
@@ -154,9 +190,7 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         total, side = self._batch_geometry(labels, fov, num_images, size)
         if isinstance(generator, list) and len(generator) != total:
             raise ValueError(f"got {len(generator)} generators for {total} images; pass one per image")
-        latent_side = side // unet.model_config.latent_factor
-        shapes = {"image": (total, 1 if self.vae is not None else unet.sample_channels, side, side),
-                  "latents": (total, unet.sample_channels, latent_side, latent_side)}
+        shapes = {"image": self.image_shape(total, side), "latents": self.latent_shape(total, side)}
         for name, start_x in (("image", image), ("latents", latents)):
             if start_x is not None and tuple(start_x.shape) != shapes[name]:
                 raise ValueError(f"{name} must be {shapes[name]}, got {tuple(start_x.shape)}")
@@ -173,9 +207,10 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
             guidance = self.prepare_guidance(
                 on_device(labels), fov=on_device(fov), coords=on_device(coords), class_labels=on_device(class_labels),
                 guidance_scale=guidance_scale, batch=stop - start, size=side,
+                prompt=prompt[part] if isinstance(prompt, list) else prompt,
             )
             x = self.denoise(
-                guidance, (stop - start, unet.sample_channels, latent_side, latent_side), num_inference_steps,
+                guidance, self.latent_shape(stop - start, side), num_inference_steps,
                 generator=gen, image=self.encode(on_device(image)), strength=strength, latents=on_device(latents),
             )
             image_part, mask_part = self.decode(x, on_device(fov))
@@ -201,10 +236,10 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         self, labels: torch.Tensor | None, fov: torch.Tensor | None, num_images: int | None, size: int | None
     ) -> tuple[int, int]:
         kind = self.kind
-        if kind != "joint" and labels is None:
+        if self.conditioned_on_masks and labels is None:
             raise ValueError(f"a '{kind}' model generates from label maps: pass labels (B, S, S)")
-        if kind == "joint" and labels is not None:
-            raise ValueError("a 'joint' model generates its own mask: pass fov and/or num_images, not labels")
+        if not self.conditioned_on_masks and labels is not None:
+            raise ValueError(f"a '{kind}' model takes no label maps: pass fov and/or num_images, not labels")
         if labels is not None:
             if labels.ndim != 3 or labels.shape[-1] != labels.shape[-2]:
                 raise ValueError(f"labels must be (B, S, S) square label maps, got {tuple(labels.shape)}")
@@ -216,7 +251,7 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
             if num_images is None or side is None:
                 raise ValueError("without labels or fov, pass num_images and size (or save sample_size)")
             total = num_images
-        factor = self.unet.model_config.downsampling_factor
+        factor = self.downsampling_factor
         if side % factor:
             raise ValueError(f"image side {side} must be a multiple of {factor} for this model")
         if fov is not None and (fov.shape[0] != total or tuple(fov.shape[-3:]) != (1, side, side)):
@@ -233,11 +268,14 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         guidance_scale: float = 1.5,
         batch: int | None = None,
         size: int | None = None,
+        prompt: str | list[str] | None = None,
     ) -> Guidance:
         """The conditioning of one batch for every denoising step (built once, used by `guided_prediction`).
 
         Inputs are on the model's device; `batch` and `size` are needed only when neither labels nor fov
         gives them (a joint model sampling full squares)."""
+        if prompt is not None:
+            raise ValueError("this model takes no text prompt (prompts steer Stable Diffusion runs: --base)")
         unet = self.unet
         cfg = unet.model_config
         condition = unet.make_condition(labels, fov=fov, coords=coords, size=size, batch=batch)

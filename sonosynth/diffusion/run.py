@@ -6,6 +6,9 @@ RUN/
   model/          the diffusers pipeline: model_index.json (image size, training step, class
                   attributes with their value lists), unet/, scheduler/. Everything generation
                   needs: copied alone to another machine it generates the same images.
+                  A Stable Diffusion run (`--base`) holds only what it trained instead: base.json
+                  (the base folder, its config hash, kind, prompt template, class values),
+                  controlnet/ and/or pytorch_lora_weights.safetensors.
   checkpoints/    step-NNNNNN/ in safetensors + JSON, for exact resume
   samples/        step-NNNNNN.png grids (mask | generated | real)
   loss.csv        step, loss, lr
@@ -25,6 +28,7 @@ CHECKPOINTS_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 LOSS_CSV = "loss.csv"
 MODEL_INDEX = "model_index.json"
+BASE_JSON = "base.json"  # a Stable Diffusion run's model/: the base it needs (sonosynth.stable_diffusion)
 
 
 def _child(name: str) -> property:
@@ -49,7 +53,7 @@ class RunFolder:
     @property
     def has_model(self) -> bool:
         """Training finished: the pipeline was saved."""
-        return (self.model / MODEL_INDEX).is_file()
+        return is_model_folder(self.model)
 
     @property
     def has_checkpoints(self) -> bool:
@@ -57,15 +61,20 @@ class RunFolder:
         return self.checkpoints.is_dir()
 
 
+def is_model_folder(path: Path) -> bool:
+    """A saved pipeline: sonosynth's own, or a Stable Diffusion run's trained parts."""
+    return (path / MODEL_INDEX).is_file() or (path / BASE_JSON).is_file()
+
+
 def model_folder(path: str | Path) -> Path:
     """The saved pipeline folder for `path`, which is either that folder or a run folder holding it."""
     path = Path(path)
-    if (path / MODEL_INDEX).is_file():
+    if is_model_folder(path):
         return path
     if RunFolder(path).has_model:
         return RunFolder(path).model
     if path.exists():
-        raise SonosynthError(f"{path}: no {MODEL_INDEX} here or in {MODEL_DIR}/ (not a model or run)")
+        raise SonosynthError(f"{path}: no {MODEL_INDEX} or {BASE_JSON} here or in {MODEL_DIR}/ (not a model or run)")
     raise SonosynthError(f"{path}: model folder not found")
 
 
@@ -79,7 +88,7 @@ def legacy_class_values(path: str | Path, cardinalities: list[int]) -> dict[str,
     if not cardinalities:
         return {}
     path = Path(path)
-    folder = RunFolder(path.parent if (path / MODEL_INDEX).is_file() else path)
+    folder = RunFolder(path.parent if is_model_folder(path) else path)
     where = f"{path}: the model has {len(cardinalities)} class attributes but does not store their values"
     if not folder.config_yaml.is_file():
         raise SonosynthError(f"{where}, and there is no {folder.config_yaml} to read them from; retrain, or pass "

@@ -128,7 +128,7 @@ def _train(
     accelerator = Accelerator(
         # Under torchrun without a GPU, accelerate only sets up gloo multi-CPU training when told `cpu`.
         cpu=device == "cpu" or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1),
-        mixed_precision=_mixed_precision(config.mixed_precision),
+        mixed_precision=mixed_precision_for(config.mixed_precision),
         log_with=config.log_with,
         project_dir=str(run_dir),
     )
@@ -201,7 +201,7 @@ def _train(
     losses: list[float] = []
     bar = progress_bar(total=config.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (progress and accelerator.is_main_process))
-    loss_log = _LossLog(folder.loss_csv, step) if accelerator.is_main_process else None
+    loss_log = LossLog(folder.loss_csv, step) if accelerator.is_main_process else None
     last_checkpoint = step if checkpoint is not None else -1
     looping.append(True)
     while step < config.max_steps:
@@ -279,7 +279,7 @@ def _train(
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def _mixed_precision(setting: str) -> str:
+def mixed_precision_for(setting: str) -> str:
     import torch
 
     if setting != "auto":
@@ -289,7 +289,7 @@ def _mixed_precision(setting: str) -> str:
     return "no"
 
 
-class _LossLog:
+class LossLog:
     """RUN/loss.csv: step, loss, lr. Rows past `start` (from a run killed after its checkpoint) are dropped."""
 
     def __init__(self, path: Path, start: int):

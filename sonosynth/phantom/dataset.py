@@ -15,16 +15,19 @@ from sonosynth.phantom.cases import PhantomConfig, check_domain, generate_case, 
 
 DOMAIN_INFO: dict[str, dict] = {
     "fetal-head": {
+        "organ": "fetal head",
         "labels": {"0": "background", "1": "head"},
         "attributes": {"hc_mm": None},
         "description": "Fetal head phantom (HC18-like): skull ring, brain, midline; mask = filled head ellipse.",
     },
     "cardiac": {
+        "organ": "heart",
         "labels": {"0": "background", "1": "lv_endo", "2": "myocardium", "3": "left_atrium"},
         "attributes": {"view": ["4CH"], "phase": ["ED", "ES"]},
         "description": "Apical four-chamber phantom (CAMUS-like labels) from a phased-array sector.",
     },
     "breast": {
+        "organ": "breast",
         "labels": {"0": "background", "1": "lesion"},
         "attributes": {"pathology": list(PATHOLOGIES)},
         "description": "Linear-probe breast phantom (BUSI-like): benign, malignant or no lesion.",
@@ -49,6 +52,7 @@ def dataset_info(domain: str, seed: int, size: tuple[int, int], config: PhantomC
         attributes=dict(spec["attributes"]),
         source="sonosynth phantom simulator (convolution model)",
         license="CC0-1.0",
+        organ=spec["organ"],
         description=spec["description"],
         provenance={
             "generator": "sonosynth.phantom",

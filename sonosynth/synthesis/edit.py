@@ -50,6 +50,7 @@ class EditConfig(Config):
     guidance_scale: float = 1.5
     eta: float = 0.0
     seed: int = 0
+    prompt: str | None = None  # a Stable Diffusion run: this text instead of its template's prompt
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -111,8 +112,8 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
     if int(edited_mask.max()) >= model.num_labels:
         raise DataError(f"{where}: edited mask has label {int(edited_mask.max())} but the model knows "
                         f"0..{model.num_labels - 1}")
-    if model.kind == "joint":
-        raise SonosynthError("edit needs a mask-conditioned model (spade or concat), not 'joint'")
+    if not model.conditioned_on_masks:
+        raise SonosynthError(f"edit needs a mask-conditioned model (spade, concat or controlnet), not '{model.kind}'")
     region = edit_region(mask, edited_mask, config.margin_px)
     if not region.any():
         raise DataError(f"{where}: the edited mask equals the mask; nothing to edit")
@@ -129,12 +130,14 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
     device = model.unet.device
     scheduler = repaint_scheduler(model.pipe.scheduler, config.eta)
     scheduler.set_timesteps(config.steps, config.jump_length, config.jump_n_sample, device=device)
+    model.steer(config.prompt)
     guidance = model.pipe.prepare_guidance(labels.to(device), fov=fov.to(device), guidance_scale=config.guidance_scale,
-                                           class_labels=None if class_labels is None else class_labels.to(device))
+                                           class_labels=None if class_labels is None else class_labels.to(device),
+                                           prompt=config.prompt)
     prediction_type = model.pipe.scheduler.config.prediction_type
     generator = torch.Generator().manual_seed(config.seed)
     original, known = original.to(device), known.to(device)
-    factor = model.unet.model_config.latent_factor
+    factor = model.pipe.latent_factor
     if factor > 1:  # a latent model: RePaint on latents; a latent cell is known when every pixel under it is
         original = model.pipe.encode(original)
         known = 1.0 - torch.nn.functional.max_pool2d(1.0 - known, factor)

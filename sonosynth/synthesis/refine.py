@@ -65,14 +65,14 @@ def two_stage_sample(model, labels: torch.Tensor, fov: torch.Tensor | None, clas
                      labels_stage2: torch.Tensor | None = None, fov_stage2: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 1, S2, S2) images in [-1, 1]. `labels`: (B, S, S); for a finer stage 2, pass the masks at
     that size as `labels_stage2` (else the stage-1 masks are upsampled, nearest)."""
-    if model.kind == "joint":
-        raise SonosynthError("two-stage sampling refines an image for a given mask; a 'joint' model has none")
+    if not model.conditioned_on_masks:
+        raise SonosynthError(f"two-stage sampling refines an image for a given mask; a '{model.kind}' model has none")
     generators = list(generators)
     draft = model.pipe(labels=labels, fov=fov, class_labels=class_labels, num_inference_steps=config.stage1_steps,
                        guidance_scale=config.guidance_scale, generator=generators, output_type="pt").images
     size2 = config.stage2_size or labels.shape[-1]
     if size2 != labels.shape[-1]:
-        factor = model.unet.model_config.downsampling_factor
+        factor = model.pipe.downsampling_factor
         if size2 % factor:
             raise SonosynthError(f"stage-2 size {size2} must be a multiple of {factor}")
         draft = F.interpolate(draft, size=(size2, size2), mode="bilinear", align_corners=False)

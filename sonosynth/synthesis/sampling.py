@@ -34,11 +34,31 @@ class SynthesisModel:
 
     @property
     def kind(self) -> str:
-        return self.pipe.unet.model_config.kind
+        return self.pipe.kind
+
+    @property
+    def conditioned_on_masks(self) -> bool:
+        return self.pipe.conditioned_on_masks
+
+    @property
+    def prompted(self) -> bool:
+        """Text prompts steer it (a Stable Diffusion run)."""
+        return bool(getattr(self.pipe, "prompted", False))
 
     @property
     def num_labels(self) -> int:
-        return self.pipe.unet.model_config.num_labels
+        return self.pipe.num_labels
+
+    def steer(self, prompt: str | None = None, conditioning_scale: float | None = None) -> None:
+        """Check that text and the ControlNet weight can steer this model; set the weight."""
+        if (prompt is not None or conditioning_scale is not None) and not self.prompted:
+            raise SonosynthError(f"{self.run}: --prompt and --conditioning-scale need a Stable Diffusion run "
+                                 f"(sonosynth train --base SD_DIR), not a '{self.kind}' model")
+        if conditioning_scale is not None:
+            if self.kind != "controlnet":
+                raise SonosynthError(f"{self.run}: --conditioning-scale weighs a ControlNet; a '{self.kind}' run "
+                                     "has none")
+            self.pipe.conditioning_scale = float(conditioning_scale)
 
     def class_tensor(self, rows: Sequence[Mapping[str, str]]) -> torch.Tensor | None:
         """(B, A) class indices for the model's attributes from per-sample attribute values; -1 unknown.

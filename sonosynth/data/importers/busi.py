@@ -44,6 +44,7 @@ THUMBNAIL_SIZE = 32
 def busi_info() -> DatasetInfo:
     return DatasetInfo(
         name="busi",
+        organ="breast",
         labels={"0": "background", "1": "lesion"},
         attributes={"pathology": list(PATHOLOGIES)},
         source="BUSI, Al-Dhabyani et al., Data in Brief 28, 2020, doi 10.1016/j.dib.2019.104863",

@@ -34,6 +34,7 @@ PHASES = ("ED", "ES")
 def camus_info() -> DatasetInfo:
     return DatasetInfo(
         name="camus",
+        organ="heart",
         labels={"0": "background", "1": "lv_endocardium", "2": "lv_myocardium", "3": "left_atrium"},
         attributes={"view": list(VIEWS), "phase": list(PHASES)},
         source="CAMUS, Leclerc et al., IEEE TMI 38(9) 2019, doi 10.1109/TMI.2019.2900516",

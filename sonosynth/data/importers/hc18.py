@@ -42,6 +42,7 @@ MIN_FILL_AGREEMENT_IOU = 0.9
 def hc18_info() -> DatasetInfo:
     return DatasetInfo(
         name="hc18",
+        organ="fetal head",
         labels={"0": "background", "1": "head"},
         attributes={"hc_mm": None},
         source="HC18 grand challenge, van den Heuvel et al., PLoS ONE 13(8) 2018, doi 10.5281/zenodo.1327317",

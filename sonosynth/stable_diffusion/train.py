@@ -1,0 +1,358 @@
+"""Fine-tuning a local Stable Diffusion on a dataset: a ControlNet on the label maps and/or LoRA on the UNet.
+
+The pattern of diffusers' `train_controlnet.py` and `train_text_to_image_lora.py`, on sonosynth's
+machinery: the same training stream as `sonosynth train` (pairs, order, augmentation, exact resume), the
+same accelerate setup (CPU, one GPU, `accelerate launch`/torchrun), safetensors checkpoints of only what is
+trained, sample grids, loss.csv and a run folder that `sonosynth generate / edit / evaluate` take.
+
+- ControlNet: `ControlNetModel.from_unet(base UNet)` with K+1 conditioning channels (one-hot labels + field
+  of view) at the image's resolution; the base stays frozen unless `lora_rank` also LoRA-tunes it.
+- LoRA (`peft`): rank-r adapters on the UNet's attention projections (to_q, to_k, to_v, to_out.0).
+- Prompts: the run's template filled from each pair's attributes, dropped to "" with `cond_drop_prob`
+  so that sampling can use classifier-free guidance over the text.
+- joint: the picture is image | mask side by side (mask as grey levels), so the model draws both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from sonosynth.devices import resolve_device
+from sonosynth.diffusion import checkpoints as ckpt
+from sonosynth.diffusion.run import RunFolder
+from sonosynth.diffusion.train import LossLog, TrainResult, mixed_precision_for
+from sonosynth.errors import SonosynthError
+from sonosynth.seeds import derive_seed
+from sonosynth.stable_diffusion.config import MUST_MATCH_ON_RESUME, StableDiffusionConfig
+
+LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # as diffusers' LoRA examples
+CONDITIONING_CHANNELS = (16, 32, 96, 256)  # diffusers' ControlNet conditioning encoder (for 8x latents)
+
+
+class TrainableWeights:
+    """The parameters a run trains (its ControlNet, its LoRA adapters), by name: what checkpoints hold."""
+
+    def __init__(self, modules: dict[str, Any]):
+        self.modules = {name: module for name, module in modules.items() if module is not None}
+
+    def named_parameters(self) -> Any:
+        for prefix, module in self.modules.items():
+            for name, parameter in module.named_parameters():
+                if parameter.requires_grad:
+                    yield f"{prefix}.{name}", parameter
+
+    def parameters(self) -> list[Any]:
+        return [p for _, p in self.named_parameters()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: p.detach() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, tensors: dict[str, Any]) -> None:
+        import torch
+
+        own = dict(self.named_parameters())
+        if set(own) != set(tensors):
+            raise SonosynthError(f"checkpoint holds other trained weights ({len(tensors)} tensors, the run trains "
+                                 f"{len(own)})")
+        with torch.no_grad():
+            for name, parameter in own.items():
+                parameter.copy_(tensors[name])
+
+
+def train_stable_diffusion(
+    config: StableDiffusionConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    on_step: Callable[[int, float], bool | None] | None = None,
+    progress: bool = True,
+    device: str = "auto",
+) -> TrainResult:
+    """Train (or resume) into `run_dir` until `config.max_steps`; same contract as `diffusion.train.train`."""
+    return ckpt.train_cleanly(Path(run_dir), lambda looping: _train(config, Path(run_dir), resume, on_step,
+                                                                    progress, device, looping))
+
+
+def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
+           on_step: Callable[[int, float], bool | None] | None, progress: bool, device: str,
+           looping: list[bool]) -> TrainResult:
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    from sonosynth.data.format import Dataset
+    from sonosynth.diffusion.data import StreamBatchSampler, TrainingItems, open_training_pairs
+    from sonosynth.progress import progress_bar
+    from sonosynth.stable_diffusion.base import base_fingerprint, load_base
+    from sonosynth.stable_diffusion.pipeline import encode_images, mask_to_gray, predict_noise
+    from sonosynth.stable_diffusion.prompts import dataset_organ, prompt_attributes, prompts_for
+
+    started = time.perf_counter()
+    base_hash = base_fingerprint(config.base)  # a clear error for an incomplete folder, before anything else
+    info = Dataset.open(config.dataset).info if config.dataset else None
+    attributes = prompt_attributes(config.prompt_template, info.categorical_attributes if info else {})
+    data_config = config.data_config(attributes)
+    pairs, fingerprint = open_training_pairs(data_config)
+    num_labels, organ = pairs.dataset.info.num_labels, dataset_organ(pairs.dataset.info)
+
+    checkpoint = ckpt.checkpoint_to_resume(run_dir, config, fingerprint, MUST_MATCH_ON_RESUME) if resume else None
+    folder = RunFolder(run_dir)
+    if not resume and (ckpt.list_checkpoints(run_dir) or folder.model.exists()):
+        raise SonosynthError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
+    parts = load_base(config.base)
+    factor = parts.latent_factor * 2 ** (len(parts.unet.config.block_out_channels) - 1)
+    if config.image_size % factor:
+        raise SonosynthError(f"image_size={config.image_size} must be a multiple of {factor} for {config.base}")
+
+    resolve_device(device)
+    accelerator = Accelerator(
+        cpu=device == "cpu" or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1),
+        mixed_precision=mixed_precision_for(config.mixed_precision),
+        project_dir=str(run_dir),
+    )
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(folder.config_yaml)
+
+    vae, text_encoder, unet, tokenizer = parts.vae, parts.text_encoder, parts.unet, parts.tokenizer
+    for frozen in (vae, text_encoder, unet):
+        frozen.requires_grad_(False)
+    controlnet = None
+    with torch.random.fork_rng(devices=[]):  # initialisation draws from the global generator; leave it as it was
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        if config.kind == "controlnet":
+            controlnet = _controlnet_from(unet, num_labels + 1, parts.latent_factor)
+        if config.lora_rank:
+            from peft import LoraConfig
+
+            unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+                                        init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    trainable = TrainableWeights({"controlnet": controlnet, "unet": unet if config.lora_rank else None})
+    if _checkpointing(config, accelerator):
+        for module in trainable.modules.values():
+            module.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr_scheduler = get_scheduler(
+        config.lr_schedule if config.lr_schedule == "cosine" else "constant_with_warmup",
+        optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps,
+    )
+    step = 0
+    if checkpoint is not None:
+        state = ckpt.restore_weights(checkpoint, trainable, None)
+        step = int(state["step"])
+    # Frozen parts in the mixed-precision dtype (as diffusers' examples); trained ones stay float32.
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for frozen in (vae, text_encoder, unet):
+        frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, weight_dtype)
+    for parameter in trainable.parameters():
+        parameter.data = parameter.data.float()
+    if controlnet is not None:
+        controlnet.to(device)
+    prepared = accelerator.prepare(*trainable.modules.values(), optimizer)
+    models, optimizer = dict(zip(trainable.modules, prepared[:-1], strict=True)), prepared[-1]
+    train_unet = models.get("unet", unet)
+    train_controlnet = models.get("controlnet")
+    if checkpoint is not None:
+        ckpt.restore_optimization(checkpoint, state, optimizer, lr_scheduler, accelerator)
+        accelerator.print(f"resuming from {checkpoint} (step {step})")
+
+    sampler = StreamBatchSampler(len(pairs), config.batch_size, config.seed, rank, world,
+                                 start=step * config.grad_accumulation)
+    batches = iter(torch.utils.data.DataLoader(TrainingItems(pairs, data_config), batch_sampler=sampler))
+    grid_items = [pairs[i] for i in range(min(config.num_samples, len(pairs)))]
+    noise_scheduler = parts.scheduler
+    class_values = {name: list(pairs.class_values[name]) for name in attributes}
+
+    def pipeline(at_step: int | None = None) -> Any:
+        return _pipeline(parts, controlnet, config, num_labels, organ, class_values, at_step)
+
+    def write_checkpoint(at_step: int) -> None:
+        ckpt.save_training_state(accelerator, run_dir, at_step, trainable, None, optimizer, lr_scheduler, config,
+                                 fingerprint)
+
+    last_grid = -1
+
+    def write_grid(at_step: int) -> None:
+        nonlocal last_grid
+        with accelerator.autocast():  # frozen parts may be half precision, trained ones float32
+            _write_sample_grid(pipeline(), grid_items, config,
+                               folder.samples / f"{ckpt.checkpoint_name(at_step)}.png")
+        last_grid = at_step
+
+    losses: list[float] = []
+    bar = progress_bar(total=config.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                       disable=not (progress and accelerator.is_main_process))
+    loss_log = LossLog(folder.loss_csv, step) if accelerator.is_main_process else None
+    last_checkpoint = step if checkpoint is not None else -1
+    looping.append(True)
+    while step < config.max_steps:
+        for module in trainable.modules.values():
+            module.train()
+        total = torch.zeros((), device=device)
+        for micro in range(config.grad_accumulation):
+            micro_batch = step * config.grad_accumulation + micro
+            batch = next(batches)
+            generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "noise", micro_batch,
+                                                                               rank))
+            labels, fov = batch["label"].to(device), batch["fov"].to(device)
+            picture = batch["image"].to(device)
+            if config.kind == "joint":
+                picture = torch.cat([picture, mask_to_gray(labels, num_labels)], dim=-1)
+            with torch.no_grad():
+                latents = encode_images(vae, picture, sample=generator).float()
+                prompts = prompts_for(config.prompt_template, organ, class_values, batch.get("classes"),
+                                      labels.shape[0])
+                dropped = torch.rand(len(prompts), generator=generator, device=device) < config.cond_drop_prob
+                prompts = ["" if drop else p for p, drop in zip(prompts, dropped.tolist(), strict=True)]
+                ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(device)
+                text = text_encoder(ids, return_dict=False)[0]
+            noise = torch.randn(latents.shape, generator=generator, device=device)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                      generator=generator, device=device)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
+                noise_scheduler.get_velocity(latents, noise, timesteps)
+            control = None
+            if controlnet is not None:
+                from sonosynth.stable_diffusion.pipeline import control_image
+
+                control = control_image(labels, fov, num_labels).to(device)
+            sync = nullcontext() if micro == config.grad_accumulation - 1 else \
+                accelerator.no_sync(train_controlnet or train_unet)
+            with sync:
+                with accelerator.autocast():
+                    prediction = predict_noise(train_unet, train_controlnet, noisy.to(weight_dtype), timesteps,
+                                               text, control)
+                loss = F.mse_loss(prediction.float(), target.float())
+                accelerator.backward(loss / config.grad_accumulation)
+            total += loss.detach() / config.grad_accumulation
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(trainable.parameters(), config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        loss_value = float(accelerator.reduce(total, reduction="mean"))
+        if not math.isfinite(loss_value):
+            raise SonosynthError(f"{run_dir}: the loss became {loss_value} at step {step}; lower the learning rate")
+        losses.append(loss_value)
+        lr = lr_scheduler.get_last_lr()[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        if loss_log is not None:
+            loss_log.add(step, loss_value, lr)
+        if step % config.checkpoint_every == 0:
+            write_checkpoint(step)
+            last_checkpoint = step
+        if step % config.sample_every == 0 and accelerator.is_main_process:
+            write_grid(step)
+        accelerator.wait_for_everyone()
+        if on_step is not None:
+            stop = torch.tensor(float(bool(on_step(step, loss_value))), device=device)
+            if float(accelerator.reduce(stop, reduction="sum")) > 0:
+                break
+    bar.close()
+    if last_checkpoint != step:
+        write_checkpoint(step)
+    if last_grid != step and accelerator.is_main_process:
+        write_grid(step)
+    model_dir = None
+    if accelerator.is_main_process:
+        model_dir = save_trained_parts(pipeline(step), folder.model, config, base_hash)
+    accelerator.wait_for_everyone()
+    return TrainResult(run_dir, step, losses, model_dir, time.perf_counter() - started, controlnet or unet)
+
+
+def _controlnet_from(unet: Any, channels: int, latent_factor: int) -> Any:
+    """A ControlNet copied from the base UNet, its conditioning encoder bringing full-resolution label maps
+    down to the latent grid (diffusers' widths, one level per factor of two)."""
+    from diffusers import ControlNetModel
+
+    levels = int(math.log2(latent_factor)) + 1
+    widths = CONDITIONING_CHANNELS[:levels] if levels <= len(CONDITIONING_CHANNELS) else None
+    if widths is None or 2 ** (levels - 1) != latent_factor:
+        raise SonosynthError(f"the base VAE downsamples by {latent_factor}; ControlNet needs a power of two <= 8")
+    return ControlNetModel.from_unet(unet, conditioning_channels=channels, conditioning_embedding_out_channels=widths)
+
+
+def _checkpointing(config: StableDiffusionConfig, accelerator: Any) -> bool:
+    if config.gradient_checkpointing == "auto":
+        return accelerator.device.type == "cuda"
+    return config.gradient_checkpointing == "yes"
+
+
+def _pipeline(parts: Any, controlnet: Any, config: StableDiffusionConfig, num_labels: int, organ: str,
+              class_values: dict[str, list[str]], step: int | None) -> Any:
+    from sonosynth.diffusion.schedulers import make_scheduler
+    from sonosynth.stable_diffusion.pipeline import PromptedMaskPipeline
+
+    pipe = PromptedMaskPipeline(
+        vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+        scheduler=make_scheduler("dpm++", config=parts.scheduler.config), controlnet=controlnet, kind=config.kind,
+        num_labels=num_labels, prompt_template=config.prompt_template, organ=organ, sample_size=config.image_size,
+        training_step=step, class_values=[[name, values] for name, values in class_values.items()],
+        conditioning_scale=config.conditioning_scale,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_trained_parts(pipe: Any, out: Path, config: StableDiffusionConfig, base_hash: str) -> Path:
+    """RUN/model/: base.json, the ControlNet (diffusers folder) and the LoRA weights (diffusers' LoRA file),
+    atomically; the base's own weights are not copied."""
+    from sonosynth.files import build_folder, write_json_atomic
+    from sonosynth.stable_diffusion.pipeline import BASE_JSON, CONTROLNET_DIR, LORA_FILE
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        if pipe.controlnet is not None:
+            pipe.controlnet.save_pretrained(tmp / CONTROLNET_DIR, safe_serialization=True)
+        if config.lora_rank:
+            from diffusers.utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
+
+            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+            type(pipe).save_lora_weights(str(tmp), unet_lora_layers=layers, weight_name=LORA_FILE,
+                                         safe_serialization=True)
+        write_json_atomic(tmp / BASE_JSON, {
+            "base": str(Path(config.base).resolve()), "base_hash": base_hash, "kind": config.kind,
+            "num_labels": pipe.num_labels, "prompt_template": config.prompt_template, "organ": pipe.config.organ,
+            "sample_size": config.image_size, "training_step": pipe.config.training_step,
+            "class_values": pipe.config.class_values, "conditioning_scale": config.conditioning_scale,
+            "lora_rank": config.lora_rank,
+        })
+
+    return build_folder(out, write)
+
+
+def _write_sample_grid(pipe: Any, items: list[dict[str, Any]], config: StableDiffusionConfig, path: Path) -> None:
+    """Rows of mask | generated | real, as `sonosynth train` writes them."""
+    import torch
+
+    from sonosynth.diffusion.samples import write_grid
+
+    labels = torch.stack([it["label"] for it in items])
+    fov = torch.stack([it["fov"] for it in items])
+    classes = torch.stack([it["classes"] for it in items]) if pipe.class_attributes else None
+    device = pipe.unet.device
+    output = pipe(labels=labels.to(device) if pipe.conditioned_on_masks else None, fov=fov.to(device),
+                  class_labels=None if classes is None else classes.to(device),
+                  num_inference_steps=config.sample_steps, guidance_scale=config.guidance_scale,
+                  generator=[torch.Generator().manual_seed(derive_seed(config.seed, "samples", i))
+                             for i in range(len(items))], output_type="pt")
+    k = max(1, pipe.num_labels - 1)
+    rows = []
+    for i, item in enumerate(items):
+        mask = output.masks[i] if output.masks is not None else item["label"]
+        rows.append([mask.float().cpu() / k, (output.images[i, 0].float().cpu() + 1) / 2,
+                     (item["image"][0] + 1.0) / 2.0])
+    write_grid(rows, path)
