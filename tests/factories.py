@@ -215,46 +215,11 @@ def kill_at(step_to_die: int) -> Callable[[int, float], None]:
 
 
 def write_tiny_stable_diffusion(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """A diffusers-format Stable Diffusion folder with random weights: a 2-level UNet with cross-attention,
-    a 2x VAE, a one-layer CLIP text encoder and a character-level CLIP tokenizer (written here). The layout of
-    SD 1.5 (epsilon) or 2.x (`prediction_type="v_prediction"`), small enough to train in seconds."""
-    import json
-    import string
+    """A diffusers-format Stable Diffusion folder with random weights (2-level UNet with cross-attention, 2x VAE,
+    one-layer CLIP text encoder, character-level tokenizer): SD 1.5's layout, or 2.x's with v_prediction."""
+    from sonosynth.stable_diffusion.random_base import write_random_base
 
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    folder = Path(folder)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4)
-        vae = AutoencoderKL(block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4,
-                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                            norm_num_groups=4, layers_per_block=1, sample_size=32)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    vocabulary = folder.parent / f".{folder.name}-tokenizer"
-    vocabulary.mkdir(parents=True, exist_ok=True)
-    chars = list(string.ascii_lowercase + string.digits + ",.-_")
-    tokens = ["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
-    (vocabulary / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (vocabulary / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(vocabulary / "vocab.json"), str(vocabulary / "merges.txt"), model_max_length=32)
-    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              prediction_type=prediction_type, num_train_timesteps=1000, steps_offset=1,
-                              clip_sample=False)
-    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                            safety_checker=None, feature_extractor=None, requires_safety_checker=False
-                            ).save_pretrained(folder, safe_serialization=True)
-    for name in ("vocab.json", "merges.txt"):  # SD 1.5's tokenizer layout, beside transformers' tokenizer.json
-        (vocabulary / name).replace(folder / "tokenizer" / name)
-    vocabulary.rmdir()
-    return folder
+    return write_random_base(folder, "tiny", prediction_type, seed)
 
 
 def tiny_stable_diffusion_config(dataset: Path, base: Path, **changes):

@@ -90,6 +90,8 @@ def train_command(
         not_here = {"--net-size": opt.either(net_size, model), "--autoencoder": autoencoder,
                     "--patch-size": patch_size, "--class-attribute": class_attribute or None, "--init": init,
                     "--log-with": log_with}
+        if base is None and "base" not in saved and "base" not in from_file:
+            raise SonosynthError(f"--kind {kind.value} fine-tunes a Stable Diffusion folder: pass --base SD_DIR")
         given = [flag for flag, value in not_here.items() if value is not None]
         if given:
             raise SonosynthError(f"{', '.join(given)}: not for Stable Diffusion runs (--base); the base is the "
@@ -104,9 +106,6 @@ def train_command(
     if lora_rank is not None or prompt_template is not None:
         raise SonosynthError("--lora-rank and --prompt-template fine-tune a Stable Diffusion folder: pass --base "
                              "SD_DIR")
-    if kind is not None and kind.value in PRETRAINED_KINDS:
-        raise SonosynthError(f"--kind {kind.value} fine-tunes a Stable Diffusion folder: pass --base SD_DIR")
-
     base = TrainConfig()
     if saved:
         base = TrainConfig.from_yaml(RunFolder(out).config_yaml)

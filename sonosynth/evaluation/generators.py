@@ -41,9 +41,21 @@ class GeneratorRecipe(Config):
     sample_steps: int = 20
     guidance_scale: float = 1.5
     sampler: str | None = None  # None: the sampler saved with the model (dpm++)
+    # A local Stable Diffusion folder instead of a model from scratch (model_kind controlnet or joint;
+    # model_size and class_attributes do not apply: the prompt template names the attributes).
+    base: str | None = None
+    lora_rank: int | None = None
+    prompt_template: str | None = None
 
     def __post_init__(self) -> None:
         from sonosynth.synthesis.generate import MASK_SOURCES
+
+        if self.base and self.model_kind not in ("controlnet", "joint"):
+            raise SonosynthError(f"generator recipe: with base, model_kind must be controlnet or joint (a segmenter "
+                                 f"needs masks), got {self.model_kind!r}")
+        if not self.base and (self.model_kind == "controlnet" or self.lora_rank or self.prompt_template):
+            raise SonosynthError("generator recipe: controlnet, lora_rank and prompt_template need base (a Stable "
+                                 "Diffusion folder)")
 
         self.class_attributes = [str(a) for a in self.class_attributes]
         self.mask_sources = {str(k): int(v) for k, v in dict(self.mask_sources).items()}
@@ -92,6 +104,8 @@ def ensure_generator(
         subset = real_train.subset(ids=[r.id for r in real_train.records if (r.subject or r.id) in chosen])
         with DatasetWriter(data, real_train.info, overwrite=True) as writer:
             copy_pairs(writer, subset)
+    if not RunFolder(run).has_model and recipe.base:
+        _train_stable_diffusion(recipe, data, run, seed, device, progress)
     if not RunFolder(run).has_model:
         steps = recipe.train_steps
         config = TrainConfig(
@@ -116,3 +130,20 @@ def ensure_generator(
         device=device,
     )
     return generate_from_sources(run, data, synthetic, recipe.mask_sources, generate, progress=progress)
+
+
+def _train_stable_diffusion(recipe: GeneratorRecipe, data: Path, run: Path, seed: int, device: str,
+                            progress: bool) -> None:
+    from sonosynth.seeds import derive_seed
+    from sonosynth.stable_diffusion.config import StableDiffusionConfig
+    from sonosynth.stable_diffusion.train import train_stable_diffusion
+
+    steps = recipe.train_steps
+    config = StableDiffusionConfig(
+        dataset=str(data), base=str(recipe.base), kind=recipe.model_kind, image_size=recipe.image_size,
+        batch_size=recipe.batch_size, lr=recipe.lr, warmup_steps=min(recipe.warmup_steps, steps), max_steps=steps,
+        lora_rank=recipe.lora_rank, checkpoint_every=max(1, steps // 4), sample_every=steps,
+        guidance_scale=recipe.guidance_scale, seed=derive_seed(seed, "generator"),
+        **({"prompt_template": recipe.prompt_template} if recipe.prompt_template else {}),
+    )
+    train_stable_diffusion(config, run, resume=RunFolder(run).has_checkpoints, progress=progress, device=device)

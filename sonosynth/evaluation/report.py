@@ -364,9 +364,13 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
     recipe = settings.get("generator_per_k")
     if recipe:
         sources = ", ".join(f"{n} {name}" for name, n in recipe["mask_sources"].items())
+        model = f"`{recipe['model_size']}` {recipe['model_kind']} diffusion model"
+        if recipe.get("base"):  # the base saw other images, never these patients' annotations
+            lora = f" + LoRA rank {recipe['lora_rank']}" if recipe.get("lora_rank") else ""
+            model = f"{recipe['model_kind']}{lora} fine-tuning of the Stable Diffusion folder `{recipe['base']}`"
         origin = (
             "Synthetic pairs: **generator per k** (no leak): for every k and seed a "
-            f"`{recipe['model_size']}` {recipe['model_kind']} diffusion model was trained at {recipe['image_size']} px "
+            f"{model} was trained at {recipe['image_size']} px "
             f"for {recipe['train_steps']} steps on exactly the k subjects of the real arm"
             + (f", conditioned on {', '.join(recipe['class_attributes'])}" if recipe["class_attributes"] else "")
             + f"; {sources} masks made from those subjects' masks only; sampled with "

@@ -66,8 +66,6 @@ class StableDiffusionConfig(Config):
         if self.lr is None:
             self.lr = 1e-5 if self.kind == "controlnet" else 1e-4
         problems = []
-        if not self.base:
-            problems.append("base (a Stable Diffusion folder) is required")
         if self.kind not in KINDS:
             problems.append(f"kind must be one of {list(KINDS)}")
         if self.lora_rank is not None and self.lora_rank < 1:

@@ -94,6 +94,8 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
     from sonosynth.stable_diffusion.prompts import dataset_organ, prompt_attributes, prompts_for
 
     started = time.perf_counter()
+    if not config.base:
+        raise SonosynthError("no Stable Diffusion folder given (base, --base SD_DIR)")
     base_hash = base_fingerprint(config.base)  # a clear error for an incomplete folder, before anything else
     info = Dataset.open(config.dataset).info if config.dataset else None
     attributes = prompt_attributes(config.prompt_template, info.categorical_attributes if info else {})
