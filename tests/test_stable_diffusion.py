@@ -300,3 +300,31 @@ def test_a_generator_per_k_can_fine_tune_stable_diffusion(tmp_path: Path, sd_bas
     assert len(Dataset.open(synthetic).records) == 2
     assert len(Dataset.open(tmp_path / "gen" / "data").records) == 4  # the two subjects' pairs only
     assert (tmp_path / "gen" / "run" / "model" / "base.json").is_file()
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path: Path, sd_base: Path, toy: Path):
+    results = [train_stable_diffusion(tiny_stable_diffusion_config(toy, sd_base, lora_rank=2, max_steps=2,
+                                                                   gradient_checkpointing=setting),
+                                      tmp_path / setting, progress=False, device="cpu").losses
+               for setting in ("no", "yes")]
+    assert results[0] == pytest.approx(results[1], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_mixed_precision_trains(tmp_path: Path, sd_base: Path, toy: Path):
+    """bf16 autocast (the GPU default) in a fresh process: accelerate fixes the precision once per process."""
+    import subprocess
+
+    script = (
+        "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; import math\n"
+        "from factories import tiny_stable_diffusion_config\n"
+        "from sonosynth.stable_diffusion.train import train_stable_diffusion\n"
+        f"config = tiny_stable_diffusion_config(Path({str(toy)!r}), Path({str(sd_base)!r}), lora_rank=2, max_steps=2,"
+        " mixed_precision='bf16', gradient_checkpointing='yes')\n"
+        f"result = train_stable_diffusion(config, Path({str(tmp_path / 'run')!r}), progress=False, device='cpu')\n"
+        "assert all(math.isfinite(x) for x in result.losses), result.losses\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "model" / "base.json").is_file()

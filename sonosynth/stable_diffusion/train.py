@@ -149,8 +149,11 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
     if checkpoint is not None:
         state = ckpt.restore_weights(checkpoint, trainable, None)
         step = int(state["step"])
-    # Frozen parts in the mixed-precision dtype (as diffusers' examples); trained ones stay float32.
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    # Frozen parts in the mixed-precision dtype on a GPU (as diffusers' examples); trained ones stay float32.
+    # On the CPU they stay float32 too: CPU autocast does not run half-precision group norms.
+    weight_dtype = torch.float32
+    if accelerator.device.type == "cuda":
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for frozen in (vae, text_encoder, unet):
         frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, weight_dtype)
     for parameter in trainable.parameters():
