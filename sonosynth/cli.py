@@ -35,6 +35,7 @@ for _module_name in (
     "sonosynth.commands.segmentation",
     "sonosynth.commands.evaluation",
     "sonosynth.commands.demo",
+    "sonosynth.commands.app",
 ):
     try:
         _module = __import__(_module_name, fromlist=["register"])
