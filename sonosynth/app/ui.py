@@ -274,7 +274,9 @@ def build_app(session: AppSession, review: str | Path | None = None) -> Any:
                 from sonosynth.data.format import Dataset
 
                 pair_id = ids[event.index]
-                return pair_id, review_picture(Dataset.open(path), pair_id, style), f"**{pair_id}**"
+                dice, flagged = next((d, f) for pid, d, f in review_rows(path) if pid == pair_id)
+                text = f"**{caption(pair_id, dice, flagged)}**"
+                return pair_id, review_picture(Dataset.open(path), pair_id, style), text
 
             def flagging(value: bool) -> Callable[..., Any]:
                 @shown_in_page
