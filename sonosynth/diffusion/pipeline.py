@@ -302,11 +302,15 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
     def guided_prediction(self, x: torch.Tensor, t: torch.Tensor | int, guidance: Guidance) -> torch.Tensor:
         """The model's classifier-free-guided prediction for `x` at step `t` (what the scheduler steps on)."""
         x_in = torch.cat([x, x]) if guidance.guided else x
-        prediction = self.unet(x_in, t, guidance.condition, guidance.class_labels)
+        prediction = self.model_prediction(x_in, t, guidance)
         if guidance.guided:
             conditional, unconditional = prediction.chunk(2)
             prediction = unconditional + guidance.scale * (conditional - unconditional)
         return prediction
+
+    def model_prediction(self, x: torch.Tensor, t: torch.Tensor | int, guidance: Guidance) -> torch.Tensor:
+        """One network call on the (doubled, when guided) batch: what a pipeline with another network overrides."""
+        return self.unet(x, t, guidance.condition, guidance.class_labels)
 
     def denoise(
         self,

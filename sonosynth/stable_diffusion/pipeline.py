@@ -224,15 +224,9 @@ class PromptedMaskPipeline(MaskToUltrasoundPipeline, StableDiffusionLoraLoaderMi
             text=torch.cat([text, self.encode_prompt([""] * batch)]),
         )
 
-    @torch.no_grad()
-    def guided_prediction(self, x: torch.Tensor, t: torch.Tensor | int, guidance: Guidance) -> torch.Tensor:
-        x_in = torch.cat([x, x]) if guidance.guided else x
-        prediction = predict_noise(self.unet, self.controlnet, x_in, t, guidance.text, guidance.condition,
-                                   self.conditioning_scale)
-        if guidance.guided:
-            conditional, unconditional = prediction.chunk(2)
-            prediction = unconditional + guidance.scale * (conditional - unconditional)
-        return prediction
+    def model_prediction(self, x: torch.Tensor, t: torch.Tensor | int, guidance: Guidance) -> torch.Tensor:
+        return predict_noise(self.unet, self.controlnet, x, t, guidance.text, guidance.condition,
+                             self.conditioning_scale)
 
     @torch.no_grad()
     def encode(self, image: torch.Tensor | None) -> torch.Tensor | None:
