@@ -180,7 +180,7 @@ def page(world, session):
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                   "--disable-background-networking", "--disable-component-update"])
         page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        page.set_default_timeout(30_000)
+        page.set_default_timeout(90_000)  # a loaded 2-core machine runs two test workers beside the browser
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_selector("#mask-canvas canvas")
         yield page
