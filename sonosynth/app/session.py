@@ -241,10 +241,8 @@ class AppSession:
         """(image, mask) of a dataset pair at its own size (what editing starts from)."""
         if self.dataset is None:
             raise SonosynthError("no dataset was given (sonosynth app RUN --dataset DATASET)")
-        for sample in self.dataset:
-            if sample.record.id == pair_id:
-                return np.asarray(sample.image), np.asarray(sample.mask)
-        raise SonosynthError(f"no pair '{pair_id}' in {self.dataset.root}")
+        sample = read_pair(self.dataset, pair_id)
+        return np.asarray(sample.image), np.asarray(sample.mask)
 
 
 # ---- review: a generated dataset, flagged pairs written back ------------------------------------------
@@ -268,11 +266,17 @@ def review_rows(dataset: str | Path, sort: str = SORTS[0]) -> list[tuple[str, fl
     return sorted(rows, key=lambda row: (row[1] is None, sign * (row[1] or 0.0), row[0]))
 
 
+def read_pair(dataset: Dataset, pair_id: str) -> Any:
+    """One pair's image and mask, read by id (only that pair's files are read)."""
+    index = next((i for i, r in enumerate(dataset.records) if r.id == pair_id), None)
+    if index is None:
+        raise SonosynthError(f"no pair '{pair_id}' in {dataset.root}")
+    return dataset[index]
+
+
 def review_picture(dataset: Dataset, pair_id: str, style: LabelStyle) -> np.ndarray:
-    for sample in dataset:
-        if sample.record.id == pair_id:
-            return outline(np.asarray(sample.image), np.asarray(sample.mask), style)
-    raise SonosynthError(f"no pair '{pair_id}' in {dataset.root}")
+    sample = read_pair(dataset, pair_id)
+    return outline(np.asarray(sample.image), np.asarray(sample.mask), style)
 
 
 def set_flag(dataset: str | Path, pair_ids: Sequence[str], flagged: bool) -> None:
