@@ -90,7 +90,7 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
     from sonosynth.diffusion.data import StreamBatchSampler, TrainingItems, open_training_pairs
     from sonosynth.progress import progress_bar
     from sonosynth.stable_diffusion.base import base_fingerprint, load_base
-    from sonosynth.stable_diffusion.pipeline import encode_images, mask_to_gray, predict_noise
+    from sonosynth.stable_diffusion.pipeline import control_image, encode_images, mask_to_gray, predict_noise
     from sonosynth.stable_diffusion.prompts import dataset_organ, prompt_attributes, prompts_for
 
     started = time.perf_counter()
@@ -227,8 +227,6 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
                 noise_scheduler.get_velocity(latents, noise, timesteps)
             control = None
             if controlnet is not None:
-                from sonosynth.stable_diffusion.pipeline import control_image
-
                 control = control_image(labels, fov, num_labels).to(device)
             sync = nullcontext() if micro == config.grad_accumulation - 1 else \
                 accelerator.no_sync(train_controlnet or train_unet)
