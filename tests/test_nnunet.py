@@ -13,7 +13,7 @@ from sonosynth.cli import app
 from sonosynth.data.export import export_nnunet
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.downstream import DownstreamConfig
-from sonosynth.segmentation.nnunet import case_multiplicities, free_dataset_id, nnunet_folders
+from sonosynth.segmentation.nnunet import batch_planned_on_real, case_multiplicities, free_dataset_id, nnunet_folders
 from sonosynth.segmentation.predict import load_segmenter, predict_masks
 from sonosynth.segmentation.train import SegmentationConfig, save_segmenter, train_segmenter
 
@@ -30,6 +30,15 @@ def test_case_multiplicities_give_the_batch_ratio_in_expectation():
     assert case_multiplicities(200, 20, 0.5) == (1, 10)
     assert case_multiplicities(5, 0, 0.5) == (1, 0)  # no synthetic pairs: real only
     assert case_multiplicities(0, 7, 0.5) == (0, 1)  # synthetic only
+
+
+def test_the_batch_is_planned_on_the_real_cases_so_both_arms_share_it():
+    # HC18 at 64 px: 48 x 64 crops; 6 real + 25 validation cases, planned with 200 synthetic ones too
+    plans = {"configurations": {"2d": {"median_image_size_in_voxels": [48, 64], "patch_size": [48, 64],
+                                       "batch_size": 10}}}
+    assert batch_planned_on_real(plans, 31) == 2  # round(31 x 5 %) = 2: what the real-only arm is planned
+    assert batch_planned_on_real(plans, 400) == 10  # enough real cases: the memory-based batch stands
+    assert batch_planned_on_real(plans, 3) == 2  # never below nnU-Net's minimum
 
 
 def test_nnunet_refuses_classical_augmentation_and_classical_arms():

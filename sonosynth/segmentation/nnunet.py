@@ -10,11 +10,15 @@ own grid exactly as the U-Net's do. They are written as a sonosynth dataset fold
 - **Mixing**: nnU-Net draws training cases uniformly from its split's `train` list; real and synthetic
   cases are listed the number of times that makes `synthetic_ratio` of the draws synthetic, the
   U-Net's batch ratio in expectation.
+- **Batch size**: nnU-Net caps its batch at 5 % of the dataset's pixels, so 200 synthetic cases would
+  raise it (batch 10 instead of 2 for 6 real HC18 images) and that arm would see five times the patches
+  per iteration. The batch is therefore planned on the real (and validation) cases alone
+  (`batch_planned_on_real`): both arms of a cell train on the same batch and differ only in what they draw.
 - **Schedule**: `max_steps` training iterations in epochs of `val_every` iterations (nnU-Net's default is
   1000 x 250); each epoch ends with nnU-Net's pseudo Dice on the validation cases, and training stops
   after `patience` epochs without a new best EMA pseudo Dice (the criterion of nnU-Net's
-  `checkpoint_best`), whose weights are kept. Optimiser, batch size, patch size and augmentation are
-  nnU-Net's own: `learning_rate`, `batch_size`, `augment` and `classical` apply to the U-Net only.
+  `checkpoint_best`), whose weights are kept. Optimiser, patch size and augmentation are nnU-Net's
+  own, and the batch as above: `learning_rate`, `batch_size`, `augment` and `classical` apply to the U-Net only.
 - **No pickles**: the trainer keeps its best weights in memory instead of `torch.save`, the run stores
   them as safetensors with nnU-Net's plans, and prediction goes through `nnUNetPredictor` initialised
   from those (`manual_initialization`), never from a `.pth` file.
@@ -178,6 +182,19 @@ def case_multiplicities(n_real: int, n_extra: int, synthetic_ratio: float) -> tu
     return max(1, times.numerator), max(1, times.denominator)
 
 
+def batch_planned_on_real(plans: dict[str, Any], n_real_cases: int) -> int:
+    """The `2d` batch nnU-Net's planner gives a dataset of `n_real_cases` cases of the same shapes.
+
+    The planner's rule (`ExperimentPlanner.get_plans_for_configuration`): the batch its memory estimate
+    allows, capped so that one batch covers at most 5 % of the dataset's pixels, and at least 2. The
+    cap only falls with fewer cases, so min(planned batch, cap for the real cases) is that rule's value.
+    """
+    configuration = plans["configurations"][CONFIGURATION]
+    pixels = float(np.prod(configuration["median_image_size_in_voxels"], dtype=np.float64)) * n_real_cases
+    cap = round(pixels * 0.05 / float(np.prod(configuration["patch_size"], dtype=np.float64)))
+    return max(min(int(configuration["batch_size"]), cap), 2)
+
+
 def write_cases(out: Path, labels: dict[str, str], parts: dict[str, PairTensors]) -> None:
     """The letterboxed pairs as a sonosynth dataset folder, ids `<part>-<index>`."""
     from sonosynth.data.format import DatasetInfo, DatasetWriter
@@ -219,13 +236,17 @@ def train_nnunet(
         dataset_id = free_dataset_id(folders)
         raw = export_nnunet(cases, folders["nnUNet_raw"], dataset_id, name="sonosynth", overwrite=True)
         _plan_and_preprocess(dataset_id, verbose=progress)
+        preprocessed = folders["nnUNet_preprocessed"] / raw.name
+        plans_file = preprocessed / "nnUNetPlans.json"
+        plans = json.loads(plans_file.read_text())
+        plans["configurations"][CONFIGURATION]["batch_size"] = batch_planned_on_real(plans, len(train) + len(val))
+        plans_file.write_text(json.dumps(plans, indent=1) + "\n")
         real_times, extra_times = case_multiplicities(len(train), len(parts.get("synthetic", ())),
                                                       config.synthetic_ratio)
         names = sorted(p.name[: -len("_0000.png")] for p in (raw / "imagesTr").glob("*_0000.png"))
         train_keys = [n for n in names if n.startswith("real-")] * real_times
         train_keys += [n for n in names if n.startswith("synthetic-")] * extra_times
         split = [{"train": sorted(train_keys), "val": [n for n in names if n.startswith("val-")]}]
-        preprocessed = folders["nnUNet_preprocessed"] / raw.name
         (preprocessed / "splits_final.json").write_text(json.dumps(split, indent=1) + "\n")
         return _train(config, preprocessed, len(val), device, progress)
 
