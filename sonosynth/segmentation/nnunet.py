@@ -54,6 +54,10 @@ PLANS_FILE = "nnunet_plans.json"
 DATASET_FILE = "nnunet_dataset.json"
 # nnU-Net's reader for PNG files gives every 2-D image this spacing (z, y, x); prediction must match it.
 NATURAL_IMAGE_SPACING = (999.0, 1.0, 1.0)
+# nnU-Net's planner (`ExperimentPlanner.__init__`): one batch covers at most this share of the dataset, and
+# the batch is at least this; `batch_planned_on_real` applies the same rule to the real cases.
+PLANNER_MAX_DATASET_COVERED = 0.05
+PLANNER_MIN_BATCH_SIZE = 2
 
 
 def require_nnunet() -> None:
@@ -191,8 +195,8 @@ def batch_planned_on_real(plans: dict[str, Any], n_real_cases: int) -> int:
     """
     configuration = plans["configurations"][CONFIGURATION]
     pixels = float(np.prod(configuration["median_image_size_in_voxels"], dtype=np.float64)) * n_real_cases
-    cap = round(pixels * 0.05 / float(np.prod(configuration["patch_size"], dtype=np.float64)))
-    return max(min(int(configuration["batch_size"]), cap), 2)
+    cap = round(pixels * PLANNER_MAX_DATASET_COVERED / float(np.prod(configuration["patch_size"], dtype=np.float64)))
+    return max(min(int(configuration["batch_size"]), cap), PLANNER_MIN_BATCH_SIZE)
 
 
 def write_cases(out: Path, labels: dict[str, str], parts: dict[str, PairTensors]) -> None:
