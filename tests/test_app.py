@@ -254,7 +254,11 @@ def test_bad_input_is_a_message_in_the_page(page, world, tmp_path):
     record = Dataset.open(world["toy"]).records[0]
     bad = np.full((48, 64), 7, np.uint8)
     write_png(tmp_path / "bad.png", bad)
-    page.locator("#edit-scan input[type=file]").set_input_files(str(world["toy"] / record.image))
+    # One upload at a time, each seen in its component before the next: two uploads started together on a
+    # loaded machine once left the second component empty (CI, 2026-12-02).
+    scan = world["toy"] / record.image
+    page.locator("#edit-scan input[type=file]").set_input_files(str(scan))
+    page.wait_for_selector(f"#edit-scan >> text={scan.name}")
     page.locator("#edit-mask input[type=file]").set_input_files(str(tmp_path / "bad.png"))
     page.wait_for_selector("#edit-mask >> text=bad.png")
     page.get_by_role("button", name="load these files").click()
