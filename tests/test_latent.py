@@ -39,11 +39,47 @@ def test_the_condition_is_area_resized_to_the_latent_grid() -> None:
     labels = torch.zeros(1, 8, 8, dtype=torch.long)
     labels[0, :2, :1] = 1  # one pixel of four in the top-left latent cell, over two cells down
     condition = model.make_condition(labels)
-    assert condition.shape == (1, 3, 4, 4)  # 2 labels + fov, at half the side
-    assert condition[0, 1, 0, 0] == pytest.approx(0.5) and condition[0, 1, 0, 1] == 0
+    assert condition.shape == (1, 3, 8, 8)  # built at the image's side (so guidance nulls it there) ...
+    encoded = model.encode_condition(condition)
+    assert encoded.shape == (1, 3, 4, 4)  # ... and brought to the latent grid inside the network: 2 labels + fov
+    assert encoded[0, 1, 0, 0] == pytest.approx(0.5) and encoded[0, 1, 0, 1] == 0
     assert model.model_config.sample_channels == 2 and model.model_config.downsampling_factor == 8
     with pytest.raises(SonosynthError, match="latent models are spade or concat"):
         ModelConfig(kind="joint", latent_channels=2, latent_factor=2)
+
+
+def test_a_learned_condition_encoder_starts_as_the_area_resize_and_learns_what_it_cannot_see(
+        autoencoder: Path, tmp_path: Path) -> None:
+    from sonosynth.models.configs import build_model
+
+    model = build_model(ModelConfig(size="tiny", latent_channels=2, latent_factor=4, condition_encoder="learned"))
+    left, right = torch.zeros(2, 1, 8, 8, dtype=torch.long).unbind(0)
+    left[0, :, :2], right[0, :, 2:4] = 1, 1  # the same label share in each 4x4 cell, at other places in it
+    area = [torch.nn.functional.avg_pool2d(model.make_condition(m), 4) for m in (left, right)]
+    assert torch.equal(area[0], area[1])  # the area resize cannot tell them apart
+    assert torch.equal(model.encode_condition(model.make_condition(left)), area[0])  # untrained: exactly area
+    optimizer = torch.optim.Adam(model.learned_condition_encoder.parameters(), lr=0.05)
+    for _ in range(40):  # the residual can learn to tell them apart: the head channel 1 on the left, 0 on the right
+        optimizer.zero_grad()
+        a, b = (model.encode_condition(model.make_condition(m))[0, 1, 0, 0] for m in (left, right))
+        ((a - 1) ** 2 + b ** 2).backward()
+        optimizer.step()
+    a, b = (model.encode_condition(model.make_condition(m))[0, 1, 0, 0] for m in (left, right))
+    assert a - b > 0.5
+    with pytest.raises(SonosynthError, match="condition_encoder must be one of"):
+        ModelConfig(condition_encoder="bilinear")
+    data = write_toy_dataset(tmp_path / "toy")
+    config = tiny_train_config(data, max_steps=1)
+    config.model.condition_encoder = "learned"
+    with pytest.raises(SonosynthError, match="'learned' is for latent models"):
+        train(config, tmp_path / "pixel", progress=False, device="cpu")
+    config.autoencoder = str(autoencoder)
+    train(config, tmp_path / "run", progress=False, device="cpu")
+    pipe = MaskToUltrasoundPipeline.from_pretrained(tmp_path / "run")
+    assert pipe.unet.model_config.condition_encoder == "learned"
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[:, 8:20, 8:24] = 1
+    assert pipe(labels, num_inference_steps=2, output_type="pt").images.shape == (1, 1, 32, 32)
 
 
 def test_latent_training_saves_a_pipeline_that_samples_images(autoencoder: Path, tmp_path: Path) -> None:

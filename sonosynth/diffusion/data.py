@@ -133,6 +133,9 @@ def resolve_model_config(config: TrainConfig, pairs: Any, vae: Any = None) -> Tr
         latent_channels=None if vae is None else int(vae.config.latent_channels),
         latent_factor=1 if vae is None else latent_factor(vae),
     )
+    if model.condition_encoder == "learned" and vae is None:
+        raise SonosynthError("model.condition_encoder 'learned' is for latent models (--autoencoder AE): a pixel "
+                             "model sees its condition at full resolution already")
     factor = model.downsampling_factor
     for name in ("image_size", "patch_size"):
         value = getattr(config, name)

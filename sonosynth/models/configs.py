@@ -21,6 +21,8 @@ KINDS = ("spade", "concat", "joint")
 # `spade_intermediate_channels` hidden); "light": one 1x1 scale/shift from the condition
 # (per-label, CLADE-style), several times cheaper on a CPU (see docs/models.md).
 SPADE_BLOCKS = ("monai", "light")
+# How a latent model's full-resolution condition reaches the latent grid (`ConditionalDenoiser.encode_condition`).
+CONDITION_ENCODERS = ("area", "learned")
 
 # Width/depth per size. `attention_levels` marks levels with self-attention; MONAI's U-Nets also
 # always put one attention block in the middle (lowest resolution), which is where it is cheap.
@@ -74,7 +76,10 @@ class ModelConfig(Config):
     - `spade_block`: which spatially-adaptive normaliser the spade decoder uses (`SPADE_BLOCKS`).
     - `latent_channels`, `latent_factor`: set for latent diffusion (`sonosynth train --autoencoder AE`): the
       network denoises the autoencoder's latents, `latent_factor` times smaller than the image, and its
-      condition (built at the image's resolution) is area-resized to the latent grid.
+      condition (built at the image's resolution) reaches the latent grid through `condition_encoder`:
+      `area` (each latent cell sees the share of each label under it) or `learned` (that area resize plus a
+      small strided convolutional encoder's residual, zero at initialisation, which can see shapes inside a
+      cell; `CONDITION_ENCODERS`).
     """
 
     what: ClassVar[str] = "model config"
@@ -94,6 +99,7 @@ class ModelConfig(Config):
     num_head_channels: int | None = None
     latent_channels: int | None = None  # None: pixel space
     latent_factor: int = 1
+    condition_encoder: str = "area"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -103,6 +109,9 @@ class ModelConfig(Config):
         if self.latent_factor < 1 or (self.latent_channels is None and self.latent_factor != 1):
             raise SonosynthError(f"latent_factor must be 1 without latents and at least 1 with them, "
                                  f"got {self.latent_factor}")
+        if self.condition_encoder not in CONDITION_ENCODERS:
+            raise SonosynthError(f"condition_encoder must be one of {list(CONDITION_ENCODERS)}, "
+                                 f"got '{self.condition_encoder}'")
         if self.size not in SIZE_PRESETS:
             raise SonosynthError(f"model size must be one of {list(SIZE_PRESETS)}, got '{self.size}'")
         if self.num_labels < 2:

@@ -84,6 +84,31 @@ def use_light_spade(unet: nn.Module) -> None:
                 setattr(parent, name, light)
 
 
+class LearnedConditionEncoder(nn.Module):
+    """Full-resolution condition -> latent grid: the area resize plus a learned residual.
+
+    The area resize tells each latent cell the share of each label under it, but not where inside the
+    cell the boundary runs; strided 3x3 convolutions (one per halving) can. The last layer starts at
+    zero, so an untrained encoder is exactly the area resize and training only adds to it.
+    """
+
+    def __init__(self, channels: int, factor: int, width: int = 16):
+        super().__init__()
+        self.factor = factor
+        layers: list[nn.Module] = []
+        in_channels = channels
+        for _ in range(factor.bit_length() - 1):
+            layers += [nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.SiLU()]
+            in_channels = width
+        last = nn.Conv2d(width, channels, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.residual = nn.Sequential(*layers, last)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        return nn.functional.avg_pool2d(condition, self.factor) + self.residual(condition)
+
+
 def coordinate_channels(batch: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(B, 2, S, S) normalised depth (rows) and lateral (columns) positions in [-1, 1] for a full image."""
     ramp = torch.linspace(-1.0, 1.0, size, device=device)
@@ -119,6 +144,7 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
         num_head_channels: int | None = None,
         latent_channels: int | None = None,
         latent_factor: int = 1,
+        condition_encoder: str = "area",
     ):
         super().__init__()
         cfg = ModelConfig(
@@ -137,6 +163,7 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
             num_head_channels=num_head_channels,
             latent_channels=latent_channels,
             latent_factor=latent_factor,
+            condition_encoder=condition_encoder,
         )
         self.model_config = cfg
         common: dict[str, Any] = {
@@ -165,6 +192,8 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
             from monai.networks.nets import DiffusionModelUNet
 
             self.unet = DiffusionModelUNet(in_channels=cfg.sample_channels + cfg.condition_channels, **common)
+        if cfg.condition_encoder == "learned":
+            self.learned_condition_encoder = LearnedConditionEncoder(cfg.condition_channels, cfg.latent_factor)
         if cfg.class_cardinalities:
             time_embed_dim = cfg.channels[0] * 4
             self.unet.class_embedding = SummedAttributeEmbedding(cfg.class_cardinalities, time_embed_dim)
@@ -227,11 +256,10 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
         if timestep.ndim == 0:
             timestep = timestep.expand(batch)
         if condition is None and self.condition_channels:
-            condition = self.null_condition(
-                torch.zeros(batch, self.condition_channels, *sample.shape[-2:], device=sample.device)
-            )
+            side = [n * self.model_config.latent_factor for n in sample.shape[-2:]]
+            condition = self.null_condition(torch.zeros(batch, self.condition_channels, *side, device=sample.device))
         if condition is not None:
-            condition = condition.to(sample.dtype)
+            condition = self.encode_condition(condition.to(sample.dtype))
         kwargs: dict[str, Any] = {}
         if self.model_config.class_cardinalities:
             if class_labels is None:
@@ -256,8 +284,8 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
         size: int | None = None,
         batch: int | None = None,
     ) -> torch.Tensor | None:
-        """(B, C_c, S, S) condition from a (B, S, S) label map, (B, 1, S, S) fov and (B, 2, S, S) coords
-        (S / latent_factor for a latent model).
+        """(B, C_c, S, S) condition from a (B, S, S) label map, (B, 1, S, S) fov and (B, 2, S, S) coords,
+        at the image's side S (a latent model's `forward` brings it to the latent grid: `encode_condition`).
 
         A missing fov means the whole square is in view; missing coords mean full-image positions.
         For `joint` the labels are not part of the condition (they are generated).
@@ -279,10 +307,20 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
             parts.append(coordinate_channels(batch, size, self.device) if coords is None else coords.float())
         if not parts:
             return None
-        condition = torch.cat([p.to(self.device, torch.float32) for p in parts], dim=1)
-        if cfg.latent_factor > 1:  # a latent model: each latent pixel sees the share of each label under it
-            condition = nn.functional.avg_pool2d(condition, cfg.latent_factor)
-        return condition
+        return torch.cat([p.to(self.device, torch.float32) for p in parts], dim=1)
+
+    def encode_condition(self, condition: torch.Tensor) -> torch.Tensor:
+        """The image-side condition on the grid the network denoises (a latent model's is `latent_factor` smaller).
+
+        After `null_condition`, not before, so the null condition of a learned encoder is its encoding of
+        the null condition. `area`: each latent cell sees the share of each label under it.
+        """
+        factor = self.model_config.latent_factor
+        if factor == 1:
+            return condition
+        if self.model_config.condition_encoder == "learned":
+            return self.learned_condition_encoder(condition)
+        return nn.functional.avg_pool2d(condition, factor)
 
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, S, S) label map -> (B, K, S, S) float one-hot."""
