@@ -5,7 +5,9 @@ interrupted with Ctrl-C resumes where it stopped):
 
 1. phantom   simulate a fetal-head dataset (OUT/data)            -> sonosynth.phantom
 2. split     subject-wise train/val/test                          -> sonosynth.data.splits
+   (--latent: autoencoder, a KL autoencoder on the images (OUT/autoencoder) -> sonosynth.autoencoder)
 3. train     a mask-conditioned diffusion model (OUT/model-run)   -> sonosynth.diffusion.train
+             (--latent: on the autoencoder's latents, at twice the side)
 4. generate  synthetic pairs from deformed and shape-model masks  -> sonosynth.synthesis.generate
 5. evaluate  segmenters on k real subjects, with and without them -> sonosynth.evaluation.downstream
 """
@@ -16,7 +18,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,7 +27,7 @@ from sonosynth.devices import resolve_device
 from sonosynth.diffusion.run import RunFolder
 from sonosynth.settings import Config
 
-DATA, RUN, SYNTH, REPORT = "data", "model-run", "synthetic", "report"
+DATA, AUTOENCODER, RUN, SYNTH, REPORT = "data", "autoencoder", "model-run", "synthetic", "report"
 
 
 @dataclass
@@ -38,6 +40,7 @@ class DemoConfig(Config):
     phantom_size: str = "96x64"  # width x height, like HC18's 800x540 aspect
     model_size: str = "small"
     image_size: int = 64
+    generator_size: int | None = None  # the diffusion model's side; None: image_size
     train_steps: int = 1200
     batch_size: int = 8
     n_deform: int = 60
@@ -47,6 +50,8 @@ class DemoConfig(Config):
     seeds: int = 2
     segment_net: str = "small"
     segment_steps: int = 400
+    autoencoder_steps: int = 0  # > 0: latent diffusion on an autoencoder trained this many steps (`latent()`)
+    autoencoder_channels: tuple[int, ...] = (32, 64, 64)  # one width per level: 4x downsampling
     seed: int = 0
     device: str = "auto"
     timings: dict[str, float] = field(default_factory=dict)
@@ -72,6 +77,19 @@ class DemoConfig(Config):
         )
         settings.update(overrides)
         return cls(**settings)
+
+    def latent(self) -> DemoConfig:
+        """The same demo as latent diffusion: an autoencoder on the phantom images, the denoiser on its latents,
+        images at twice the side (the segmenters stay at `image_size`, so the evaluation costs the same)."""
+        fast = self.model_size == "tiny"
+        width, height = (int(v) for v in self.phantom_size.split("x"))
+        return replace(self, phantom_size=f"{2 * width}x{2 * height}", generator_size=2 * self.image_size,
+                       autoencoder_steps=60 if fast else 600,
+                       autoencoder_channels=(8, 16) if fast else self.autoencoder_channels)
+
+    @property
+    def generator_side(self) -> int:
+        return self.generator_size or self.image_size
 
 
 @contextmanager
@@ -107,10 +125,17 @@ def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = p
 
             split_dataset(data, SplitConfig(by="subject", val=0.15, test=0.25, seed=config.seed))
 
+    autoencoder = None
+    if config.autoencoder_steps:
+        with _stage("autoencoder", config, log):
+            autoencoder = out / AUTOENCODER
+            if not (RunFolder(autoencoder).model / "config.json").is_file():  # its model/ is written last
+                _train_autoencoder(data, autoencoder, config)
+
     with _stage("train", config, log):
         run = out / RUN
         if not RunFolder(run).has_model:
-            _train_diffusion(data, run, config)
+            _train_diffusion(data, run, config, autoencoder)
 
     with _stage("generate", config, log):
         synthetic = out / SYNTH
@@ -137,7 +162,28 @@ def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = p
     return report
 
 
-def _train_diffusion(data: Path, run: Path, config: DemoConfig) -> None:
+def _train_autoencoder(data: Path, run: Path, config: DemoConfig) -> None:
+    from sonosynth.autoencoder.config import AutoencoderConfig
+    from sonosynth.autoencoder.train import train_autoencoder
+
+    steps = config.autoencoder_steps
+    ae_config = AutoencoderConfig(
+        datasets=[str(data)],
+        image_size=config.generator_side,
+        patch_size=min(64, config.generator_side),
+        channels=config.autoencoder_channels,
+        batch_size=config.batch_size,
+        lr=2e-4,
+        max_steps=steps,
+        adversarial_start=steps // 2,
+        checkpoint_every=max(10, steps // 6),
+        sample_every=max(10, steps // 2),
+        seed=config.seed,
+    )
+    train_autoencoder(ae_config, run, resume=RunFolder(run).has_checkpoints, device=config.device)
+
+
+def _train_diffusion(data: Path, run: Path, config: DemoConfig, autoencoder: Path | None = None) -> None:
     from sonosynth.diffusion.config import TrainConfig
     from sonosynth.diffusion.train import train
     from sonosynth.models.configs import ModelConfig
@@ -145,7 +191,8 @@ def _train_diffusion(data: Path, run: Path, config: DemoConfig) -> None:
     train_config = TrainConfig(
         dataset=str(data),
         model=ModelConfig(kind="spade", size=config.model_size),
-        image_size=config.image_size,
+        autoencoder=None if autoencoder is None else str(autoencoder),
+        image_size=config.generator_side,
         batch_size=config.batch_size,
         max_steps=config.train_steps,
         warmup_steps=min(100, config.train_steps // 10),

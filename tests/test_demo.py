@@ -77,3 +77,23 @@ def test_demo_fast_end_to_end_survives_ctrl_c_then_resumes(tmp_path: Path, monke
 def test_demo_rejects_unknown_device(tmp_path: Path):
     result = CliRunner().invoke(app, ["demo", "--fast", "--out", str(tmp_path / "d"), "--device", "tpu"])
     assert result.exit_code != 0
+
+
+@pytest.mark.slow
+def test_latent_demo_trains_an_autoencoder_and_generates_at_twice_the_side(tmp_path: Path):
+    from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
+
+    out, runner = tmp_path / "demo", CliRunner()
+    first = runner.invoke(app, ["demo", "--fast", "--latent", "--out", str(out), "--device", "cpu"])
+    assert first.exit_code == 0, first.output
+    for stage in ("phantom", "autoencoder", "train", "generate", "evaluate"):
+        assert f"stage {stage}: done" in first.output
+    assert (out / "autoencoder" / "samples").is_dir() and "Autoencoder:" in first.output
+    pipe = MaskToUltrasoundPipeline.from_pretrained(out / "model-run")
+    assert pipe.vae is not None and pipe.config.sample_size == 64  # twice the fast demo's 32 px
+    # 64 px squares, written back at the phantom's 3:2 aspect
+    assert {sample.image.shape for sample in Dataset.open(out / "synthetic")} == {(43, 64)}
+    assert (out / "report" / "results.md").is_file()
+    again = runner.invoke(app, ["demo", "--fast", "--latent", "--out", str(out), "--device", "cpu"])
+    timings = json.loads((out / "demo-timings.json").read_text())["timings"]
+    assert again.exit_code == 0 and timings["autoencoder"] < 5 and timings["train"] < 5  # resumed, not retrained
