@@ -105,6 +105,27 @@ def test_latent_training_saves_a_pipeline_that_samples_images(autoencoder: Path,
         pipe(labels, num_inference_steps=2, latents=torch.zeros(2, 2, 32, 32))
 
 
+def test_latent_training_encodes_each_augmented_view_once(autoencoder: Path) -> None:
+    from sonosynth.autoencoder.model import load_autoencoder
+    from sonosynth.diffusion.data import LatentCache, StreamBatchSampler, encode_latents
+
+    stream = StreamBatchSampler(3, 4, seed=5, views=2)
+    keys = [key for batch, _ in zip(stream, range(30), strict=False) for key in batch]
+    assert len(set(keys)) == 6  # 120 positions, but each of 3 items only in its 2 views
+    assert StreamBatchSampler(3, 4, seed=5, views=2, start=7).batch(7) == stream.batch(7)  # resumable
+    vae = load_autoencoder(str(autoencoder))
+    calls = []
+    encode = vae.encode
+    vae.encode = lambda x: calls.append(len(x)) or encode(x)
+    cache = LatentCache(vae)
+    images = torch.rand(3, 1, 32, 32) * 2 - 1
+    first = cache(images, torch.tensor([[0, 11], [1, 12], [0, 11]]))
+    again = cache(images[[1, 0]], torch.tensor([[1, 12], [0, 11]]))
+    assert calls == [1, 1]  # two distinct keys, each encoded once and alone
+    assert torch.equal(first[0], first[2]) and torch.equal(again[1], first[0]) and torch.equal(again[0], first[1])
+    assert torch.allclose(first[0], encode_latents(vae, images[:1])[0], atol=1e-6)
+
+
 def test_latent_resume_equals_uninterrupted_run(autoencoder: Path, tmp_path: Path) -> None:
     data = write_toy_dataset(tmp_path / "toy")
     config = tiny_train_config(data, autoencoder=str(autoencoder), max_steps=4)

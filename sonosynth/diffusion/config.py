@@ -29,6 +29,7 @@ MUST_MATCH_ON_RESUME = (
     "split",
     "seed",
     "lr_schedule",
+    "latent_views",
 )
 
 
@@ -43,6 +44,9 @@ class TrainConfig(Config):
 
     dataset: str = ""
     autoencoder: str | None = None  # an autoencoder run (`sonosynth autoencoder train`): latent diffusion
+    # A latent run sees each image in this many augmented versions, each encoded once (`LatentCache`); 0: a fresh
+    # augmentation, encoded anew, at every step (about 4x slower at 256 px on a CPU).
+    latent_views: int = 8
     init: str | None = None  # start from this earlier run's weights (fine-tuning); ignored on resume
     model: ModelConfig = field(default_factory=ModelConfig)
     image_size: int = 64
@@ -91,6 +95,8 @@ class TrainConfig(Config):
         problems += at_least_one(self, ("image_size", "batch_size", "grad_accumulation", "max_steps",
                                         "checkpoint_every", "sample_every"))
         problems += patch_problems(self.patch_size, self.image_size)
+        if self.latent_views < 0:
+            problems.append("latent_views must not be negative")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             problems.append("cond_drop_prob must be in [0, 1)")
         if problems:

@@ -30,6 +30,7 @@ from sonosynth.devices import resolve_device
 from sonosynth.diffusion.checkpoints import train_cleanly
 from sonosynth.diffusion.config import TrainConfig
 from sonosynth.diffusion.data import (
+    LatentCache,
     StreamBatchSampler,
     TrainingItems,
     drop_conditions,
@@ -175,8 +176,10 @@ def _train(
                               "the data order from here differs from the original run's")
         accelerator.print(f"resuming from {checkpoint} (step {step})")
 
+    latents = None if vae is None or not config.latent_views else LatentCache(vae)
+    views = 0 if latents is None else config.latent_views
     sampler = StreamBatchSampler(len(pairs), config.batch_size, config.seed, rank, world,
-                                 start=step * config.grad_accumulation)
+                                 start=step * config.grad_accumulation, views=views)
     loader = torch.utils.data.DataLoader(
         TrainingItems(pairs, config),
         batch_sampler=sampler,
@@ -211,7 +214,7 @@ def _train(
             micro_batch = step * config.grad_accumulation + micro
             batch = next(batches)
             generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "noise", micro_batch, rank))
-            x0, condition, class_labels = training_inputs(unwrapped, batch, vae)
+            x0, condition, class_labels = training_inputs(unwrapped, batch, vae, latents)
             condition, class_labels = drop_conditions(unwrapped, condition, class_labels, config.cond_drop_prob,
                                                                 generator=generator)
             noise = torch.randn(x0.shape, generator=generator, device=device)
