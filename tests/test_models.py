@@ -56,6 +56,26 @@ def test_spade_blocks_condition_the_decoder(block: str) -> None:
         assert not torch.allclose(model(x0, 10, condition), model(x0, 10, flipped))
 
 
+def test_sampling_computes_the_condition_terms_once_per_condition() -> None:
+    from sonosynth.models.denoiser import LightSPADE
+
+    model = randomize(build_model(ModelConfig(kind="spade", size="tiny", num_labels=3)))
+    calls = []
+    for norm in (m for m in model.modules() if isinstance(m, LightSPADE)):
+        norm.gamma_beta.register_forward_hook(lambda *_: calls.append(1))
+    x0, condition, _ = training_inputs(model, make_batch())
+    with torch.no_grad():
+        first = model(x0, 10, condition)
+        per_call = len(calls)
+        second = model(x0 * 0.5, 20, condition)  # the next step of a loop: the same condition tensor
+        assert len(calls) == per_call  # scale and shift kept from the first step
+        assert torch.equal(second, model(x0 * 0.5, 20, condition.clone()))  # as computed afresh
+        assert len(calls) == 2 * per_call and not torch.equal(first, second)
+    model(x0, 10, condition)  # with gradients (training): always computed
+    model(x0, 10, condition)
+    assert len(calls) == 4 * per_call
+
+
 def test_joint_targets_and_decode_round_trip() -> None:
     model = build_model(ModelConfig(kind="joint", size="tiny", num_labels=3))
     batch = make_batch()
