@@ -209,3 +209,23 @@ def test_autoencoder_init_starts_from_an_earlier_autoencoder(tmp_path: Path) -> 
     name = "diffusion_pytorch_model.safetensors"
     before, after = load_file(str(tmp_path / "ae1" / "model" / name)), load_file(str(tmp_path / "ae2" / "model" / name))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_decoder_only_fine_tuning_keeps_the_latent_space(tmp_path: Path) -> None:
+    from sonosynth.autoencoder.train import train_autoencoder
+
+    data = write_toy_dataset(tmp_path / "toy")
+    settings = dict(datasets=[str(data)], image_size=32, channels=(8, 8), latent_channels=2, discriminator_channels=8,
+                    batch_size=2, adversarial_start=100, sample_every=100, num_samples=1)
+    train_autoencoder(AutoencoderConfig(**settings, patch_size=16, max_steps=2), tmp_path / "ae1", progress=False,
+                      device="cpu")
+    # whole images now, as a patch-trained model must be before it reconstructs whole images faithfully
+    train_autoencoder(AutoencoderConfig(**settings, patch_size=None, max_steps=3, lr=1e-2, init=str(tmp_path / "ae1"),
+                                        decoder_only=True), tmp_path / "ae2", progress=False, device="cpu")
+    name = "diffusion_pytorch_model.safetensors"
+    before, after = load_file(str(tmp_path / "ae1" / "model" / name)), load_file(str(tmp_path / "ae2" / "model" / name))
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    with pytest.raises(SonosynthError, match="give init"):
+        AutoencoderConfig(decoder_only=True)

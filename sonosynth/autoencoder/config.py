@@ -17,8 +17,11 @@ MAY_CHANGE_ON_RESUME = ("max_steps", "checkpoint_every", "keep_checkpoints", "sa
 class AutoencoderConfig(Config):
     """A KL autoencoder for single-channel ultrasound, trained on random patches of letterboxed images.
 
-    It is convolutional, so patches (`patch_size`) train it for whole images at `image_size` at a
-    fraction of the cost. Loss: L1 + `frequency_weight` x a log-amplitude spectrum L1 (keeps speckle,
+    It is convolutional, so patches (`patch_size`) train it at a fraction of the cost; but its GroupNorm
+    layers normalise over the whole input, so a patch-trained model reconstructs whole images with other
+    statistics (measured on HC18 at 256 px: 22 % too bright) until it is fine-tuned on whole images
+    (`patch_size: null`, with `init`, and `decoder_only` to keep its latent space).
+    Loss: L1 + `frequency_weight` x a log-amplitude spectrum L1 (keeps speckle,
     which pixel L1 alone blurs away) + `kl_weight` x KL, and after `adversarial_start` steps
     `adversarial_weight` x a patch-GAN term (MONAI `PatchDiscriminator`, least squares).
     """
@@ -27,6 +30,9 @@ class AutoencoderConfig(Config):
 
     datasets: list[str] = field(default_factory=list)
     init: str | None = None  # start from this earlier autoencoder run's weights (fine-tuning); ignored on resume
+    # With init: train the decoder only. The encoder, and so the latent space and every denoiser trained on it,
+    # stays as it was; used to fit a patch-trained decoder to whole images (GroupNorm's statistics are per image).
+    decoder_only: bool = False
     split: str = "auto"  # auto: each dataset's train split when it is split, else every image
     image_size: int = 256
     patch_size: int | None = 64  # None: whole images
@@ -70,6 +76,8 @@ class AutoencoderConfig(Config):
                 problems.append(f"{name} must not be negative")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append("ema_decay must be in [0, 1)")
+        if self.decoder_only and not self.init:
+            problems.append("decoder_only fine-tunes an earlier autoencoder's decoder: give init (--init AE)")
         if problems:
             raise SonosynthError("invalid autoencoder config: " + "; ".join(problems))
 

@@ -11,8 +11,9 @@ from sonosynth.autoencoder.config import AutoencoderConfig
 
 
 def build_autoencoder(config: AutoencoderConfig) -> Any:
-    """diffusers' `AutoencoderKL` for one channel, convolutional only (no attention in the middle block, so a
-    model trained on patches applies to whole images); loads back with `AutoencoderKL.from_pretrained(AE/model)`."""
+    """diffusers' `AutoencoderKL` for one channel, convolutional only (no attention in the middle block, so it
+    trains on patches; its GroupNorm statistics still differ between a patch and a whole image, hence the
+    whole-image fine-tuning of `AutoencoderConfig`); loads back with `AutoencoderKL.from_pretrained(AE/model)`."""
     from diffusers import AutoencoderKL
 
     levels = len(config.channels)

@@ -125,9 +125,12 @@ def _train(config: AutoencoderConfig, run_dir: Path, resume: bool, on_step: Call
         init = Path(config.init)
         folder_of_weights = init / "model" if (init / "model").is_dir() else init
         ckpt.load_init_weights(autoencoder, folder_of_weights / "diffusion_pytorch_model.safetensors", config.init)
+    if config.decoder_only:  # the latent space stays: no gradient reaches the encoder
+        for part in (autoencoder.encoder, autoencoder.quant_conv):
+            part.requires_grad_(False)
     ema = EMAModel(autoencoder.parameters(), decay=config.ema_decay)
     optimizers = {
-        "autoencoder": torch.optim.AdamW(autoencoder.parameters(), lr=config.lr),
+        "autoencoder": torch.optim.AdamW([p for p in autoencoder.parameters() if p.requires_grad], lr=config.lr),
         "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.lr),
     }
     step = 0

@@ -31,6 +31,8 @@ def train_command(
     learning_rate: float | None = opt.learning_rate(None, "Learning rate (default 1e-4)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of everything random (default 0)."),
     init: Path | None = typer.Option(None, "--init", help="Start from an earlier autoencoder run's weights."),
+    decoder_only: bool = typer.Option(False, "--decoder-only", help="With --init: train the decoder only, so the "
+                                      "latent space (and denoisers trained on it) stays."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in AE."),
     device: str = opt.DEVICE,
 ) -> None:
@@ -58,6 +60,8 @@ def train_command(
     data = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
     if patch_size is not None:
         data["patch_size"] = patch_size or None
+    if decoder_only:
+        data["decoder_only"] = True
     config = AutoencoderConfig.from_dict(data, origin="command line")
     result = train_autoencoder(config, out, resume=resume, device=device)
     typer.echo(f"trained to step {result.step} in {result.seconds:.0f} s; model in {result.model_dir}")
