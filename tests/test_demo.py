@@ -89,6 +89,7 @@ def test_latent_demo_trains_an_autoencoder_and_generates_at_twice_the_side(tmp_p
     for stage in ("phantom", "autoencoder", "train", "generate", "evaluate"):
         assert f"stage {stage}: done" in first.output
     assert (out / "autoencoder" / "samples").is_dir() and "Autoencoder:" in first.output
+    assert (out / "autoencoder-patches" / "model").is_dir()  # patches first, then the decoder on whole images
     pipe = MaskToUltrasoundPipeline.from_pretrained(out / "model-run")
     assert pipe.vae is not None and pipe.config.sample_size == 64  # twice the fast demo's 32 px
     # 64 px squares, written back at the phantom's 3:2 aspect
