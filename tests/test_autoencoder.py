@@ -95,6 +95,12 @@ def test_cli_trains_and_refuses_bad_input(two_datasets: list[Path], tmp_path: Pa
     bad = CliRunner().invoke(app, [*args[:-4], "--size", "31", "--out", str(tmp_path / "ae2")])
     assert isinstance(bad.exception, SonosynthError) and "multiple of the downsampling factor" in str(bad.exception)
     assert not (tmp_path / "ae2").exists()
+    whole = tmp_path / "ae-whole"  # the decoder on whole images, from the CLI
+    tuned = CliRunner().invoke(app, [*args[:-4], "--out", str(whole), "--init", str(out), "--decoder-only",
+                                     "--patch-size", "0", "--adversarial-start", "1", "--device", "cpu"])
+    assert tuned.exit_code == 0, tuned.output
+    saved = AutoencoderConfig.from_yaml(whole / "config.yaml")
+    assert saved.decoder_only and saved.patch_size is None and saved.adversarial_start == 1
 
 
 def test_evaluate_reports_fidelity_against_the_real_images(two_datasets: list[Path], tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ def train_command(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size (default 8)."),
     learning_rate: float | None = opt.learning_rate(None, "Learning rate (default 1e-4)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of everything random (default 0)."),
+    adversarial_start: int | None = typer.Option(None, "--adversarial-start",
+                                                 help="Step at which the patch-GAN term starts (default 500)."),
     init: Path | None = typer.Option(None, "--init", help="Start from an earlier autoencoder run's weights."),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="With --init: train the decoder only, so the "
                                       "latent space (and denoisers trained on it) stays."),
@@ -56,6 +58,7 @@ def train_command(
         "batch_size": batch_size,
         "lr": learning_rate,
         "seed": seed,
+        "adversarial_start": adversarial_start,
     }
     data = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
     if patch_size is not None:
