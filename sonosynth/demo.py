@@ -130,8 +130,7 @@ def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = p
     if config.autoencoder_steps:
         with _stage("autoencoder", config, log):
             autoencoder = out / AUTOENCODER
-            if not (RunFolder(autoencoder).model / "config.json").is_file():  # its model/ is written last
-                _train_autoencoder(data, autoencoder, config)
+            _train_autoencoder(data, autoencoder, config)  # each finished part is skipped
 
     with _stage("train", config, log):
         run = out / RUN
@@ -164,26 +163,16 @@ def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = p
 
 
 def _train_autoencoder(data: Path, run: Path, config: DemoConfig) -> None:
-    """On patches (cheap), then its decoder on whole images (GroupNorm's statistics differ between the two),
-    as docs/training.md recommends; each part resumes."""
     from sonosynth.autoencoder.config import AutoencoderConfig
-    from sonosynth.autoencoder.train import train_autoencoder
+    from sonosynth.autoencoder.train import train_patches_then_whole
 
     steps, side = config.autoencoder_steps, config.generator_side
-    settings = dict(datasets=[str(data)], image_size=side, channels=config.autoencoder_channels, lr=2e-4,
-                    seed=config.seed)
-
-    def part(folder: Path, **changes) -> None:
-        part_steps = changes.pop("max_steps")
-        ae_config = AutoencoderConfig(**{**settings, **changes}, max_steps=part_steps,
-                                      adversarial_start=part_steps // 2, checkpoint_every=max(10, part_steps // 6),
-                                      sample_every=max(10, part_steps // 2))
-        train_autoencoder(ae_config, folder, resume=RunFolder(folder).has_checkpoints, device=config.device)
-
-    patches = run.with_name(run.name + "-patches")
-    if not (RunFolder(patches).model / "config.json").is_file():
-        part(patches, patch_size=min(64, side // 2), batch_size=config.batch_size, max_steps=steps)
-    part(run, patch_size=None, batch_size=2, max_steps=max(10, steps // 4), init=str(patches), decoder_only=True)
+    ae_config = AutoencoderConfig(
+        datasets=[str(data)], image_size=side, patch_size=min(64, side // 2), channels=config.autoencoder_channels,
+        batch_size=config.batch_size, lr=2e-4, max_steps=steps, adversarial_start=steps // 2,
+        checkpoint_every=max(10, steps // 6), sample_every=max(10, steps // 2), seed=config.seed,
+    )
+    train_patches_then_whole(ae_config, run, decoder_steps=max(10, steps // 4), device=config.device)
 
 
 def _train_diffusion(data: Path, run: Path, config: DemoConfig, autoencoder: Path | None = None) -> None:

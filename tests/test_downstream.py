@@ -184,6 +184,30 @@ def test_generator_per_k_sees_only_the_cell_subjects(datasets: tuple[Path, Path]
     assert (out / "generators" / "k1__seed0" / "synthetic" / "manifest.csv").stat().st_mtime_ns == stamp
 
 
+def test_a_latent_generator_per_k_trains_its_autoencoder_on_the_k_subjects_only(datasets: tuple[Path, Path],
+                                                                               tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sonosynth.autoencoder.config import AutoencoderConfig
+    from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
+    from sonosynth.evaluation.generators import ensure_generator
+
+    real, _ = datasets
+    train = real_splits(Dataset.open(real))[0]
+    recipe = replace(TINY_RECIPE, train_steps=2, autoencoder_steps=2, autoencoder_decoder_steps=2)
+    folder = tmp_path / "k2__seed0"
+    synthetic = ensure_generator(folder, train, train.subjects[:2], recipe, seed=0, device="cpu", progress=False)
+    patches = AutoencoderConfig.from_yaml(folder / "autoencoder-patches" / "config.yaml")
+    whole = AutoencoderConfig.from_yaml(folder / "autoencoder" / "config.yaml")
+    assert patches.datasets == whole.datasets == [str(folder / "data")]  # the k subjects' images, nothing else
+    assert patches.patch_size == 16 and whole.patch_size is None and whole.decoder_only
+    assert whole.init == str(folder / "autoencoder-patches")
+    assert MaskToUltrasoundPipeline.from_pretrained(folder / "run").vae is not None
+    assert len(Dataset.open(synthetic)) == 6
+    with pytest.raises(SonosynthError, match="brings its own autoencoder"):
+        GeneratorRecipe(model_kind="controlnet", base="sd", autoencoder_steps=5)
+
+
 def test_shared_synthetic_report_says_the_generator_saw_more(datasets: tuple[Path, Path], tmp_path: Path) -> None:
     real, synth = datasets
     run_downstream(real, tmp_path / "r", config(ks=["1"], seeds=1, arms=["real", "real+synthetic"]),

@@ -15,7 +15,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,25 @@ def train_autoencoder(
     A failure before the first checkpoint leaves nothing behind; after one, the run is kept for --resume."""
     return ckpt.train_cleanly(Path(run_dir), lambda looping: _train(config, Path(run_dir), resume, on_step,
                                                                     progress, device, looping))
+
+
+def train_patches_then_whole(config: AutoencoderConfig, out: str | Path, decoder_steps: int, progress: bool = True,
+                             device: str = "auto") -> Path:
+    """The recipe docs/training.md recommends: `config` (on patches) into OUT-patches, then its decoder on whole
+    images for `decoder_steps` steps at batch 2 into OUT, because GroupNorm's statistics differ between a patch
+    and a whole image (measured on HC18 at 256 px: patches alone reconstruct whole images 23 % too bright).
+    Each part is skipped when finished and resumed when interrupted; returns OUT."""
+    out = Path(out)
+    patches = out.with_name(out.name + "-patches")
+    for folder, part in ((patches, config), (out, None)):
+        if (RunFolder(folder).model / "config.json").is_file():  # model/ is written last
+            continue
+        if part is None:
+            part = replace(config, init=str(patches), decoder_only=True, patch_size=None, batch_size=2,
+                           max_steps=decoder_steps, adversarial_start=decoder_steps // 6,
+                           checkpoint_every=max(1, decoder_steps // 3), sample_every=decoder_steps)
+        train_autoencoder(part, folder, resume=RunFolder(folder).has_checkpoints, progress=progress, device=device)
+    return out
 
 
 def _train(config: AutoencoderConfig, run_dir: Path, resume: bool, on_step: Callable[[int, float], bool | None] | None,

@@ -3,7 +3,8 @@
 For every (k, seed) of the downstream experiment, `ensure_generator` writes, under
 REPORT/generators/k<k>__seed<seed>/:
 - `data/`: a copy of exactly the k subjects' training pairs (what the real arm trains on);
-- `run/`: a diffusion model trained on `data/` only (resumed from its checkpoints if interrupted);
+- `run/`: a diffusion model trained on `data/` only (resumed from its checkpoints if interrupted), for a
+  latent recipe on the latents of `autoencoder/`, trained on `data/`'s images (after `autoencoder-patches/`);
 - `synthetic/`: pairs sampled from that model with new masks made from `data/`'s masks only.
 Nothing else of the real dataset reaches the synthetic arm, so a leak would have to be visible in
 these folders. Each stage is skipped when its output is complete, so the experiment resumes.
@@ -46,6 +47,13 @@ class GeneratorRecipe(Config):
     base: str | None = None
     lora_rank: int | None = None
     prompt_template: str | None = None
+    # Latent diffusion: > 0 trains an autoencoder on the k subjects' images, `autoencoder_steps` on 64 px
+    # patches then `autoencoder_decoder_steps` of its decoder on whole images (`train_patches_then_whole`),
+    # starting from `autoencoder` when given; `autoencoder` alone (steps 0) uses that trained autoencoder as it
+    # is. An autoencoder trained on other images is outside the k subjects: a report must say so.
+    autoencoder: str | None = None
+    autoencoder_steps: int = 0
+    autoencoder_decoder_steps: int = 300
 
     def __post_init__(self) -> None:
         from sonosynth.synthesis.generate import MASK_SOURCES
@@ -68,6 +76,11 @@ class GeneratorRecipe(Config):
         for name in ("image_size", "train_steps", "batch_size", "sample_steps"):
             if int(getattr(self, name)) < 1:
                 raise SonosynthError(f"generator recipe: {name} must be at least 1")
+        if self.autoencoder_steps < 0 or self.autoencoder_decoder_steps < 1:
+            raise SonosynthError("generator recipe: autoencoder_steps must not be negative and "
+                                 "autoencoder_decoder_steps must be at least 1")
+        if self.base and (self.autoencoder or self.autoencoder_steps):
+            raise SonosynthError("generator recipe: a Stable Diffusion base brings its own autoencoder")
 
     @property
     def n_pairs(self) -> int:
@@ -110,6 +123,7 @@ def ensure_generator(
         steps = recipe.train_steps
         config = TrainConfig(
             dataset=str(data),
+            autoencoder=_autoencoder_for(recipe, data, folder / "autoencoder", seed, device, progress),
             model=with_model_size(ModelConfig(kind=recipe.model_kind), recipe.model_size),
             image_size=recipe.image_size,
             batch_size=recipe.batch_size,
@@ -130,6 +144,23 @@ def ensure_generator(
         device=device,
     )
     return generate_from_sources(run, data, synthetic, recipe.mask_sources, generate, progress=progress)
+
+
+def _autoencoder_for(recipe: GeneratorRecipe, data: Path, out: Path, seed: int, device: str, progress: bool
+                     ) -> str | None:
+    """The latent generator's autoencoder: trained here on `data` (the k subjects) when the recipe says so."""
+    if not recipe.autoencoder_steps:
+        return recipe.autoencoder
+    from sonosynth.autoencoder.config import AutoencoderConfig
+    from sonosynth.autoencoder.train import train_patches_then_whole
+    from sonosynth.seeds import derive_seed
+
+    steps = recipe.autoencoder_steps
+    config = AutoencoderConfig(datasets=[str(data)], init=recipe.autoencoder, image_size=recipe.image_size,
+                               patch_size=min(64, recipe.image_size // 2), lr=2e-4, max_steps=steps,
+                               adversarial_start=steps // 6, checkpoint_every=max(1, steps // 4), sample_every=steps,
+                               seed=derive_seed(seed, "autoencoder"))
+    return str(train_patches_then_whole(config, out, recipe.autoencoder_decoder_steps, progress, device))
 
 
 def _train_stable_diffusion(recipe: GeneratorRecipe, data: Path, run: Path, seed: int, device: str,
