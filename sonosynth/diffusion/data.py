@@ -47,9 +47,11 @@ class StreamBatchSampler:
 
     def batch(self, micro_batch: int) -> list[tuple[int, int]]:
         first = (micro_batch * self.world_size + self.rank) * self.batch_size
-        items = [self._item(p) for p in range(first, first + self.batch_size)]
-        return [(item, self._augment_seed(item, p)) for item, p in zip(items, range(first, first + self.batch_size),
-                                                                        strict=True)]
+        return [self._key(p) for p in range(first, first + self.batch_size)]
+
+    def _key(self, position: int) -> tuple[int, int]:
+        item = self._item(position)
+        return item, self._augment_seed(item, position)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         micro_batch = self.start
