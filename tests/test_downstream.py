@@ -156,12 +156,13 @@ def test_generator_per_k_sees_only_the_cell_subjects(datasets: tuple[Path, Path]
     assert len(chosen) == 2 == real_cell["n_real_subjects"]
     # the generator's data is exactly the real arm's subjects, and its new masks come from them only
     assert chosen == set(nested_subjects(real_splits(Dataset.open(real))[0].subjects, "2", 0))
-    synthetic = Dataset.open(out / "generators" / "k2__seed0" / "synthetic")
+    synthetic = Dataset.open(out / "generators" / "k2__seed0" / "synthetic" / TINY_RECIPE.sampling_name)
     assert len(synthetic) == 6
     sources = {r.extra["source_id"] for r in synthetic.records if r.extra["mask_source"] == "deform"}
     assert sources <= {r.id for r in Dataset.open(out / "generators" / "k2__seed0" / "data").records}
     mixed = cells["k1__real+synthetic+classical__seed0"]
     assert mixed["n_synthetic_images"] == 6 and mixed["generator"]["folder"] == "generators/k1__seed0"
+    assert mixed["generator"]["synthetic"] == "generators/k1__seed0/synthetic/deform3+shape3__guidance1.5__2steps"
     assert cells["k1__synthetic__seed0"]["n_real_images"] == 0
     for cell in cells.values():
         assert {"steps", "best_step", "converged", "max_steps"} <= set(cell)
@@ -179,9 +180,39 @@ def test_generator_per_k_sees_only_the_cell_subjects(datasets: tuple[Path, Path]
     assert {(r["arm"], r["baseline"]) for r in rows} >= {("real+classical", "real"), ("synthetic", "real")}
 
     # resume: nothing is retrained, the generators are not rebuilt
-    stamp = (out / "generators" / "k1__seed0" / "synthetic" / "manifest.csv").stat().st_mtime_ns
+    manifest = out / "generators" / "k1__seed0" / "synthetic" / TINY_RECIPE.sampling_name / "manifest.csv"
+    stamp = manifest.stat().st_mtime_ns
     run_downstream(real, out, cfg, progress=False)
-    assert (out / "generators" / "k1__seed0" / "synthetic" / "manifest.csv").stat().st_mtime_ns == stamp
+    assert manifest.stat().st_mtime_ns == stamp
+
+
+def test_reports_of_an_ablation_share_the_trained_generators(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    """A sampling lever reuses the generator another report trained; a training change is refused."""
+    from dataclasses import replace
+
+    real, _ = datasets
+    store = tmp_path / "generators"
+    arms = ["real+synthetic"]
+    run_downstream(real, tmp_path / "base", config(ks=["1"], seeds=1, arms=arms, generator=TINY_RECIPE,
+                                                   generators=str(store)), progress=False)
+    weights = next((store / "k1__seed0" / "run").rglob("*.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+    lever = replace(TINY_RECIPE, guidance_scale=1.0, mask_sources={"shape": 4})
+    run_downstream(real, tmp_path / "lever", config(ks=["1"], seeds=1, arms=arms, generator=lever,
+                                                    generators=str(store)), progress=False)
+    assert weights.stat().st_mtime_ns == stamp  # not retrained
+    assert sorted(p.name for p in (store / "k1__seed0" / "synthetic").iterdir()) == [
+        "deform3+shape3__guidance1.5__2steps", "shape4__guidance1__2steps"]
+    cell = json.loads((tmp_path / "lever" / "cells" / "k1__real+synthetic__seed0.json").read_text())
+    assert cell["n_synthetic_images"] == 4 and cell["generator"]["folder"] == str((store / "k1__seed0").resolve())
+    assert not (tmp_path / "lever" / "generators").exists()
+    assert "generators" in json.loads((tmp_path / "lever" / "settings.json").read_text())
+    longer = replace(TINY_RECIPE, train_steps=8)
+    with pytest.raises(SonosynthError, match="trained with other recipe settings \\(train_steps\\)"):
+        run_downstream(real, tmp_path / "longer", config(ks=["1"], seeds=1, arms=arms, generator=longer,
+                                                         generators=str(store)), progress=False)
+    with pytest.raises(SonosynthError, match="needs --generator-per-k"):
+        config(generators=str(store)).validate(False)
 
 
 def test_a_latent_generator_per_k_trains_its_autoencoder_on_the_k_subjects_only(datasets: tuple[Path, Path],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,40 @@ def test_same_seed_same_weights_and_different_seed_differs(settings: dict[str, A
 
 def test_classical_augmentation_changes_training() -> None:
     assert not torch.equal(trained_weights(1), trained_weights(1, classical=AugmentConfig.preset("classical")))
+
+
+def toy_tensors(seed: int, n: int = 4) -> PairTensors:
+    rng = np.random.default_rng(seed)
+    pairs = [ellipse_pair(rng, 32, 32) for _ in range(n)]
+    return PairTensors(torch.stack([image_to_model(i, 32) for i, _ in pairs]),
+                       torch.stack([torch.as_tensor(m.astype(np.int64)) for _, m in pairs]))
+
+
+def test_pretrain_on_synthetic_then_fine_tune_on_real() -> None:
+    """`synthetic_schedule: pretrain`: an early-stopped run on the extra pairs alone, then one on the real ones."""
+    real, extra, val = toy_tensors(0), toy_tensors(1, n=6), toy_tensors(2, n=2)
+    base = SegmentationConfig(max_steps=8, patience=1, labels={"0": "bg", "1": "head"}, **{**TINY, "val_every": 2})
+
+    def run(**settings: Any):
+        return train_segmenter(replace(base, **settings), real, val, extra, progress=False)
+
+    pretrained, mixed = run(synthetic_schedule="pretrain"), run()
+    phase = pretrained.details["pretrain"]
+    assert 2 <= phase["steps"] <= 8 and phase["history"] and phase["best_val_dice"] is not None
+    assert pretrained.history and pretrained.history[0]["step"] == 2  # the fine-tune phase counts from 1 again
+    assert "pretrain" not in mixed.details
+
+    def weights(result) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in result.model.parameters()])
+
+    assert torch.equal(weights(pretrained), weights(run(synthetic_schedule="pretrain")))  # seeded
+    assert not torch.equal(weights(pretrained), weights(mixed))
+    real_only = train_segmenter(base, real, val, None, progress=False)
+    assert not torch.equal(weights(pretrained), weights(real_only))  # it started from the pretrained weights
+    with pytest.raises(SonosynthError, match="unknown synthetic schedule"):
+        replace(base, synthetic_schedule="after")
+    with pytest.raises(SonosynthError, match="for --net unet only"):
+        SegmentationConfig(net="nnunet", synthetic_schedule="pretrain")
 
 
 def test_batch_composition_follows_the_ratio() -> None:

@@ -39,6 +39,10 @@ def downstream_command(
         None, "--generator-per-k",
         help="Generator recipe YAML: train a generator on each cell's k subjects only (the honest protocol).",
     ),
+    generators: Path | None = typer.Option(
+        None, "--generators",
+        help="Folder of the per-k generators, shared by reports that train them alike (default: OUT/generators).",
+    ),
     synthetic: Path | None = typer.Option(
         None, "--synthetic", help="One synthetic dataset for every k (its generator saw more real data: reported)."
     ),
@@ -67,6 +71,7 @@ def downstream_command(
     val_every: int = typer.Option(100, help="Validate every N steps."),
     patience: int = typer.Option(5, help="Stop after N validations without improvement."),
     synthetic_ratio: float = typer.Option(0.5, help="Fraction of each real+synthetic batch that is synthetic."),
+    synthetic_schedule: str = opt.synthetic_schedule(),
     device: str = opt.DEVICE,
     head_circumference: bool | None = typer.Option(
         None, "--hc/--no-hc", help="Report head-circumference error (default: when label 1 is 'head')."
@@ -99,6 +104,7 @@ def downstream_command(
         val_every=val_every,
         patience=patience,
         synthetic_ratio=synthetic_ratio,
+        synthetic_schedule=synthetic_schedule,
     )
     if arms == "auto":
         chosen = [a for a in ARMS if (synthetic or generator_per_k or not uses_synthetic(a))
@@ -111,6 +117,7 @@ def downstream_command(
         segmentation=segmentation,
         head_circumference=head_circumference,
         generator=None if generator_per_k is None else GeneratorRecipe.from_yaml(generator_per_k),
+        generators=None if generators is None else str(generators),
         classical=AugmentConfig.preset_file("classical", classical_config),
         structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
     )

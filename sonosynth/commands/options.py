@@ -52,6 +52,12 @@ def segmenter_choice(net: str, net_size: str, weights: object, sam_box: str) -> 
     return {"net": net, "net_size": net_size, "weights": None if weights is None else str(weights), "sam_box": sam_box}
 
 
+def synthetic_schedule() -> typer.models.OptionInfo:
+    return typer.Option("mix", "--synthetic-schedule",
+                        help="How synthetic pairs are used: mix (in every batch, --synthetic-ratio) or pretrain "
+                        "(train on them alone first, then fine-tune on the real pairs).")
+
+
 def max_steps(default: int | None, help: str) -> typer.models.OptionInfo:
     return typer.Option(default, "--max-steps", help=help)
 

@@ -11,7 +11,9 @@ Where the synthetic pairs come from:
 - generator per k (`DownstreamConfig.generator`, the honest scarce-data protocol and the default of
   `sonosynth evaluate downstream --generator-per-k RECIPE`): for every (k, seed) a diffusion model
   is trained on exactly the k subjects of the real arm and its new masks come from their masks only
-  (`generators.py`); the synthetic-only arm is then run per k too;
+  (`generators.py`); the synthetic-only arm is then run per k too. `generators` (`--generators DIR`)
+  lets the reports of an ablation share those trained generators (the same subjects for the same k and
+  seed), each report sampling them its own way;
 - one given synthetic dataset (`synthetic_path`) for every k: its generator saw whatever it was
   trained on, in general more real data than the segmenter, and every report says so.
 """
@@ -31,7 +33,7 @@ from sonosynth.data.format import Dataset
 from sonosynth.data.validate import require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
-from sonosynth.evaluation.generators import GeneratorRecipe, ensure_generator, generator_folder
+from sonosynth.evaluation.generators import GENERATORS_DIR, GeneratorRecipe, ensure_generator, generator_folder
 from sonosynth.files import write_json_atomic
 from sonosynth.segmentation.train import SegmentationConfig
 from sonosynth.settings import Config
@@ -52,6 +54,7 @@ class DownstreamConfig(Config):
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     head_circumference: bool | None = None  # None: on when label 1 is named 'head'
     generator: GeneratorRecipe | None = None  # set: a generator per (k, seed), trained on those subjects only
+    generators: str | None = None  # the generator store; None: REPORT/generators
     classical: AugmentConfig = field(default_factory=lambda: AugmentConfig.preset("classical"))  # *+classical arms
     structures: dict[str, list[int]] = field(default_factory=dict)  # empty: each foreground label alone
 
@@ -59,6 +62,8 @@ class DownstreamConfig(Config):
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
             raise SonosynthError(f"unknown arms {unknown} (choose from {', '.join(ARMS)})")
+        if self.generators and self.generator is None:
+            raise SonosynthError("--generators DIR holds per-k generators: it needs --generator-per-k RECIPE")
         if has_synthetic and self.generator is not None:
             raise SonosynthError("give either --synthetic SYNTH or --generator-per-k RECIPE, not both")
         if not (has_synthetic or self.generator is not None) and any(uses_synthetic(a) for a in self.arms):
@@ -175,6 +180,7 @@ def run_downstream(
         "real": str(Path(real_path).resolve()),
         "synthetic": None if synthetic_path is None else str(Path(synthetic_path).resolve()),
         "generator_per_k": None if config.generator is None else config.generator.to_dict(),
+        **({"generators": str(Path(config.generators).resolve())} if config.generators else {}),
         "segmentation": asdict(segmentation),
         "classical": config.classical.to_dict(),
         "structures": structures,
@@ -182,6 +188,7 @@ def run_downstream(
     }
     _check_or_write_settings(out / SETTINGS_FILE, settings)
 
+    store = Path(config.generators) if config.generators else out / GENERATORS_DIR
     cells = plan_cells(config)
     todo = [c for c in cells if not (cells_dir / f"{c.name}.json").is_file()]
     if todo and not report_only:
@@ -195,12 +202,13 @@ def run_downstream(
             chosen = nested_subjects(train.subjects, cell.k, cell.seed) if cell.k != "-" else []
             synth_pairs, generator = shared_synthetic, None
             if config.generator is not None and uses_synthetic(cell.arm):
-                folder = generator_folder(out, cell.k, cell.seed)
+                folder = generator_folder(store, cell.k, cell.seed)
                 synth_dir = ensure_generator(folder, train, chosen, config.generator, cell.seed, device, progress)
                 if synth_dir not in loaded:
                     loaded = {synth_dir: load_pairs(Dataset.open(synth_dir), segmentation.size, progress)}
                 synth_pairs = loaded[synth_dir]
-                generator = {"folder": str(folder.relative_to(out)), "real_subjects": len(chosen)}
+                generator = {"folder": _relative(folder, out), "synthetic": _relative(synth_dir, out),
+                             "real_subjects": len(chosen)}
             real_index = [] if cell.arm == "synthetic" else [i for i, s in enumerate(subject_of) if s in set(chosen)]
             record = _run_cell(
                 cell, replace(segmentation, seed=cell.seed,
@@ -273,6 +281,11 @@ def _run_cell(
     }
 
 
+def _relative(path: Path, report: Path) -> str:
+    """A path inside the report relative to it (the report moves as a whole), any other one absolute."""
+    return str(path.relative_to(report)) if path.is_relative_to(report) else str(path.resolve())
+
+
 def converged(history: list[dict[str, float]], patience: int) -> bool:
     """Validation stopped improving: the last `patience` validations were all below the best one."""
     dice = [h["val_dice"] for h in history if "val_dice" in h]
@@ -283,8 +296,13 @@ def _check_or_write_settings(path: Path, settings: dict[str, Any]) -> None:
     """Resuming is only honest with the same data and training settings; refuse otherwise."""
     if path.is_file():
         previous = json.loads(path.read_text())
-        if previous != json.loads(json.dumps(settings)):
-            changed = sorted(k for k in settings if previous.get(k) != json.loads(json.dumps(settings)).get(k))
+        current = json.loads(json.dumps(settings))
+        # a segmenter setting added since the report began, at its default, is how that report ran
+        defaults = asdict(SegmentationConfig())
+        current["segmentation"] = {k: v for k, v in current["segmentation"].items()
+                                   if k in previous.get("segmentation", {}) or v != defaults.get(k)}
+        if previous != current:
+            changed = sorted(k for k in current if previous.get(k) != current.get(k))
             raise SonosynthError(
                 f"{path}: this report was started with different settings ({', '.join(changed)}); "
                 "use a new --out to run with the new ones"

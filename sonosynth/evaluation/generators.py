@@ -1,17 +1,21 @@
 """Generator per k: the synthetic arm of a scarce-data cell sees only that cell's k real subjects.
 
 For every (k, seed) of the downstream experiment, `ensure_generator` writes, under
-REPORT/generators/k<k>__seed<seed>/:
+STORE/k<k>__seed<seed>/ (STORE: REPORT/generators, or `--generators DIR` shared by several reports):
 - `data/`: a copy of exactly the k subjects' training pairs (what the real arm trains on);
 - `run/`: a diffusion model trained on `data/` only (resumed from its checkpoints if interrupted), for a
   latent recipe on the latents of `autoencoder/`, trained on `data/`'s images (after `autoencoder-patches/`);
-- `synthetic/`: pairs sampled from that model with new masks made from `data/`'s masks only.
+  `training.json` holds the recipe's training fields, and another recipe that trains differently is refused;
+- `synthetic/<sampling>/`: pairs sampled from that model with new masks made from `data/`'s masks only, one
+  folder per way of sampling (`GeneratorRecipe.sampling_name`), so the sampling levers of an ablation
+  (pairs, mask sources, guidance) reuse one trained generator.
 Nothing else of the real dataset reaches the synthetic arm, so a leak would have to be visible in
 these folders. Each stage is skipped when its output is complete, so the experiment resumes.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -19,9 +23,13 @@ from typing import ClassVar
 from sonosynth.data.format import Dataset, DatasetWriter, copy_pairs
 from sonosynth.diffusion.run import RunFolder
 from sonosynth.errors import SonosynthError
+from sonosynth.files import write_json_atomic
 from sonosynth.settings import Config
 
 GENERATORS_DIR = "generators"
+TRAINING_FILE = "training.json"
+SAMPLING_FIELDS = ("mask_sources", "sample_steps", "guidance_scale", "sampler")
+"""The recipe fields that change only the sampling: everything else changes the trained generator."""
 
 
 @dataclass
@@ -86,10 +94,34 @@ class GeneratorRecipe(Config):
     def n_pairs(self) -> int:
         return sum(self.mask_sources.values())
 
+    def training_fields(self) -> dict:
+        return {k: v for k, v in self.to_dict().items() if k not in SAMPLING_FIELDS}
+
+    @property
+    def sampling_name(self) -> str:
+        """The folder name of one way of sampling, e.g. `deform100+shape100__guidance1.5__20steps`."""
+        sources = "+".join(f"{name}{n}" for name, n in self.mask_sources.items())
+        sampler = f"__{self.sampler}" if self.sampler else ""
+        return f"{sources}__guidance{self.guidance_scale:g}__{self.sample_steps}steps{sampler}"
 
 
-def generator_folder(report: Path, k: str, seed: int) -> Path:
-    return report / GENERATORS_DIR / f"k{k}__seed{seed}"
+def generator_folder(store: Path, k: str, seed: int) -> Path:
+    """STORE/k<k>__seed<seed>: STORE is REPORT/generators unless the experiment names a shared one."""
+    return store / f"k{k}__seed{seed}"
+
+
+def check_training_fields(folder: Path, recipe: GeneratorRecipe) -> None:
+    """A generator folder serves only recipes that train the same way (recorded at its first use)."""
+    path = folder / TRAINING_FILE
+    wanted = json.loads(json.dumps(recipe.training_fields()))
+    if not path.is_file():
+        write_json_atomic(path, wanted)
+        return
+    recorded = json.loads(path.read_text())
+    if recorded != wanted:
+        changed = sorted(k for k in {**recorded, **wanted} if recorded.get(k) != wanted.get(k))
+        raise SonosynthError(f"{folder}: its generator was trained with other recipe settings ({', '.join(changed)});"
+                             " use another --generators folder for this recipe")
 
 
 def ensure_generator(
@@ -101,17 +133,18 @@ def ensure_generator(
     device: str = "auto",
     progress: bool = True,
 ) -> Path:
-    """Build (or finish) folder/{data,run,synthetic} for these subjects; returns the synthetic folder."""
+    """Build (or finish) folder/{data,run,synthetic/<sampling>} for these subjects; returns the synthetic folder."""
     from sonosynth.diffusion.config import TrainConfig, with_model_size
     from sonosynth.diffusion.train import train
     from sonosynth.models.configs import ModelConfig
     from sonosynth.seeds import derive_seed
     from sonosynth.synthesis.generate import GenerateConfig, generate_from_sources
 
-    data, run, synthetic = folder / "data", folder / "run", folder / "synthetic"
+    data, run, synthetic = folder / "data", folder / "run", folder / "synthetic" / recipe.sampling_name
+    folder.mkdir(parents=True, exist_ok=True)
+    check_training_fields(folder, recipe)
     if (synthetic / "manifest.csv").is_file():
         return synthetic
-    folder.mkdir(parents=True, exist_ok=True)
     if not (data / "manifest.csv").is_file():
         chosen = set(subjects)
         subset = real_train.subset(ids=[r.id for r in real_train.records if (r.subject or r.id) in chosen])

@@ -340,10 +340,12 @@ def write_downstream_report(
     if synthetic is not None:
         sets.append(("synthetic", synthetic))
     for cell in cells:  # per-k generators: show the first one's data and samples
-        folder = (cell.get("generator") or {}).get("folder")
-        if folder and (out / folder / "synthetic" / "manifest.csv").is_file():
-            sets += [(f"k={cell['k']} generator data", Dataset.open(out / folder / "data")),
-                     (f"k={cell['k']} synthetic", Dataset.open(out / folder / "synthetic"))]
+        generator = cell.get("generator") or {}
+        folder = out / generator.get("folder", "-")  # an absolute folder (a shared store) stays itself
+        samples = out / generator.get("synthetic", f"{folder}/synthetic")  # cells before sampling folders
+        if (samples / "manifest.csv").is_file():
+            sets += [(f"k={cell['k']} generator data", Dataset.open(folder / "data")),
+                     (f"k={cell['k']} synthetic", Dataset.open(samples))]
             break
     sections = [
         ("Results", markdown_table_to_html(table) + f"<p>{html.escape(notes)}</p>"),
@@ -375,7 +377,7 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
             + (f", conditioned on {', '.join(recipe['class_attributes'])}" if recipe["class_attributes"] else "")
             + f"; {sources} masks made from those subjects' masks only; sampled with "
             f"{recipe['sample_steps']} {recipe['sampler'] or 'dpm++'} steps, guidance {recipe['guidance_scale']}. "
-            "Generators, their data and samples are under `generators/`.\n"
+            f"Generators, their data and samples are under `{settings.get('generators', 'generators/')}`.\n"
         )
     elif settings.get("synthetic"):
         origin = (

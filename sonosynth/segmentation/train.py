@@ -1,4 +1,5 @@
-"""Train a segmenter on real pairs, optionally mixed with synthetic pairs at a fixed batch ratio.
+"""Train a segmenter on real pairs, optionally with synthetic pairs: mixed at a fixed batch ratio, or
+first alone then fine-tuned on the real ones (`synthetic_schedule`).
 
 Datasets here are small (tens to hundreds of images), so all pairs are letterboxed once and kept
 in memory as tensors; batches are drawn with an explicit generator, so a seed fixes the run.
@@ -42,6 +43,7 @@ METRICS_FILE = "metrics.json"
 
 
 NETS = ("unet", "nnunet", "sam")
+SYNTHETIC_SCHEDULES = ("mix", "pretrain")
 
 
 @dataclass
@@ -67,6 +69,9 @@ class SegmentationConfig(Config):
     val_every: int = 100
     patience: int = 5  # validations without improvement before stopping
     synthetic_ratio: float = 0.5  # fraction of each batch drawn from the --extra pairs
+    # mix: every batch holds both (synthetic_ratio); pretrain: train on the --extra pairs alone until validation
+    # stops improving, then fine-tune those weights on the real pairs alone (net unet)
+    synthetic_schedule: str = "mix"
     augment: bool = True
     flip: bool = False  # ultrasound fans have an orientation: no flips unless asked
     seed: int = 0
@@ -103,6 +108,11 @@ class SegmentationConfig(Config):
             )
         if not 0.0 <= self.synthetic_ratio <= 1.0:
             raise SonosynthError(f"synthetic ratio must be within [0, 1], got {self.synthetic_ratio}")
+        if self.synthetic_schedule not in SYNTHETIC_SCHEDULES:
+            raise SonosynthError(f"unknown synthetic schedule '{self.synthetic_schedule}' "
+                                 f"(choose from {', '.join(SYNTHETIC_SCHEDULES)})")
+        if self.synthetic_schedule != "mix" and self.net != "unet":
+            raise SonosynthError(f"--synthetic-schedule {self.synthetic_schedule} is for --net unet only")
         if self.batch_size < 1 or self.max_steps < 1 or self.val_every < 1:
             raise SonosynthError("batch size, steps and validation interval must be positive")
         if self.classical is not None and not self.augment:
@@ -203,6 +213,7 @@ class EarlyStopping:
     bad_checks: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     running_loss: float = 0.0
+    steps: int = 0  # training steps taken so far
     best_state: dict[str, torch.Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -283,7 +294,8 @@ def train_segmenter(
     device: str | torch.device = "cpu",
     workdir: Path | None = None,
 ) -> TrainingResult:
-    """Train the segmenter `config.net` names; `extra` pairs fill `synthetic_ratio` of each batch.
+    """Train the segmenter `config.net` names; `extra` pairs fill `synthetic_ratio` of each batch, or with
+    `synthetic_schedule: pretrain` train the U-Net alone first (its pretraining history under `details`).
 
     The U-Net trains here with Dice + cross-entropy. nnU-Net (`segmentation/nnunet.py`) trains in its
     own loop, its folders under `workdir` (a temporary folder when None) unless the environment names them.
@@ -292,10 +304,6 @@ def train_segmenter(
     with its own seed (from the run seed, the step and its slot), so the batches (and thus the run) do
     not depend on the device; only the network runs on `device`.
     """
-    from monai.losses import DiceCELoss
-
-    from sonosynth.progress import progress_bar
-
     config.validate()
     extra = extra if extra is not None and len(extra) else None
     if len(train) == 0 and extra is None:
@@ -316,22 +324,44 @@ def train_segmenter(
     with torch.random.fork_rng(devices=[]):  # MONAI layers initialise from the global generator
         torch.manual_seed(config.seed)
         model = build_unet(config.net_size, config.num_labels)
-    model_device = resolve_device(device)
-    model.to(model_device)
+    model.to(resolve_device(device))
+    validate = (lambda: validation_dice(model, val, config.num_labels)) if val is not None and len(val) else None
+    started = time.perf_counter()
+    if config.synthetic_schedule == "pretrain" and extra is not None and len(train):
+        pretraining = _fit(model, config, PairTensors.empty(config.size), extra, validate, progress, "pretrain")
+        model.load_state_dict(pretraining.best_state)
+        stopping = _fit(model, config, train, None, validate, progress, "fine-tune")
+        details = {"pretrain": {"steps": pretraining.steps, "best_step": pretraining.best_step,
+                                "best_val_dice": pretraining.best, "history": pretraining.history}}
+    else:
+        stopping, details = _fit(model, config, train, extra, validate, progress, "segmenter"), {}
+    model.load_state_dict(stopping.best_state)
+    model.eval()
+    return stopping.result(model, config, stopping.steps, time.perf_counter() - started, details=details)
+
+
+def _fit(model: torch.nn.Module, config: SegmentationConfig, train: PairTensors, extra: PairTensors | None,
+         validate: Callable[[], float] | None, progress: bool, phase: str) -> EarlyStopping:
+    """One early-stopped training run of `model` (a fresh optimiser) on batches of `train` and `extra`.
+
+    Batches come from a CPU generator seeded by the run seed and the phase, so a pretraining phase does
+    not shift the draws of the phase after it.
+    """
+    from monai.losses import DiceCELoss
+
+    from sonosynth.progress import progress_bar
+
+    model_device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    generator = torch.Generator().manual_seed(config.seed)
+    seed = config.seed if phase != "pretrain" else derive_seed(config.seed, "pretrain")
+    generator = torch.Generator().manual_seed(seed)
     augmentation = segmenter_augmentation(config)
-
     n_real, n_extra = batch_composition(
         config.batch_size, config.synthetic_ratio, len(train), 0 if extra is None else len(extra)
     )
-
     stopping = EarlyStopping(config.patience, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})
-    validate = (lambda: validation_dice(model, val, config.num_labels)) if val is not None and len(val) else None
-    started = time.perf_counter()
-    step = 0
-    bar = progress_bar(total=config.max_steps, desc="segmenter", disable=not progress, leave=False)
+    bar = progress_bar(total=config.max_steps, desc=phase, disable=not progress, leave=False)
     model.train()
     for step in range(1, config.max_steps + 1):
         parts_img, parts_lab = [], []
@@ -342,19 +372,18 @@ def train_segmenter(
                 parts_lab.append(pairs.labels[index])
         images, labels = torch.cat(parts_img), torch.cat(parts_lab)
         if augmentation is not None:
-            seeds = [derive_seed(config.seed, "augment", step, slot) for slot in range(len(images))]
+            seeds = [derive_seed(seed, "augment", step, slot) for slot in range(len(images))]
             images, labels = augmentation.batch(images, labels, seeds)
         images, labels = images.to(model_device), labels.to(model_device)
         loss = loss_fn(model(images), labels[:, None])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        stopping.steps = step
         if stopping.step_done(step, loss.item(), config, validate, bar):
             break
     bar.close()
-    model.load_state_dict(stopping.best_state)
-    model.eval()
-    return stopping.result(model, config, step, time.perf_counter() - started)
+    return stopping
 
 
 def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[str, Any] | None = None,
