@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 13's ablation on HC18 with the honest protocol: which lever makes synthetic pairs help a converged
+# segmenter? One report per lever under $WORK/hc18-ablation/<lever>, all sharing the per-k generators of
+# $WORK/hc18-ablation/generators (trained once per k and seed on those k subjects only; a sampling lever samples
+# them its own way). `base` runs the four arms of the scarce protocol; a lever runs its synthetic arm(s) only and is
+# compared with base's `real` and `real+classical` cells of the same k and seed (same subjects, same test images).
+#   benchmarks/run_ablation.sh run K [K ...]   seeds 0..SEEDS-1 (default 3), seed-major: every lever at seed 0 first
+#   benchmarks/run_ablation.sh table           the ablation table (benchmarks/scarce/ablation.py) of the cells so far
+# Resumable: rerun to continue; `run` first restores the cells committed in docs/results/hc18-ablation/cells.
+# Run one process per k on a 2-core machine (OMP_NUM_THREADS=1 each): `run 5 &` and `run 20 &`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SONO=${SONO:-.venv/bin/sonosynth}
+WORK=${WORK:-/tmp/sonosynth-scarce}
+DATA=$WORK/hc18-data
+ABLATION=$WORK/hc18-ablation
+RESULTS=docs/results/hc18-ablation
+SEEDS=${SEEDS:-3}
+# lever | generator recipe | downstream options | arms
+LEVERS=(
+  "base|hc18.yaml||real,real+classical,real+synthetic,real+synthetic+classical"
+  "pretrain|hc18.yaml|--synthetic-schedule pretrain|real+synthetic+classical"
+  "ratio0.75|hc18.yaml|--synthetic-ratio 0.75|real+synthetic+classical"
+  "pairs1000|ablation/hc18-pairs1000.yaml||real+synthetic+classical"
+  "guidance1|ablation/hc18-guidance1.yaml||real+synthetic+classical"
+  "guidance3|ablation/hc18-guidance3.yaml||real+synthetic+classical"
+  "shape|ablation/hc18-shape.yaml||real+synthetic+classical"
+  "deform|ablation/hc18-deform.yaml||real+synthetic+classical"
+  "train-masks|ablation/hc18-train.yaml||real+synthetic+classical"
+)
+STAGE=${1:?usage: benchmarks/run_ablation.sh run K [K ...] | table}; shift
+
+case $STAGE in
+  run)
+    [ -f "$DATA/manifest.csv" ] || benchmarks/run_scarce.sh hc18 data
+    for seed in $(seq 1 "$SEEDS"); do
+      for entry in "${LEVERS[@]}"; do
+        IFS='|' read -r lever recipe options arms <<< "$entry"
+        out=$ABLATION/$lever
+        if [ -d "$RESULTS/cells/$lever" ]; then
+          mkdir -p "$out/cells" && cp -n "$RESULTS/cells/$lever/"*.json "$out/cells/"
+        fi
+        for k in "$@"; do
+          # shellcheck disable=SC2086  # options are words
+          $SONO evaluate downstream --real "$DATA" --out "$out" --generators "$ABLATION/generators" \
+            --generator-per-k "benchmarks/scarce/$recipe" --k "$k" --seeds "$seed" --arms "$arms" $options
+        done
+      done
+    done ;;
+  table)
+    .venv/bin/python benchmarks/scarce/ablation.py "$ABLATION" ;;
+  *) echo "unknown stage $STAGE" >&2; exit 2 ;;
+esac
