@@ -16,17 +16,20 @@ DATA=$WORK/hc18-data
 ABLATION=$WORK/hc18-ablation
 RESULTS=docs/results/hc18-ablation
 SEEDS=${SEEDS:-3}
+ONLY=${ONLY:-}  # a space-separated list of levers: run only these (e.g. to confirm the best ones at more seeds)
 # lever | generator recipe | downstream options | arms
-LEVERS=(
+LEVERS=(  # in the order they run (the first ones are the ones a short session gets to)
   "base|hc18.yaml||real,real+classical,real+synthetic,real+synthetic+classical"
   "pretrain|hc18.yaml|--synthetic-schedule pretrain|real+synthetic+classical"
-  "ratio0.75|hc18.yaml|--synthetic-ratio 0.75|real+synthetic+classical"
+  "hc-widen|ablation/hc18-hc-widen.yaml||real+synthetic+classical"
   "pairs1000|ablation/hc18-pairs1000.yaml||real+synthetic+classical"
   "guidance1|ablation/hc18-guidance1.yaml||real+synthetic+classical"
-  "guidance3|ablation/hc18-guidance3.yaml||real+synthetic+classical"
+  "filter0.8|ablation/hc18-filter0.8.yaml||real+synthetic+classical"
   "shape|ablation/hc18-shape.yaml||real+synthetic+classical"
-  "deform|ablation/hc18-deform.yaml||real+synthetic+classical"
   "train-masks|ablation/hc18-train.yaml||real+synthetic+classical"
+  "ratio0.75|hc18.yaml|--synthetic-ratio 0.75|real+synthetic+classical"
+  "guidance3|ablation/hc18-guidance3.yaml||real+synthetic+classical"
+  "deform|ablation/hc18-deform.yaml||real+synthetic+classical"
 )
 STAGE=${1:?usage: benchmarks/run_ablation.sh run K [K ...] | table}; shift
 
@@ -36,6 +39,7 @@ case $STAGE in
     for seed in $(seq 1 "$SEEDS"); do
       for entry in "${LEVERS[@]}"; do
         IFS='|' read -r lever recipe options arms <<< "$entry"
+        if [ -n "$ONLY" ] && [[ " base $ONLY " != *" $lever "* ]]; then continue; fi
         out=$ABLATION/$lever
         if [ -d "$RESULTS/cells/$lever" ]; then
           mkdir -p "$out/cells" && cp -n "$RESULTS/cells/$lever/"*.json "$out/cells/"

@@ -276,3 +276,45 @@ def test_structures_name_the_columns_and_comparisons() -> None:
     rows = comparison_rows(cells, structures, labels)
     dice = [r for r in rows if r["metric"] == "Dice LV epicardium (points)"]
     assert len(dice) == 1 and dice[0]["mean"] == pytest.approx(5.0) and dice[0]["verdict"] == "better"
+
+
+def test_filter_and_widened_head_sizes_use_the_k_subjects_only(tmp_path: Path) -> None:
+    """The fidelity filter's segmenter trains on the k subjects' pairs; shape masks reach beyond their head sizes."""
+    import numpy as np
+    from factories import ellipse_pair
+
+    from sonosynth.data.ellipse import head_circumference_mm
+    from sonosynth.data.format import DatasetInfo, DatasetWriter
+    from sonosynth.evaluation.generators import ensure_generator, widened_hc_range
+    from sonosynth.segmentation.train import SegmentationConfig as Seg
+
+    real = tmp_path / "heads"
+    info = DatasetInfo(name="heads", labels={"0": "background", "1": "head"}, attributes={"hc_mm": None})
+    with DatasetWriter(real, info) as writer:
+        rng = np.random.default_rng(0)
+        for i in range(8):
+            image, mask = ellipse_pair(rng, 48, 64)
+            writer.add(f"h{i}", image, mask, subject=f"s{i}", spacing_mm=0.2, split="train",
+                       hc_mm=f"{head_circumference_mm(mask, 0.2):.2f}")
+    train = Dataset.open(real)
+    chosen = train.subjects[:3]
+    from dataclasses import replace
+
+    recipe = replace(TINY_RECIPE, filter_dice=0.01, filter_segmenter_steps=3, hc_range_widen=0.5,
+                     mask_sources={"deform": 2, "shape": 4})
+    folder = tmp_path / "k3__seed0"
+    synthetic = Dataset.open(ensure_generator(folder, train, chosen, recipe, seed=0, device="cpu", progress=False))
+    assert synthetic.root.name == "deform2+shape4__guidance1.5__2steps__filter0.01__hc-widen0.5"
+    filter_config = Seg.from_yaml(folder / "filter-segmenter" / "config.yaml")
+    assert filter_config.max_steps == 3 and filter_config.classical is not None
+    assert all(r.extra["fidelity_dice"] != "" for r in synthetic.records)  # every pair scored by that segmenter
+    heads = [float(r.attributes["hc_mm"]) for r in train.records if r.subject in set(chosen)]
+    low, high = widened_hc_range(Dataset.open(folder / "data"), 0.5)
+    assert (low, high) == pytest.approx((0.5 * min(heads), 1.5 * max(heads)))
+    shape = [float(r.extra["target_hc_mm"]) for r in synthetic.records if r.extra["mask_source"] == "shape"]
+    assert len(shape) == 4 and all(low <= t <= high for t in shape)
+    assert all(r.extra["target_hc_mm"] == "" for r in synthetic.records if r.extra["mask_source"] == "deform")
+    with pytest.raises(SonosynthError, match="needs shape masks"):
+        replace(TINY_RECIPE, hc_range_widen=0.2, mask_sources={"deform": 2})
+    with pytest.raises(SonosynthError, match="filter_dice"):
+        replace(TINY_RECIPE, filter_dice=1.5)

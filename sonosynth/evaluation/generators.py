@@ -28,7 +28,7 @@ from sonosynth.settings import Config
 
 GENERATORS_DIR = "generators"
 TRAINING_FILE = "training.json"
-SAMPLING_FIELDS = ("mask_sources", "sample_steps", "guidance_scale", "sampler")
+SAMPLING_FIELDS = ("mask_sources", "sample_steps", "guidance_scale", "sampler", "filter_dice", "hc_range_widen")
 """The recipe fields that change only the sampling: everything else changes the trained generator."""
 
 
@@ -50,6 +50,13 @@ class GeneratorRecipe(Config):
     sample_steps: int = 20
     guidance_scale: float = 1.5
     sampler: str | None = None  # None: the sampler saved with the model (dpm++)
+    # Fidelity filter: drop samples whose mask Dice under a segmenter trained on the k subjects only (fixed
+    # `filter_segmenter_steps`, no validation data: the filter sees nothing beyond the k subjects) is below this.
+    filter_dice: float | None = None
+    filter_segmenter_steps: int = 1500
+    # Shape masks' head circumference: uniform over the k subjects' range widened by this fraction at both ends
+    # (0.25: 0.75 x their smallest to 1.25 x their largest head), reaching head sizes they do not have. 0: off.
+    hc_range_widen: float = 0.0
     # A local Stable Diffusion folder instead of a model from scratch (model_kind controlnet or joint;
     # model_size and class_attributes do not apply: the prompt template names the attributes).
     base: str | None = None
@@ -84,6 +91,10 @@ class GeneratorRecipe(Config):
         for name in ("image_size", "train_steps", "batch_size", "sample_steps"):
             if int(getattr(self, name)) < 1:
                 raise SonosynthError(f"generator recipe: {name} must be at least 1")
+        if self.filter_dice is not None and not 0.0 < self.filter_dice < 1.0:
+            raise SonosynthError(f"generator recipe: filter_dice must be within (0, 1), got {self.filter_dice}")
+        if self.hc_range_widen < 0 or (self.hc_range_widen and "shape" not in self.mask_sources):
+            raise SonosynthError("generator recipe: hc_range_widen must be positive and needs shape masks")
         if self.autoencoder_steps < 0 or self.autoencoder_decoder_steps < 1:
             raise SonosynthError("generator recipe: autoencoder_steps must not be negative and "
                                  "autoencoder_decoder_steps must be at least 1")
@@ -102,7 +113,9 @@ class GeneratorRecipe(Config):
         """The folder name of one way of sampling, e.g. `deform100+shape100__guidance1.5__20steps`."""
         sources = "+".join(f"{name}{n}" for name, n in self.mask_sources.items())
         sampler = f"__{self.sampler}" if self.sampler else ""
-        return f"{sources}__guidance{self.guidance_scale:g}__{self.sample_steps}steps{sampler}"
+        kept = f"__filter{self.filter_dice:g}" if self.filter_dice is not None else ""
+        widened = f"__hc-widen{self.hc_range_widen:g}" if self.hc_range_widen else ""
+        return f"{sources}__guidance{self.guidance_scale:g}__{self.sample_steps}steps{sampler}{kept}{widened}"
 
 
 def generator_folder(store: Path, k: str, seed: int) -> Path:
@@ -175,8 +188,44 @@ def ensure_generator(
         scheduler=recipe.sampler,
         seed=derive_seed(seed, "generate"),
         device=device,
+        filter_dice=recipe.filter_dice,
     )
-    return generate_from_sources(run, data, synthetic, recipe.mask_sources, generate, progress=progress)
+    predictor = None
+    if recipe.filter_dice is not None:
+        from sonosynth.synthesis.fidelity import segmenter_predictor
+
+        predictor, _ = segmenter_predictor(_filter_segmenter(recipe, data, folder / "filter-segmenter", seed, device))
+    return generate_from_sources(run, data, synthetic, recipe.mask_sources, generate, progress=progress,
+                                 predictor=predictor,
+                                 shape_hc_mm=widened_hc_range(Dataset.open(data), recipe.hc_range_widen))
+
+
+def widened_hc_range(data: Dataset, widen: float) -> tuple[float, float] | None:
+    """The k subjects' head-circumference range (their `hc_mm`), widened by `widen` at both ends; None when 0."""
+    if not widen:
+        return None
+    from sonosynth.synthesis.generate import HC_ATTRIBUTE
+
+    values = [float(r.attributes[HC_ATTRIBUTE]) for r in data.records if r.attributes.get(HC_ATTRIBUTE)]
+    if not values:
+        raise SonosynthError(f"{data.root}: hc_range_widen needs the {HC_ATTRIBUTE} attribute on the training pairs")
+    return min(values) * (1 - widen), max(values) * (1 + widen)
+
+
+def _filter_segmenter(recipe: GeneratorRecipe, data: Path, out: Path, seed: int, device: str) -> Path:
+    """A U-Net trained on the k subjects' pairs only, for the fidelity filter (trained once per generator)."""
+    if (out / "model.safetensors").is_file():
+        return out
+    from sonosynth.augment import AugmentConfig
+    from sonosynth.seeds import derive_seed
+    from sonosynth.segmentation.train import SegmentationConfig, load_pairs, save_segmenter, train_segmenter
+
+    dataset = Dataset.open(data)
+    config = SegmentationConfig(size=recipe.image_size, max_steps=recipe.filter_segmenter_steps,
+                                val_every=recipe.filter_segmenter_steps, labels=dict(dataset.info.labels),
+                                classical=AugmentConfig.preset("classical"), seed=derive_seed(seed, "filter"))
+    result = train_segmenter(config, load_pairs(dataset, config.size), progress=False, device=device)
+    return save_segmenter(out, result, overwrite=True)
 
 
 def _autoencoder_for(recipe: GeneratorRecipe, data: Path, out: Path, seed: int, device: str, progress: bool

@@ -464,12 +464,15 @@ def generate_from_sources(
     counts: Mapping[str, int],
     config: GenerateConfig | None = None,
     progress: bool = True,
+    predictor: Predictor | None = None,
+    shape_hc_mm: tuple[float, float] | None = None,
 ) -> Path:
     """One synthetic dataset from several mask sources, e.g. {'deform': 100, 'shape': 100}.
 
-    Each source is generated with `config` (its mask source and n replaced) into a part folder
-    that is kept until the merge is written, so an interrupted run redoes only missing parts.
-    Ids are prefixed with the source name; the first part's dataset description is kept.
+    Each source is generated with `config` (its mask source and n replaced; `shape_hc_mm`, the target head
+    circumference range, for the shape source only) into a part folder that is kept until the merge is written, so an
+    interrupted run redoes only missing parts. Ids are prefixed with the source name; the first part's
+    dataset description is kept. `predictor` scores (and with `filter_dice`, filters) every part.
     """
     config = config or GenerateConfig()
     out = Path(out)
@@ -478,8 +481,9 @@ def generate_from_sources(
     for mask_source, n in counts.items():
         part = out.with_name(f"{out.name}-{mask_source}")
         if not (part / "manifest.csv").is_file():
-            generate_dataset(run, source, part, replace(config, mask_source=mask_source, n=int(n)), overwrite=True,
-                             progress=progress)
+            target = shape_hc_mm if mask_source == "shape" else None
+            generate_dataset(run, source, part, replace(config, mask_source=mask_source, n=int(n), target_hc_mm=target),
+                             predictor=predictor, overwrite=True, progress=progress)
         parts.append((mask_source, Dataset.open(part)))
     info = parts[0][1].info
     info.provenance = {**info.provenance, "mask_sources": {k: int(v) for k, v in counts.items()}}
