@@ -109,12 +109,22 @@ def test_end_to_end_report_and_resume(datasets: tuple[Path, Path], tmp_path: Pat
 
 
 def test_changed_settings_refuse_to_resume(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    from dataclasses import replace
+
     real, _ = datasets
     out = tmp_path / "report"
     run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"]), progress=False)
     other = SegmentationConfig(size=32, net="tiny", max_steps=5, val_every=2, batch_size=4)
     with pytest.raises(SonosynthError, match="different settings.*segmentation"):
         run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"], segmentation=other), progress=False)
+    # a report begun before a setting existed resumes when the setting is at its default, and only then
+    settings = json.loads((out / "settings.json").read_text())
+    del settings["segmentation"]["synthetic_schedule"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"]), progress=False)
+    pretrain = replace(TINY, synthetic_schedule="pretrain")
+    with pytest.raises(SonosynthError, match="different settings.*segmentation"):
+        run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"], segmentation=pretrain), progress=False)
 
 
 def test_bad_requests_fail_with_a_clear_message(datasets: tuple[Path, Path], tmp_path: Path) -> None:

@@ -297,10 +297,11 @@ def _check_or_write_settings(path: Path, settings: dict[str, Any]) -> None:
     if path.is_file():
         previous = json.loads(path.read_text())
         current = json.loads(json.dumps(settings))
-        # a segmenter setting added since the report began, at its default, is how that report ran
-        defaults = asdict(SegmentationConfig())
-        current["segmentation"] = {k: v for k, v in current["segmentation"].items()
-                                   if k in previous.get("segmentation", {}) or v != defaults.get(k)}
+        # a setting added since the report began, at its default, is how that report ran
+        for key, defaults in (("segmentation", asdict(SegmentationConfig())), ("generator_per_k", GeneratorRecipe())):
+            if isinstance(current.get(key), dict) and isinstance(previous.get(key), dict):
+                defaults = defaults if isinstance(defaults, dict) else json.loads(json.dumps(defaults.to_dict()))
+                current[key] = {k: v for k, v in current[key].items() if k in previous[key] or v != defaults.get(k)}
         if previous != current:
             changed = sorted(k for k in current if previous.get(k) != current.get(k))
             raise SonosynthError(
