@@ -6,6 +6,7 @@ STORE/k<k>__seed<seed>/ (STORE: REPORT/generators, or `--generators DIR` shared 
 - `run/`: a diffusion model trained on `data/` only (resumed from its checkpoints if interrupted), for a
   latent recipe on the latents of `autoencoder/`, trained on `data/`'s images (after `autoencoder-patches/`);
   `training.json` holds the recipe's training fields, and another recipe that trains differently is refused;
+- `filter-segmenter-<steps>steps/`: with a fidelity filter, the U-Net trained on `data/` only that scores samples;
 - `synthetic/<sampling>/`: pairs sampled from that model with new masks made from `data/`'s masks only, one
   folder per way of sampling (`GeneratorRecipe.sampling_name`), so the sampling levers of an ablation
   (pairs, mask sources, guidance) reuse one trained generator.
@@ -28,7 +29,8 @@ from sonosynth.settings import Config
 
 GENERATORS_DIR = "generators"
 TRAINING_FILE = "training.json"
-SAMPLING_FIELDS = ("mask_sources", "sample_steps", "guidance_scale", "sampler", "filter_dice", "hc_range_widen")
+SAMPLING_FIELDS = ("mask_sources", "sample_steps", "guidance_scale", "sampler", "filter_dice", "filter_segmenter_steps",
+                   "hc_range_widen")
 """The recipe fields that change only the sampling: everything else changes the trained generator."""
 
 
@@ -131,6 +133,8 @@ def check_training_fields(folder: Path, recipe: GeneratorRecipe) -> None:
         write_json_atomic(path, wanted)
         return
     recorded = json.loads(path.read_text())
+    defaults = json.loads(json.dumps(GeneratorRecipe().training_fields()))
+    wanted = {k: v for k, v in wanted.items() if k in recorded or v != defaults.get(k)}  # fields added since
     if recorded != wanted:
         changed = sorted(k for k in {**recorded, **wanted} if recorded.get(k) != wanted.get(k))
         raise SonosynthError(f"{folder}: its generator was trained with other recipe settings ({', '.join(changed)});"
@@ -194,7 +198,8 @@ def ensure_generator(
     if recipe.filter_dice is not None:
         from sonosynth.synthesis.fidelity import segmenter_predictor
 
-        predictor, _ = segmenter_predictor(_filter_segmenter(recipe, data, folder / "filter-segmenter", seed, device))
+        segmenter = folder / f"filter-segmenter-{recipe.filter_segmenter_steps}steps"
+        predictor, _ = segmenter_predictor(_filter_segmenter(recipe, data, segmenter, seed, device))
     return generate_from_sources(run, data, synthetic, recipe.mask_sources, generate, progress=progress,
                                  predictor=predictor,
                                  shape_hc_mm=widened_hc_range(Dataset.open(data), recipe.hc_range_widen))
