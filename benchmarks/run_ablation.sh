@@ -6,6 +6,7 @@
 # compared with base's `real` and `real+classical` cells of the same k and seed (same subjects, same test images).
 #   benchmarks/run_ablation.sh run K [K ...]   seeds 0..SEEDS-1 (default 3), seed-major: every lever at seed 0 first
 #   benchmarks/run_ablation.sh table           the ablation table (benchmarks/scarce/ablation.py) of the cells so far
+#   benchmarks/run_ablation.sh copy            cells and table into docs/results/hc18-ablation/ (cells/<lever>/, table.md)
 # Resumable: rerun to continue; `run` first restores the cells committed in docs/results/hc18-ablation/cells.
 # Run one process per k on a 2-core machine (OMP_NUM_THREADS=1 each): `run 5 &` and `run 20 &`.
 set -euo pipefail
@@ -53,5 +54,14 @@ case $STAGE in
     done ;;
   table)
     .venv/bin/python benchmarks/scarce/ablation.py "$ABLATION" ;;
+  copy)
+    for entry in "${LEVERS[@]}"; do
+      lever=${entry%%|*}
+      if [ -d "$ABLATION/$lever/cells" ] && ls "$ABLATION/$lever/cells/"*.json > /dev/null 2>&1; then
+        mkdir -p "$RESULTS/cells/$lever" && cp "$ABLATION/$lever/cells/"*.json "$RESULTS/cells/$lever/"
+        cp "$ABLATION/$lever/settings.json" "$RESULTS/cells/$lever/settings.json"
+      fi
+    done
+    .venv/bin/python benchmarks/scarce/ablation.py "$RESULTS/cells" --markdown "$RESULTS/table.md" ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
