@@ -194,3 +194,15 @@ def test_load_pairs_matches_model_input_convention(toy_dataset: Path) -> None:
     assert pairs.images.shape == (6, 1, 32, 32) and pairs.labels.shape == (6, 32, 32)
     assert pairs.images.min() >= -1.0 and pairs.images.max() <= 1.0
     assert pairs.images[:, :, 0, :].max() == -1.0  # letterbox padding (48x64 -> top rows) is black
+
+
+def test_the_deep_preset_reaches_a_256_px_head() -> None:
+    """`deep`: five halvings (8 px bottleneck at 256 px), so it needs at least 128 px."""
+    from sonosynth.segmentation.nets import build_unet
+
+    with pytest.raises(SonosynthError, match="does not suit the 'deep' network"):
+        SegmentationConfig(size=64, net_size="deep")
+    SegmentationConfig(size=256, net_size="deep")
+    net = build_unet("deep", 3)
+    assert net(torch.zeros(1, 1, 128, 128)).shape == (1, 3, 128, 128)
+    assert 1e6 < sum(p.numel() for p in net.parameters()) < 2e6

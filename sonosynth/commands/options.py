@@ -25,7 +25,7 @@ OUTPUT_SIZE = typer.Option("cropped", "--output-size",
 
 # Training: `--max-steps` is the training cap, `--net-size` a network size preset, `--learning-rate` the
 # (peak) learning rate, in `train`, `segment train` and `evaluate downstream` alike.
-NET_SIZES = "tiny, small or base"
+NET_SIZES = "tiny, small, deep (128-256 px on a CPU) or base"
 
 
 def segmenter_net() -> typer.models.OptionInfo:
