@@ -20,9 +20,10 @@ SEEDS=${SEEDS:-3}
 ONLY=${ONLY:-}  # a space-separated list of levers: run only these (e.g. to confirm the best ones at more seeds)
 # lever | generator recipe | downstream options | arms
 LEVERS=(  # in the order they run (the first ones are the ones a short session gets to)
-  "base|hc18.yaml||real,real+classical,real+synthetic,real+synthetic+classical"
-  "pretrain|hc18.yaml|--synthetic-schedule pretrain|real+synthetic+classical"
+  "base|hc18.yaml||real,real+classical,real+synthetic+classical"
   "hc-widen|ablation/hc18-hc-widen.yaml||real+synthetic+classical"
+  "pretrain|hc18.yaml|--synthetic-schedule pretrain|real+synthetic+classical"
+  "hc-widen+pretrain|ablation/hc18-hc-widen.yaml|--synthetic-schedule pretrain|real+synthetic+classical"
   "guidance1|ablation/hc18-guidance1.yaml||real+synthetic+classical"
   "filter0.8|ablation/hc18-filter0.8.yaml||real+synthetic+classical"
   "shape|ablation/hc18-shape.yaml||real+synthetic+classical"
