@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/scarce/ablation.py ABLATION_DIR [--markdown OUT.md]
 
-ABLATION_DIR holds one downstream report per lever (`base` and the levers, each with `cells/`). For every lever,
+ABLATION_DIR holds one downstream report per lever (`base` and the levers, each with `cells/`), or one folder
+of cell files per lever (docs/results/hc18-ablation/cells). For every lever,
 arm and k: the mean Dice and head-circumference error over the seeds it has, then paired differences (95 %
 bootstrap intervals over seeds and test images, `sonosynth.evaluation.statistics`) against base's `real`,
 `real+classical` and `real+synthetic+classical` cells of the same k and seed (the same subjects, generator and
-test images), and whether every segmenter in the row converged (validation stopped improving before the cap).
+test images), the mean best validation Dice (the val images early stopping watched: what a user could select
+a lever by without touching the test set), and whether every segmenter in the row converged (validation stopped
+improving before the cap).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no d
 
 
 def load_cells(report: Path) -> dict[tuple[str, str, int], dict]:
+    """A report's cells (REPORT/cells/*.json, or the cell files of a committed folder)."""
     cells = {}
-    for path in sorted((report / "cells").glob("*.json")):
+    folder = report / "cells" if (report / "cells").is_dir() else report
+    for path in sorted(folder.glob("k*__*.json")):
         cell = json.loads(path.read_text())
         cells[(cell["k"], cell["arm"], int(cell["seed"]))] = cell
     return cells
@@ -43,12 +48,12 @@ def difference(arm: list[dict], base: list[dict], metric: str, scale: float, hig
 
 
 def table(ablation: Path) -> str:
-    reports = {p.name: load_cells(p) for p in sorted(ablation.iterdir()) if (p / "cells").is_dir()}
+    reports = {p.name: cells for p in sorted(ablation.iterdir()) if p.is_dir() and (cells := load_cells(p))}
     if "base" not in reports:
         raise SystemExit(f"{ablation}: no base report (run benchmarks/run_ablation.sh run K first)")
     base = reports["base"]
-    header = ["k", "lever", "arm", "seeds", "Dice", "HC err. (mm)", "Dice vs real", "Dice vs real+classical",
-              "Dice vs base real+syn+cl", "HC err. vs real+classical (mm)", "converged"]
+    header = ["k", "lever", "arm", "seeds", "val Dice", "Dice", "HC err. (mm)", "Dice vs real",
+              "Dice vs real+classical", "Dice vs base real+syn+cl", "HC err. vs real+classical (mm)", "converged"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
     for lever, cells in reports.items():
@@ -61,6 +66,7 @@ def table(ablation: Path) -> str:
         cells = reports[lever]
         mine = [cells[(k, arm, s)] for s in seeds]
         dice = np.mean([c["metrics"]["dice_1"] for c in mine])
+        val = np.mean([c["best_val_dice"] for c in mine])
         hc = np.mean([c["metrics"]["hc_abs_error_mm"] for c in mine])
         compared = []
         for baseline in BASELINES:
@@ -75,8 +81,8 @@ def table(ablation: Path) -> str:
             [cells[(k, arm, s)] for s in shared], [base[(k, "real+classical", s)] for s in shared],
             "hc_abs_error_mm", 1, False)
         converged = f"{sum(bool(c['converged']) for c in mine)}/{len(mine)}"
-        lines.append("| " + " | ".join([k, lever, arm, ",".join(map(str, seeds)), f"{dice:.3f}", f"{hc:.1f}",
-                                        *compared, hc_vs, converged]) + " |")
+        summary = [k, lever, arm, ",".join(map(str, seeds)), f"{val:.3f}", f"{dice:.3f}", f"{hc:.1f}"]
+        lines.append("| " + " | ".join([*summary, *compared, hc_vs, converged]) + " |")
     return "\n".join(lines) + "\n"
 
 
