@@ -314,7 +314,7 @@ def test_filter_and_widened_head_sizes_use_the_k_subjects_only(tmp_path: Path) -
                      mask_sources={"deform": 2, "shape": 4})
     folder = tmp_path / "k3__seed0"
     synthetic = Dataset.open(ensure_generator(folder, train, chosen, recipe, seed=0, device="cpu", progress=False))
-    assert synthetic.root.name == "deform2+shape4__guidance1.5__2steps__filter0.01__hc-widen0.5"
+    assert synthetic.root.name == "deform2+shape4__guidance1.5__2steps__filter0.01-3steps__hc-widen0.5"
     filter_config = Seg.from_yaml(folder / "filter-segmenter-3steps" / "config.yaml")
     assert filter_config.max_steps == 3 and filter_config.classical is not None
     assert all(r.extra["fidelity_dice"] != "" for r in synthetic.records)  # every pair scored by that segmenter

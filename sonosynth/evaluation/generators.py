@@ -115,7 +115,7 @@ class GeneratorRecipe(Config):
         """The folder name of one way of sampling, e.g. `deform100+shape100__guidance1.5__20steps`."""
         sources = "+".join(f"{name}{n}" for name, n in self.mask_sources.items())
         sampler = f"__{self.sampler}" if self.sampler else ""
-        kept = f"__filter{self.filter_dice:g}" if self.filter_dice is not None else ""
+        kept = "" if self.filter_dice is None else f"__filter{self.filter_dice:g}-{self.filter_segmenter_steps}steps"
         widened = f"__hc-widen{self.hc_range_widen:g}" if self.hc_range_widen else ""
         return f"{sources}__guidance{self.guidance_scale:g}__{self.sample_steps}steps{sampler}{kept}{widened}"
 
