@@ -295,8 +295,9 @@ def test_filter_and_widened_head_sizes_use_the_k_subjects_only(tmp_path: Path) -
 
     from sonosynth.data.ellipse import head_circumference_mm
     from sonosynth.data.format import DatasetInfo, DatasetWriter
-    from sonosynth.evaluation.generators import ensure_generator, widened_hc_range
+    from sonosynth.evaluation.generators import ensure_generator
     from sonosynth.segmentation.train import SegmentationConfig as Seg
+    from sonosynth.synthesis.generate import widened_hc_range
 
     real = tmp_path / "heads"
     info = DatasetInfo(name="heads", labels={"0": "background", "1": "head"}, attributes={"hc_mm": None})
@@ -319,7 +320,7 @@ def test_filter_and_widened_head_sizes_use_the_k_subjects_only(tmp_path: Path) -
     assert filter_config.max_steps == 3 and filter_config.classical is not None
     assert all(r.extra["fidelity_dice"] != "" for r in synthetic.records)  # every pair scored by that segmenter
     heads = [float(r.attributes["hc_mm"]) for r in train.records if r.subject in set(chosen)]
-    low, high = widened_hc_range(Dataset.open(folder / "data"), 0.5)
+    low, high = widened_hc_range(Dataset.open(folder / "data").records, 0.5, "data")
     assert (low, high) == pytest.approx((0.5 * min(heads), 1.5 * max(heads)))
     shape = [float(r.extra["target_hc_mm"]) for r in synthetic.records if r.extra["mask_source"] == "shape"]
     assert len(shape) == 4 and all(low <= t <= high for t in shape)

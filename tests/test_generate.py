@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,16 @@ def test_shape_source_hits_target_head_circumference(tmp_path, toy_run):
         measured = head_circumference_mm(sample.mask, sample.record.spacing_mm)
         assert abs(measured - target) / target < 0.02
         assert float(sample.record.attributes["hc_mm"]) == pytest.approx(measured, abs=0.01)
+
+    # --hc-widen: the source's own range, widened (here beyond any source head)
+    heads = [float(r.attributes["hc_mm"]) for r in Dataset.open(source).records]
+    widened = replace(config, target_hc_mm=None, hc_widen=0.5, n=6)
+    synth = Dataset.open(generate_dataset(toy_run, source, tmp_path / "wide", widened, progress=False))
+    targets = [float(r.extra["target_hc_mm"]) for r in synth.records]
+    assert all(0.5 * min(heads) <= t <= 1.5 * max(heads) for t in targets)
+    assert min(targets) < min(heads) or max(targets) > max(heads)
+    with pytest.raises(SonosynthError, match="either a head-circumference range or"):
+        replace(config, hc_widen=0.2)
 
 
 def test_attribute_policy_fixes_or_samples_conditioning(tmp_path, toy_run, toy_source):

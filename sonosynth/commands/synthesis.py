@@ -39,6 +39,11 @@ def generate_command(
     split: str = opt.SPLIT,
     output_size: str = opt.OUTPUT_SIZE,
     hc_mm: str | None = typer.Option(None, "--hc-mm", help="shape masks: target head circumference MM or MIN:MAX."),
+    hc_widen: float = typer.Option(
+        0.0, "--hc-widen",
+        help="shape masks: head circumference uniform over the source's hc_mm range widened by this fraction at both "
+        "ends (0.25: 0.75 x smallest to 1.25 x largest; docs/results/hc18-ablation).",
+    ),
     attr: list[str] = typer.Option([], "--attr", help="Fix an attribute: NAME=VALUE (repeatable)."),
     attr_dist: list[str] = typer.Option([], "--attr-dist",
                                         help="Target distribution: NAME=VALUE:WEIGHT,VALUE:WEIGHT (repeatable)."),
@@ -58,7 +63,7 @@ def generate_command(
 
     config = GenerateConfig(
         mask_source=masks or mask_source, n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
-        batch_size=batch_size, split=split, output_size=output_size, target_hc_mm=_hc_range(hc_mm),
+        batch_size=batch_size, split=split, output_size=output_size, target_hc_mm=_hc_range(hc_mm), hc_widen=hc_widen,
         filter_dice=filter_dice, filter_mode=filter_mode, attributes=AttributePolicy.parse(attr, attr_dist),
         prompt=prompt, conditioning_scale=conditioning_scale, device=device,
     )

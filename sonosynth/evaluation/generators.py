@@ -201,20 +201,7 @@ def ensure_generator(
         segmenter = folder / f"filter-segmenter-{recipe.filter_segmenter_steps}steps"
         predictor, _ = segmenter_predictor(_filter_segmenter(recipe, data, segmenter, seed, device))
     return generate_from_sources(run, data, synthetic, recipe.mask_sources, generate, progress=progress,
-                                 predictor=predictor,
-                                 shape_hc_mm=widened_hc_range(Dataset.open(data), recipe.hc_range_widen))
-
-
-def widened_hc_range(data: Dataset, widen: float) -> tuple[float, float] | None:
-    """The k subjects' head-circumference range (their `hc_mm`), widened by `widen` at both ends; None when 0."""
-    if not widen:
-        return None
-    from sonosynth.synthesis.generate import HC_ATTRIBUTE
-
-    values = [float(r.attributes[HC_ATTRIBUTE]) for r in data.records if r.attributes.get(HC_ATTRIBUTE)]
-    if not values:
-        raise SonosynthError(f"{data.root}: hc_range_widen needs the {HC_ATTRIBUTE} attribute on the training pairs")
-    return min(values) * (1 - widen), max(values) * (1 + widen)
+                                 predictor=predictor, shape_hc_widen=recipe.hc_range_widen)
 
 
 def _filter_segmenter(recipe: GeneratorRecipe, data: Path, out: Path, seed: int, device: str) -> Path:

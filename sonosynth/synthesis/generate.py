@@ -125,6 +125,9 @@ class GenerateConfig(Config):
     deform: DeformConfig = field(default_factory=DeformConfig)
     shape: ShapeModelConfig = field(default_factory=ShapeModelConfig)
     target_hc_mm: tuple[float, float] | None = None  # shape source: uniform in [min, max]
+    # shape source: uniform over the source pairs' head-circumference range widened by this fraction at both ends
+    # (0.25: 0.75 x the smallest to 1.25 x the largest head), so new masks reach head sizes the source lacks
+    hc_widen: float = 0.0
     filter_dice: float | None = None
     filter_mode: str = "drop"
     max_draws_factor: float = 4.0  # drop mode: give up after n * factor draws
@@ -142,8 +145,10 @@ class GenerateConfig(Config):
             raise SonosynthError(f"'{self.mask_source}' masks are new: say how many pairs to generate (n)")
         if self.output_size not in OUTPUT_SIZES:
             raise SonosynthError(f"output size must be one of {', '.join(OUTPUT_SIZES)}, got '{self.output_size}'")
-        if self.target_hc_mm is not None and self.mask_source != "shape":
+        if (self.target_hc_mm is not None or self.hc_widen) and self.mask_source != "shape":
             raise SonosynthError("a target head circumference needs the 'shape' mask source")
+        if self.hc_widen < 0 or (self.hc_widen and self.target_hc_mm is not None):
+            raise SonosynthError("give either a head-circumference range or a positive widening of the source's")
         if self.filter_dice is not None:
             FidelityFilter(self.filter_dice, self.filter_mode)  # validates
 
@@ -307,7 +312,9 @@ def generate_dataset(
         pairs = load_source_pairs(sources, model.size, progress, keep_full=config.output_size == "source")
     n = config.n if config.n is not None else len(pairs)
     rng = np.random.default_rng(config.seed)
-    masks = MaskSource(pairs, config, progress) if pairs else None
+    drawing = config if not config.hc_widen else replace(
+        config, hc_widen=0.0, target_hc_mm=widened_hc_range([p.record for p in pairs], config.hc_widen, str(source)))
+    masks = MaskSource(pairs, drawing, progress) if pairs else None
     rule = None if config.filter_dice is None else FidelityFilter(config.filter_dice, config.filter_mode)
     categorical = info.categorical_attributes
     max_draws = n if rule is None or rule.mode == "flag" else math.ceil(n * config.max_draws_factor)
@@ -465,14 +472,14 @@ def generate_from_sources(
     config: GenerateConfig | None = None,
     progress: bool = True,
     predictor: Predictor | None = None,
-    shape_hc_mm: tuple[float, float] | None = None,
+    shape_hc_widen: float = 0.0,
 ) -> Path:
     """One synthetic dataset from several mask sources, e.g. {'deform': 100, 'shape': 100}.
 
-    Each source is generated with `config` (its mask source and n replaced; `shape_hc_mm`, the target head
-    circumference range, for the shape source only) into a part folder that is kept until the merge is written, so an
-    interrupted run redoes only missing parts. Ids are prefixed with the source name; the first part's
-    dataset description is kept. `predictor` scores (and with `filter_dice`, filters) every part.
+    Each source is generated with `config` (its mask source and n replaced; `shape_hc_widen`, the widening of
+    the source's head-circumference range, for the shape source only) into a part folder that is kept until
+    the merge is written, so an interrupted run redoes only missing parts. Ids are prefixed with the source
+    name; the first part's dataset description is kept. `predictor` scores (and with `filter_dice`, filters) every part.
     """
     config = config or GenerateConfig()
     out = Path(out)
@@ -481,8 +488,8 @@ def generate_from_sources(
     for mask_source, n in counts.items():
         part = out.with_name(f"{out.name}-{mask_source}")
         if not (part / "manifest.csv").is_file():
-            target = shape_hc_mm if mask_source == "shape" else None
-            generate_dataset(run, source, part, replace(config, mask_source=mask_source, n=int(n), target_hc_mm=target),
+            widen = shape_hc_widen if mask_source == "shape" else 0.0
+            generate_dataset(run, source, part, replace(config, mask_source=mask_source, n=int(n), hc_widen=widen),
                              predictor=predictor, overwrite=True, progress=progress)
         parts.append((mask_source, Dataset.open(part)))
     info = parts[0][1].info
@@ -493,6 +500,15 @@ def generate_from_sources(
     for _, dataset in parts:
         shutil.rmtree(dataset.root, ignore_errors=True)
     return out
+
+
+def widened_hc_range(records: Sequence[Record], widen: float, where: str) -> tuple[float, float]:
+    """The records' head-circumference range (their `hc_mm`) widened by `widen` at both ends."""
+    values = [float(r.attributes[HC_ATTRIBUTE]) for r in records if r.attributes.get(HC_ATTRIBUTE)]
+    if not values:
+        raise DataError(f"{where}: widening the head-circumference range needs the {HC_ATTRIBUTE} attribute "
+                        "on the source pairs")
+    return min(values) * (1 - widen), max(values) * (1 + widen)
 
 
 def _categorical(record: Record, categorical: Mapping[str, Sequence[str]]) -> dict[str, str]:
