@@ -59,6 +59,12 @@ class Config:
         write_text_atomic(path, self.to_yaml())
 
 
+def without_new_defaults(current: dict[str, Any], recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`current` less the fields `recorded` lacks that sit at their default: a record written before a field
+    existed describes a run with that field at its default, so it still matches."""
+    return {k: v for k, v in current.items() if k in recorded or v != defaults.get(k)}
+
+
 def at_least_one(config: Any, names: tuple[str, ...]) -> list[str]:
     """Problems for the fields among `names` that are below 1 (counts, sizes, intervals)."""
     return [f"{name} must be at least 1" for name in names if int(getattr(config, name)) < 1]

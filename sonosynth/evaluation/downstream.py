@@ -36,7 +36,7 @@ from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.generators import GENERATORS_DIR, GeneratorRecipe, ensure_generator, generator_folder
 from sonosynth.files import write_json_atomic
 from sonosynth.segmentation.train import SegmentationConfig
-from sonosynth.settings import Config
+from sonosynth.settings import Config, without_new_defaults
 
 ARMS = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
 CELLS_DIR = "cells"
@@ -298,10 +298,10 @@ def _check_or_write_settings(path: Path, settings: dict[str, Any]) -> None:
         previous = json.loads(path.read_text())
         current = json.loads(json.dumps(settings))
         # a setting added since the report began, at its default, is how that report ran
-        for key, defaults in (("segmentation", asdict(SegmentationConfig())), ("generator_per_k", GeneratorRecipe())):
+        defaults = {"segmentation": asdict(SegmentationConfig()), "generator_per_k": GeneratorRecipe().to_dict()}
+        for key, default in defaults.items():
             if isinstance(current.get(key), dict) and isinstance(previous.get(key), dict):
-                defaults = defaults if isinstance(defaults, dict) else json.loads(json.dumps(defaults.to_dict()))
-                current[key] = {k: v for k, v in current[key].items() if k in previous[key] or v != defaults.get(k)}
+                current[key] = without_new_defaults(current[key], previous[key], json.loads(json.dumps(default)))
         if previous != current:
             changed = sorted(k for k in current if previous.get(k) != current.get(k))
             raise SonosynthError(

@@ -25,7 +25,7 @@ from sonosynth.data.format import Dataset, DatasetWriter, copy_pairs
 from sonosynth.diffusion.run import RunFolder
 from sonosynth.errors import SonosynthError
 from sonosynth.files import write_json_atomic
-from sonosynth.settings import Config
+from sonosynth.settings import Config, without_new_defaults
 
 GENERATORS_DIR = "generators"
 TRAINING_FILE = "training.json"
@@ -133,8 +133,7 @@ def check_training_fields(folder: Path, recipe: GeneratorRecipe) -> None:
         write_json_atomic(path, wanted)
         return
     recorded = json.loads(path.read_text())
-    defaults = json.loads(json.dumps(GeneratorRecipe().training_fields()))
-    wanted = {k: v for k, v in wanted.items() if k in recorded or v != defaults.get(k)}  # fields added since
+    wanted = without_new_defaults(wanted, recorded, json.loads(json.dumps(GeneratorRecipe().training_fields())))
     if recorded != wanted:
         changed = sorted(k for k in {**recorded, **wanted} if recorded.get(k) != wanted.get(k))
         raise SonosynthError(f"{folder}: its generator was trained with other recipe settings ({', '.join(changed)});"
