@@ -44,7 +44,10 @@ case $STAGE in
         if [ -n "$ONLY" ] && [[ " base $ONLY " != *" $lever "* ]]; then continue; fi
         out=$ABLATION/$lever
         if [ -d "$RESULTS/cells/$lever" ]; then
-          mkdir -p "$out/cells" && cp -n "$RESULTS/cells/$lever/"*.json "$out/cells/"
+          mkdir -p "$out/cells"
+          for cell in "$RESULTS/cells/$lever/"k*.json; do  # cells only: a committed settings.json stays in docs
+            [ -e "$out/cells/${cell##*/}" ] || cp "$cell" "$out/cells/"
+          done
         fi
         for k in "$@"; do
           # shellcheck disable=SC2086  # options are words
