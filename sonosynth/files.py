@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,7 +26,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     renamed onto `path` when the block succeeds, removed when it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
+    # Unique per writer: two processes writing the same report (one per k) must not share a temporary file.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.part{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

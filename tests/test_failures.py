@@ -193,3 +193,16 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing(tmp_path: Pa
     assert "cannot write (" in errors[0] and "File too large" in errors[0] and str(out) in errors[0]
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out")] == []
+
+
+def test_two_writers_of_one_file_do_not_share_a_temporary_file(tmp_path: Path) -> None:
+    """Two processes writing the same report (one per k) each write their own temporary file."""
+    from sonosynth.files import atomic_path
+
+    target = tmp_path / "dice_vs_k.png"
+    with atomic_path(target) as first, atomic_path(target) as second:
+        assert first != second and first.suffix == second.suffix == ".png"
+        first.write_bytes(b"first")
+        second.write_bytes(b"second")
+    assert target.read_bytes() == b"first"  # the outer writer finished last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dice_vs_k.png"]
