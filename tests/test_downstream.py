@@ -327,5 +327,13 @@ def test_filter_and_widened_head_sizes_use_the_k_subjects_only(tmp_path: Path) -
     assert all(r.extra["target_hc_mm"] == "" for r in synthetic.records if r.extra["mask_source"] == "deform")
     with pytest.raises(SonosynthError, match="needs shape masks"):
         replace(TINY_RECIPE, hc_range_widen=0.2, mask_sources={"deform": 2})
+    with pytest.raises(SonosynthError, match="size_range_widen must be positive and needs shape masks"):
+        replace(TINY_RECIPE, size_range_widen=0.2, mask_sources={"deform": 2})
+    with pytest.raises(SonosynthError, match="not both"):
+        replace(recipe, size_range_widen=0.2)
+    sized = replace(recipe, hc_range_widen=0.0, size_range_widen=0.3)
+    assert sized.sampling_name.endswith("__size-widen0.3") and sized.training_fields() == recipe.training_fields()
+    resized = Dataset.open(ensure_generator(folder, train, chosen, sized, seed=0, device="cpu", progress=False))
+    assert resized.info.provenance["config"]["shape"]["size_widen"] == 0.3 and len(resized) == 6
     with pytest.raises(SonosynthError, match="filter_dice"):
         replace(TINY_RECIPE, filter_dice=1.5)

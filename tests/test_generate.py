@@ -234,6 +234,17 @@ def test_generate_command_line(tmp_path, toy_run, toy_source):
     result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--n", "1",
                                       "--filter-dice", "0.9", "--out", str(tmp_path / "nofilter")])
     assert isinstance(result.exception, SonosynthError) and "--segmenter" in str(result.exception)
+    # --size-widen: the same new masks, their sizes drawn over a wider range (recorded with the run's settings)
+    result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--mask-source", "shape",
+                                      "--n", "2", "--steps", "1", "--size-widen", "0.3", "--out", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    widened = Dataset.open(tmp_path / "w")
+    assert len(widened) == 2 and widened.info.provenance["config"]["shape"]["size_widen"] == 0.3
+    result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--mask-source", "shape",
+                                      "--n", "2", "--size-widen", "0.3", "--hc-mm", "12:14",
+                                      "--out", str(tmp_path / "x")])
+    assert isinstance(result.exception, SonosynthError) and "widened size range" in str(result.exception)
+    assert not (tmp_path / "x").exists()
 
 
 def test_new_masks_stay_inside_the_field_of_view():

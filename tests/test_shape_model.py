@@ -7,7 +7,7 @@ import pytest
 from factories import cardiac_mask, head_mask
 
 from sonosynth.data.ellipse import head_circumference_mm
-from sonosynth.errors import DataError
+from sonosynth.errors import DataError, SonosynthError
 from sonosynth.synthesis.masks import AnatomyRules, ShapeModel, ShapeModelConfig
 
 
@@ -50,6 +50,24 @@ def test_target_head_circumference_is_met_within_two_percent(head_model, target)
     assert head_model.rules.violations(sample.mask) == []
     if target <= 16.0:  # reachable at training pixel sizes (0.1-0.2 mm): the head is resized, not zoomed
         assert 0.1 <= sample.spacing_mm <= 0.2
+
+
+@pytest.mark.parametrize("labels", ["head", "heart"])
+def test_a_widened_size_range_reaches_beyond_the_training_sizes_and_stays_plausible(labels):
+    rng = np.random.default_rng(6)
+    masks = [head_mask(rng) if labels == "head" else cardiac_mask(rng) for _ in range(20)]
+    sizes = np.sqrt([(m > 0).mean() for m in masks])
+    size_of = {}
+    for widen in (0.0, 0.4):
+        model = ShapeModel.fit(masks, 0.3, ShapeModelConfig(grid=48, size_widen=widen))
+        samples = [model.sample(rng) for _ in range(24)]
+        assert not any(s.fell_back for s in samples)
+        assert all(model.rules.violations(s.mask) == [] for s in samples)
+        size_of[widen] = np.sqrt([(s.mask > 0).mean() for s in samples])
+    assert sizes.min() * 0.9 < size_of[0.0].min() and size_of[0.0].max() < sizes.max() * 1.1
+    assert size_of[0.4].min() < sizes.min() * 0.9 and size_of[0.4].max() > sizes.max() * 1.1
+    with pytest.raises(SonosynthError, match="size_widen"):
+        ShapeModelConfig(size_widen=-0.1)
 
 
 def test_multilabel_samples_keep_nesting():

@@ -44,6 +44,11 @@ def generate_command(
         help="shape masks: head circumference uniform over the source's hc_mm range widened by this fraction at both "
         "ends (0.25: 0.75 x smallest to 1.25 x largest; docs/results/hc18-ablation).",
     ),
+    size_widen: float = typer.Option(
+        0.0, "--size-widen",
+        help="shape masks: structure size uniform over the source masks' size range widened by this fraction at both "
+        "ends (any anatomy; --hc-widen is the fetal-head form, in mm).",
+    ),
     attr: list[str] = typer.Option([], "--attr", help="Fix an attribute: NAME=VALUE (repeatable)."),
     attr_dist: list[str] = typer.Option([], "--attr-dist",
                                         help="Target distribution: NAME=VALUE:WEIGHT,VALUE:WEIGHT (repeatable)."),
@@ -60,11 +65,13 @@ def generate_command(
     """Write a synthetic dataset (images, masks, manifest with provenance) from a trained model."""
     from sonosynth.synthesis.fidelity import segmenter_predictor
     from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset
+    from sonosynth.synthesis.masks import ShapeModelConfig
 
     config = GenerateConfig(
         mask_source=masks or mask_source, n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
         batch_size=batch_size, split=split, output_size=output_size, target_hc_mm=_hc_range(hc_mm), hc_widen=hc_widen,
-        filter_dice=filter_dice, filter_mode=filter_mode, attributes=AttributePolicy.parse(attr, attr_dist),
+        shape=ShapeModelConfig(size_widen=size_widen), filter_dice=filter_dice, filter_mode=filter_mode,
+        attributes=AttributePolicy.parse(attr, attr_dist),
         prompt=prompt, conditioning_scale=conditioning_scale, device=device,
     )
     predictor = None

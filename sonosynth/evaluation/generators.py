@@ -30,7 +30,7 @@ from sonosynth.settings import Config, without_new_defaults
 GENERATORS_DIR = "generators"
 TRAINING_FILE = "training.json"
 SAMPLING_FIELDS = ("mask_sources", "sample_steps", "guidance_scale", "sampler", "filter_dice", "filter_segmenter_steps",
-                   "hc_range_widen")
+                   "hc_range_widen", "size_range_widen")
 """The recipe fields that change only the sampling: everything else changes the trained generator."""
 
 
@@ -59,6 +59,9 @@ class GeneratorRecipe(Config):
     # Shape masks' head circumference: uniform over the k subjects' range widened by this fraction at both ends
     # (0.25: 0.75 x their smallest to 1.25 x their largest head), reaching head sizes they do not have. 0: off.
     hc_range_widen: float = 0.0
+    # Shape masks' structure size (sqrt of the foreground's area), uniform over the k subjects' range widened by
+    # this fraction at both ends: the same lever for any anatomy (BUSI lesions, CAMUS hearts). 0: off.
+    size_range_widen: float = 0.0
     # A local Stable Diffusion folder instead of a model from scratch (model_kind controlnet or joint;
     # model_size and class_attributes do not apply: the prompt template names the attributes).
     base: str | None = None
@@ -95,8 +98,11 @@ class GeneratorRecipe(Config):
                 raise SonosynthError(f"generator recipe: {name} must be at least 1")
         if self.filter_dice is not None and not 0.0 < self.filter_dice < 1.0:
             raise SonosynthError(f"generator recipe: filter_dice must be within (0, 1), got {self.filter_dice}")
-        if self.hc_range_widen < 0 or (self.hc_range_widen and "shape" not in self.mask_sources):
-            raise SonosynthError("generator recipe: hc_range_widen must be positive and needs shape masks")
+        for name in ("hc_range_widen", "size_range_widen"):
+            if getattr(self, name) < 0 or (getattr(self, name) and "shape" not in self.mask_sources):
+                raise SonosynthError(f"generator recipe: {name} must be positive and needs shape masks")
+        if self.hc_range_widen and self.size_range_widen:
+            raise SonosynthError("generator recipe: widen either the head circumference or the size, not both")
         if self.autoencoder_steps < 0 or self.autoencoder_decoder_steps < 1:
             raise SonosynthError("generator recipe: autoencoder_steps must not be negative and "
                                  "autoencoder_decoder_steps must be at least 1")
@@ -117,6 +123,7 @@ class GeneratorRecipe(Config):
         sampler = f"__{self.sampler}" if self.sampler else ""
         kept = "" if self.filter_dice is None else f"__filter{self.filter_dice:g}-{self.filter_segmenter_steps}steps"
         widened = f"__hc-widen{self.hc_range_widen:g}" if self.hc_range_widen else ""
+        widened += f"__size-widen{self.size_range_widen:g}" if self.size_range_widen else ""
         return f"{sources}__guidance{self.guidance_scale:g}__{self.sample_steps}steps{sampler}{kept}{widened}"
 
 
@@ -155,6 +162,7 @@ def ensure_generator(
     from sonosynth.models.configs import ModelConfig
     from sonosynth.seeds import derive_seed
     from sonosynth.synthesis.generate import GenerateConfig, generate_from_sources
+    from sonosynth.synthesis.masks import ShapeModelConfig
 
     data, run, synthetic = folder / "data", folder / "run", folder / "synthetic" / recipe.sampling_name
     folder.mkdir(parents=True, exist_ok=True)
@@ -192,6 +200,7 @@ def ensure_generator(
         seed=derive_seed(seed, "generate"),
         device=device,
         filter_dice=recipe.filter_dice,
+        shape=ShapeModelConfig(size_widen=recipe.size_range_widen),
     )
     predictor = None
     if recipe.filter_dice is not None:

@@ -149,6 +149,9 @@ class GenerateConfig(Config):
             raise SonosynthError("a target head circumference needs the 'shape' mask source")
         if self.hc_widen < 0 or (self.hc_widen and self.target_hc_mm is not None):
             raise SonosynthError("give either a head-circumference range or a positive widening of the source's")
+        if self.shape.size_widen and (self.hc_widen or self.target_hc_mm is not None):
+            raise SonosynthError("a head-circumference target sets the shape's size: it cannot be combined with a "
+                                 "widened size range")
         if self.filter_dice is not None:
             FidelityFilter(self.filter_dice, self.filter_mode)  # validates
 

@@ -37,7 +37,10 @@ CONFIG_FILE = "shape_model.json"
 class ShapeModelConfig(Config):
     """`grid`: side of the canonical frame; `extent`: sqrt(foreground area) there, as a fraction of the
     grid; `variance_kept`/`max_modes`: how many PCA modes; `clip_sd`: coefficients are truncated to
-    +-clip_sd standard deviations (beyond that shapes stop looking like training anatomy)."""
+    +-clip_sd standard deviations (beyond that shapes stop looking like training anatomy); `size_widen`: a new
+    shape's size is drawn uniformly over the training masks' size range widened by this fraction at both ends
+    (0.25: 0.75 x the smallest to 1.25 x the largest), instead of a training mask's own size (0), so new masks
+    reach structure sizes the training masks lack (the generic form of `GenerateConfig.hc_widen`)."""
 
     what: ClassVar[str] = "shape model"
 
@@ -49,6 +52,11 @@ class ShapeModelConfig(Config):
     clip_sd: float = 2.0
     pose_jitter: float = 0.02
     max_tries: int = 20
+    size_widen: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.size_widen < 0:
+            raise SonosynthError(f"shape model: size_widen must not be negative, got {self.size_widen}")
 
 
 @dataclass
@@ -248,10 +256,14 @@ class ShapeModel:
             candidates = [self.poses[i] for i in order[:5]]
         base = candidates[int(rng.integers(len(candidates)))]
         jitter = self.config.pose_jitter
+        size = base.size
+        if self.config.size_widen and target_hc_mm is None:
+            sizes = [p.size for p in self.poses]
+            size = rng.uniform(min(sizes) * (1 - self.config.size_widen), max(sizes) * (1 + self.config.size_widen))
         return Pose(
             cy=float(np.clip(base.cy + rng.normal(0, jitter), 0.05, 0.95)),
             cx=float(np.clip(base.cx + rng.normal(0, jitter), 0.05, 0.95)),
-            size=float(base.size * math.exp(rng.normal(0, jitter))),
+            size=float(size * math.exp(rng.normal(0, jitter))),
             angle=float(base.angle + rng.normal(0, jitter * math.pi)),
             spacing_mm=spacing_mm if spacing_mm is not None else base.spacing_mm,
         )
