@@ -22,6 +22,7 @@ ONLY=${ONLY:-}  # a space-separated list of levers: run only these (e.g. to conf
 LEVERS=(  # in the order they run (the first ones are the ones a short session gets to)
   "base|hc18.yaml||real,real+classical,real+synthetic+classical"
   "hc-widen|ablation/hc18-hc-widen.yaml||real+synthetic+classical"
+  "size-widen|ablation/hc18-size-widen.yaml||real+synthetic+classical"
   "pretrain|hc18.yaml|--synthetic-schedule pretrain|real+synthetic+classical"
   "hc-widen+pretrain|ablation/hc18-hc-widen.yaml|--synthetic-schedule pretrain|real+synthetic+classical"
   "guidance1|ablation/hc18-guidance1.yaml||real+synthetic+classical"
