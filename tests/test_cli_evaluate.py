@@ -115,3 +115,21 @@ def test_bad_generator_recipe_is_one_line_error(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: {recipe}: unknown generator recipe fields ['steps_typo']"
     assert not (tmp_path / "r").exists()
+
+
+def test_train_where_reaches_the_experiment_and_a_bad_one_is_one_line(tmp_path: Path) -> None:
+    real = write_toy_dataset(tmp_path / "real", n=12, seed=5)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["evaluate", "downstream", "--real", str(real), "--k", "2", "--seeds", "1",
+                                      "--arms", "real", "--train-where", "view=b", *TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "cells" / "k2__real__seed0.json").read_text())["n_real_images"] == 2
+    assert "--train-where view=b" in (out / "results.md").read_text()
+    proc = subprocess.run(
+        [sys.executable, "-m", "sonosynth", "evaluate", "downstream", "--real", str(real), "--arms", "real",
+         "--train-where", "hc_mm<tiny", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: condition 'hc_mm<tiny': < needs a number, got 'tiny'"
+    assert not (tmp_path / "r").exists()

@@ -225,6 +225,31 @@ def test_reports_of_an_ablation_share_the_trained_generators(datasets: tuple[Pat
         config(generators=str(store)).validate(False)
 
 
+def test_a_designed_shift_trains_on_one_group_and_tests_on_all(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    """--train-where: the k subjects' pairs, validation and the generator keep the group only; the test is whole."""
+    real, _ = datasets
+    store = tmp_path / "generators"
+    shifted = config(ks=["2"], seeds=1, arms=["real", "real+synthetic"], generator=TINY_RECIPE,
+                     generators=str(store), train_where="view=a")
+    run_downstream(real, tmp_path / "shift", shifted, progress=False)
+    cell = json.loads((tmp_path / "shift" / "cells" / "k2__real__seed0.json").read_text())
+    assert cell["n_real_subjects"] == 2 and cell["n_real_images"] == 2  # each toy subject has one view-a image
+    assert {r.attributes["view"] for r in Dataset.open(store / "k2__seed0" / "data").records} == {"a"}
+    assert cell["n_test_images"] == len(real_splits(Dataset.open(real))[2])  # both views
+    assert json.loads((tmp_path / "shift" / "settings.json").read_text())["train_where"] == "view=a"
+    assert "**Designed shift**" in (tmp_path / "shift" / "results.md").read_text()
+    # the same store cannot serve the unshifted experiment: its generators saw other pairs
+    with pytest.raises(SonosynthError, match="trained on other pairs than this cell's 4"):
+        run_downstream(real, tmp_path / "whole", config(ks=["2"], seeds=1, arms=["real+synthetic"],
+                                                        generator=TINY_RECIPE, generators=str(store)),
+                       progress=False)
+    with pytest.raises(SonosynthError, match="no training pair meets view=c"):
+        run_downstream(real, tmp_path / "none", config(ks=["2"], seeds=1, arms=["real"], train_where="view=c"),
+                       progress=False)
+    with pytest.raises(SonosynthError, match="expected NAME<VALUE"):
+        config(arms=["real"], train_where="view").validate(False)
+
+
 def test_a_latent_generator_per_k_trains_its_autoencoder_on_the_k_subjects_only(datasets: tuple[Path, Path],
                                                                                tmp_path: Path) -> None:
     from dataclasses import replace

@@ -9,6 +9,7 @@ an attribute over their training images (HC18: `hc_mm`, the head circumference, 
 any training head), per seed. Every synthetic arm is compared with `real` and `real+classical` of the same k and
 seed on each group: paired per image, 95 % bootstrap intervals over seeds and the group's images. The first REPORT
 holds the baselines (`real`, `real+classical`); arms of later reports (ablation levers) are named REPORT:arm.
+A report with a designed shift (`--train-where`) draws its k subjects from the pairs meeting it, as here.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from sonosynth.data.format import Dataset
-from sonosynth.evaluation.downstream import nested_subjects
+from sonosynth.evaluation.downstream import nested_subjects, training_pool
 from sonosynth.evaluation.statistics import paired_bootstrap, per_image_matrix
-from sonosynth.segmentation.train import real_splits
 
 SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no diff."}
 BASELINES = ("real", "real+classical")
@@ -34,9 +34,12 @@ def attribute(record, name: str) -> float:
     return float(value if value is not None else record.attributes[name])
 
 
-def groups(dataset: Dataset, k: str, seed: int, name: str, ids: list[str]) -> dict[str, np.ndarray]:
-    """Boolean masks over `ids`: test images inside / outside the k subjects' range of `name`."""
-    train = real_splits(dataset, seed=0)[0]
+def groups(
+    dataset: Dataset, k: str, seed: int, name: str, ids: list[str], train_where: str = ""
+) -> dict[str, np.ndarray]:
+    """Boolean masks over `ids`: test images inside / outside the k subjects' range of `name` (drawn, as the
+    experiment did, from the training pairs meeting `train_where`)."""
+    train = training_pool(dataset, train_where)[0]
     chosen = set(nested_subjects(train.subjects, k, seed))
     values = [attribute(r, name) for r in train.records if (r.subject or r.id) in chosen]
     low, high = min(values), max(values)
@@ -59,9 +62,10 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
     dataset = Dataset.open(args.data)
+    train_where = json.loads((args.reports[0] / "settings.json").read_text()).get("train_where", "")
     cells: dict[tuple[str, str, int], dict] = {}
     for i, report in enumerate(args.reports):
-        for path in sorted((report / "cells").glob("*.json")):
+        for path in sorted((report / "cells").glob("k*.json")):
             cell = json.loads(path.read_text())
             arm = cell["arm"] if i == 0 else f"{report.name}:{cell['arm']}"
             cells[(cell["k"], arm, int(cell["seed"]))] = cell
@@ -82,7 +86,7 @@ def main() -> None:
                 seeds = sorted(s for s in arms[arm] if all((k, b, s) in cells for b in BASELINES))
                 if not seeds:
                     continue
-                keep = np.stack([groups(dataset, k, s, args.attribute, ids)[group] for s in seeds])
+                keep = np.stack([groups(dataset, k, s, args.attribute, ids, train_where)[group] for s in seeds])
                 if not keep.any():
                     continue
                 mine = group_dice([cells[(k, arm, s)] for s in seeds], ids, keep)

@@ -47,6 +47,11 @@ def downstream_command(
         None, "--synthetic", help="One synthetic dataset for every k (its generator saw more real data: reported)."
     ),
     k: str = typer.Option("5,10,20,all", "--k", help="Real training subjects per cell, comma separated."),
+    train_where: str = typer.Option(
+        "", "--train-where",
+        help="A designed shift: draw the k subjects and validate only on pairs meeting this condition "
+        "(hc_mm<150, view=2CH, spacing_mm>=0.2); the test split stays whole.",
+    ),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per cell (mean ± std over them)."),
     arms: str = typer.Option(
         "auto", "--arms",
@@ -120,6 +125,7 @@ def downstream_command(
         generators=None if generators is None else str(generators),
         classical=AugmentConfig.preset_file("classical", classical_config),
         structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
+        train_where=train_where,
     )
     command = command_line(ctx, "downstream").replace(" --report-only", "")  # the command that runs the cells
     path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device,

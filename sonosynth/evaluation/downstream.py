@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sonosynth.augment import AugmentConfig
+from sonosynth.data.conditions import Condition
 from sonosynth.data.format import Dataset
 from sonosynth.data.validate import require_valid
 from sonosynth.devices import resolve_device
@@ -57,6 +58,9 @@ class DownstreamConfig(Config):
     generators: str | None = None  # the generator store; None: REPORT/generators
     classical: AugmentConfig = field(default_factory=lambda: AugmentConfig.preset("classical"))  # *+classical arms
     structures: dict[str, list[int]] = field(default_factory=dict)  # empty: each foreground label alone
+    # A designed distribution shift: only training and validation pairs meeting this condition (e.g. `hc_mm<150`,
+    # `view=2CH`; `sonosynth.data.conditions`), the test split whole. Empty: every pair.
+    train_where: str = ""
 
     def validate(self, has_synthetic: bool) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
@@ -76,6 +80,8 @@ class DownstreamConfig(Config):
                 raise SonosynthError(f"--k {k}: each k must be a positive integer or 'all'")
         if self.seeds < 1:
             raise SonosynthError("--seeds must be at least 1")
+        if self.train_where:
+            Condition.parse(self.train_where)
         if self.segmentation.net != "unet" and any(uses_classical(a) for a in self.arms):
             raise SonosynthError(f"the +classical arms are for --net unet: drop them with --net {self.segmentation.net}"
                                  " (nnU-Net brings its own augmentation)")
@@ -120,6 +126,17 @@ def plan_cells(config: DownstreamConfig) -> list[Cell]:
     return cells
 
 
+def training_pool(real: Dataset, train_where: str = "") -> tuple[Dataset, Dataset, Dataset]:
+    """(train, val, test) of the experiment: with `train_where`, train and val keep only the pairs meeting it."""
+    from sonosynth.segmentation.train import real_splits
+
+    train, val, test = real_splits(real, seed=0)
+    if train_where:
+        condition = Condition.parse(train_where)
+        train, val = condition.keep(train, "training"), condition.keep(val, "validation")
+    return train, val, test
+
+
 def nested_subjects(subjects: list[str], k: str, seed: int) -> list[str]:
     """The first k subjects of a seeded permutation: k=5 is inside k=10 for the same seed."""
     order = np.random.default_rng(seed).permutation(len(subjects))
@@ -153,7 +170,7 @@ def run_downstream(
     from sonosynth.evaluation.metrics import label_structures
     from sonosynth.evaluation.report import write_downstream_report
     from sonosynth.progress import progress_bar
-    from sonosynth.segmentation.train import check_compatible_labels, load_pairs, real_splits
+    from sonosynth.segmentation.train import check_compatible_labels, load_pairs
 
     config.validate(synthetic_path is not None)
     resolve_device(device)
@@ -163,7 +180,7 @@ def run_downstream(
     if synthetic is not None:
         require_valid(synthetic, "synthetic pairs")
         check_compatible_labels(real, synthetic)
-    train, val, test = real_splits(real, seed=0)
+    train, val, test = training_pool(real, config.train_where)
     if len(test) == 0:
         raise SonosynthError(f"{real.root}: no test split to evaluate on (run `sonosynth data split`)")
     segmentation = replace(config.segmentation, labels=dict(real.info.labels))
@@ -181,6 +198,7 @@ def run_downstream(
         "synthetic": None if synthetic_path is None else str(Path(synthetic_path).resolve()),
         "generator_per_k": None if config.generator is None else config.generator.to_dict(),
         **({"generators": str(Path(config.generators).resolve())} if config.generators else {}),
+        **({"train_where": config.train_where} if config.train_where else {}),
         "segmentation": asdict(segmentation),
         "classical": config.classical.to_dict(),
         "structures": structures,

@@ -167,11 +167,15 @@ def ensure_generator(
     data, run, synthetic = folder / "data", folder / "run", folder / "synthetic" / recipe.sampling_name
     folder.mkdir(parents=True, exist_ok=True)
     check_training_fields(folder, recipe)
+    chosen = set(subjects)
+    subset = real_train.subset(ids=[r.id for r in real_train.records if (r.subject or r.id) in chosen])
+    held = sorted(r.id for r in Dataset.open(data).records) if (data / "manifest.csv").is_file() else None
+    if held is not None and held != sorted(r.id for r in subset.records):
+        raise SonosynthError(f"{folder}: its generator was trained on other pairs than this cell's {len(subset)} "
+                             "(e.g. under another --train-where); use another --generators folder")
     if (synthetic / "manifest.csv").is_file():
         return synthetic
     if not (data / "manifest.csv").is_file():
-        chosen = set(subjects)
-        subset = real_train.subset(ids=[r.id for r in real_train.records if (r.subject or r.id) in chosen])
         with DatasetWriter(data, real_train.info, overwrite=True) as writer:
             copy_pairs(writer, subset)
     if not RunFolder(run).has_model and recipe.base:

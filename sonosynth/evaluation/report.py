@@ -387,6 +387,10 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
         )
     else:
         origin = "No synthetic data.\n"
+    if settings.get("train_where"):
+        origin += (f"**Designed shift**: the k subjects are drawn from, and validation uses, only the pairs where "
+                   f"`{settings['train_where']}`; the test split is whole, so part of it is unlike every training "
+                   "pair.\n")
     hc = settings.get("classical") or {}
     classical = ", ".join(f"{k}={v}" for k, v in hc.items())
     unconverged = [c for c in cells if not c.get("converged")]
