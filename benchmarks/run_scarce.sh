@@ -8,6 +8,8 @@
 # first restores the cells committed in docs/results/<dataset>/cells), `report` writes the report of the
 # cells finished so far (while `run` goes on elsewhere) and `copy` puts the tables, plots and cell records of
 # the complete (k, seed) groups into docs/results/<dataset>/.
+# Another recipe on the same data and split: RECIPE=benchmarks/scarce/X.yaml RESULT=<name> (report $WORK/<name>-report,
+# results docs/results/<name>/), optionally ARMS=real,real+classical,... (default all five) and K=..., SEEDS=....
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=${1:?usage: benchmarks/run_scarce.sh hc18|busi|camus-224 [STAGE ...]}; shift
@@ -16,8 +18,12 @@ SONO=${SONO:-.venv/bin/sonosynth}
 SRC=${SONOSYNTH_DATA_DIR:-../shared/data}
 WORK=${WORK:-/tmp/sonosynth-scarce}
 DATA=$WORK/$NAME-data
-REPORT=$WORK/$NAME-report
+RESULT=${RESULT:-$NAME}
+RECIPE=${RECIPE:-benchmarks/scarce/$NAME.yaml}
+REPORT=$WORK/$RESULT-report
+RESULTS=docs/results/$RESULT
 SEEDS=${SEEDS:-3}
+ARMS=${ARMS:-real,real+classical,real+synthetic,real+synthetic+classical,synthetic}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 case $NAME in
@@ -35,7 +41,7 @@ case $NAME in
 esac
 
 mkdir -p "$WORK"
-ARGS=(--real "$DATA" --out "$REPORT" --generator-per-k "benchmarks/scarce/$NAME.yaml" --k "$K" --seeds "$SEEDS"
+ARGS=(--real "$DATA" --out "$REPORT" --generator-per-k "$RECIPE" --k "$K" --seeds "$SEEDS" --arms "$ARMS"
       "${EXTRA[@]}")
 if has data && [ ! -f "$DATA/manifest.csv" ]; then
   $SONO data import "${IMPORT[0]}" "${IMPORT[1]}" "$DATA" "${IMPORT[@]:2}"
@@ -44,10 +50,10 @@ if has data && [ ! -f "$DATA/manifest.csv" ]; then
 fi
 
 if has run; then
-  if [ -d "docs/results/$NAME/cells" ]; then  # continue from the committed cells (same settings) on any machine
+  if [ -d "$RESULTS/cells" ]; then  # continue from the committed cells (same settings) on any machine
     mkdir -p "$REPORT/cells"
-    [ -f "$REPORT/settings.json" ] || cp "docs/results/$NAME/settings.json" "$REPORT/settings.json"
-    cp -n "docs/results/$NAME/cells/"*.json "$REPORT/cells/"
+    [ -f "$REPORT/settings.json" ] || cp "$RESULTS/settings.json" "$REPORT/settings.json"
+    for cell in "$RESULTS/cells/"*.json; do [ -e "$REPORT/cells/${cell##*/}" ] || cp "$cell" "$REPORT/cells/"; done
   fi
   $SONO evaluate downstream "${ARGS[@]}"
 fi
@@ -57,17 +63,17 @@ if has report; then
 fi
 
 if has copy; then
-  # Commit only complete (k, seed) groups (all five arms), so every row of the tables compares like with like:
-  # the report is rebuilt from those cells in $WORK/$NAME-complete (generators linked), then copied.
-  COMPLETE=$WORK/$NAME-complete
+  # Commit only complete (k, seed) groups (every arm), so every row of the tables compares like with like:
+  # the report is rebuilt from those cells in $WORK/$RESULT-complete (generators linked), then copied.
+  COMPLETE=$WORK/$RESULT-complete
+  N_ARMS=$(tr ',' '\n' <<< "$ARMS" | wc -l)
   rm -rf "$COMPLETE" && mkdir -p "$COMPLETE/cells"
   cp "$REPORT/settings.json" "$COMPLETE/" && ln -s "$REPORT/generators" "$COMPLETE/generators"
   for group in $(ls "$REPORT/cells" | sed -E 's/^(k[^_]+)__.*__(seed[0-9]+)\.json$/\1__*__\2.json/' | sort | uniq -c \
-                 | awk '$1 == 5 {print $2}'); do
+                 | awk -v n="$N_ARMS" '$1 == n {print $2}'); do
     cp "$REPORT"/cells/$group "$COMPLETE/cells/"
   done
   $SONO evaluate downstream "${ARGS[@]/#$REPORT/$COMPLETE}" --report-only
-  RESULTS=docs/results/$NAME
   rm -rf "$RESULTS/cells" && mkdir -p "$RESULTS/cells"
   cp "$COMPLETE"/results.csv "$COMPLETE"/comparisons.csv "$COMPLETE"/dice_vs_k.png "$COMPLETE"/samples.png \
      "$COMPLETE"/settings.json "$RESULTS"/

@@ -245,6 +245,21 @@ def test_generate_command_line(tmp_path, toy_run, toy_source):
                                       "--out", str(tmp_path / "x")])
     assert isinstance(result.exception, SonosynthError) and "widened size range" in str(result.exception)
     assert not (tmp_path / "x").exists()
+    # several mask sources: --n split between them, one dataset; the head-size options reach the shape part only
+    result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--mask-source",
+                                      "deform,shape", "--n", "3", "--steps", "1", "--size-widen", "0.3",
+                                      "--out", str(tmp_path / "mix")])
+    assert result.exit_code == 0, result.output
+    mixed = Dataset.open(tmp_path / "mix")
+    assert sorted(r.extra["mask_source"] for r in mixed.records) == ["deform", "deform", "shape"]
+    assert mixed.info.provenance["mask_sources"] == {"deform": 2, "shape": 1}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("mix")) == ["mix"]  # parts merged away
+    for args, message in ((["deform,deform", "--n", "2"], "each once"), (["deform,shape", "--n", "1"], "at least one"),
+                          (["deform,shape", "--n", "2", "--hc-mm", "12"], "--mask-source shape alone")):
+        result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--mask-source",
+                                          *args, "--out", str(tmp_path / "bad")])
+        assert isinstance(result.exception, SonosynthError) and message in str(result.exception), result.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_new_masks_stay_inside_the_field_of_view():

@@ -23,11 +23,24 @@ def _hc_range(value: str | None) -> tuple[float, float] | None:
     return bounds
 
 
+def _mask_counts(value: str, n: int) -> dict[str, int]:
+    """`deform,shape` with n=200: {'deform': 100, 'shape': 100} (the first sources take any remainder)."""
+    sources = [s.strip() for s in value.split(",") if s.strip()]
+    if not sources or len(set(sources)) != len(sources):
+        raise SonosynthError(f"--mask-source '{value}': expected one or more of train, deform, shape, each once")
+    if n < len(sources):
+        raise SonosynthError(f"--n {n}: at least one pair per mask source ({len(sources)})")
+    return {s: n // len(sources) + (i < n % len(sources)) for i, s in enumerate(sources)}
+
+
 def generate_command(
     run: Path = typer.Argument(..., help="Run folder written by `sonosynth train` (or its model/ folder)."),
     source: Path = typer.Option(..., "--source", help="Dataset whose masks (train split if any) are the source."),
-    mask_source: str = typer.Option("train", "--mask-source",
-                                    help="Which masks: train (as they are), deform, or shape (PCA model)."),
+    mask_source: str = typer.Option(
+        "train", "--mask-source",
+        help="Which masks: train (as they are), deform, shape (PCA model), or several (deform,shape: --n split "
+        "evenly, one dataset).",
+    ),
     masks: str | None = typer.Option(None, "--masks", hidden=True, help="Old spelling of --mask-source."),
     n: int = typer.Option(..., "--n", help="Number of pairs to write."),
     out: Path = typer.Option(..., "--out", help="Output dataset folder."),
@@ -64,12 +77,17 @@ def generate_command(
 ) -> None:
     """Write a synthetic dataset (images, masks, manifest with provenance) from a trained model."""
     from sonosynth.synthesis.fidelity import segmenter_predictor
-    from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset
+    from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset, generate_from_sources
     from sonosynth.synthesis.masks import ShapeModelConfig
 
+    counts = _mask_counts(masks or mask_source, n)
+    if len(counts) > 1 and hc_mm:
+        raise SonosynthError("--hc-mm sets the size of shape masks: use it with --mask-source shape alone")
+    mixed = len(counts) > 1
     config = GenerateConfig(
-        mask_source=masks or mask_source, n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
-        batch_size=batch_size, split=split, output_size=output_size, target_hc_mm=_hc_range(hc_mm), hc_widen=hc_widen,
+        mask_source=next(iter(counts)), n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
+        batch_size=batch_size, split=split, output_size=output_size, target_hc_mm=_hc_range(hc_mm),
+        hc_widen=0.0 if mixed else hc_widen,
         shape=ShapeModelConfig(size_widen=size_widen), filter_dice=filter_dice, filter_mode=filter_mode,
         attributes=AttributePolicy.parse(attr, attr_dist),
         prompt=prompt, conditioning_scale=conditioning_scale, device=device,
@@ -79,7 +97,11 @@ def generate_command(
         predictor, _ = segmenter_predictor(segmenter, device=device)
     elif filter_dice is not None:
         raise SonosynthError("--filter-dice needs --segmenter SEGRUN")
-    path = generate_dataset(run, source, out, config, predictor=predictor, overwrite=overwrite)
+    if mixed:  # the shape part alone gets the widened head sizes
+        path = generate_from_sources(run, source, out, counts, config, predictor=predictor, shape_hc_widen=hc_widen,
+                                     overwrite=overwrite)
+    else:
+        path = generate_dataset(run, source, out, config, predictor=predictor, overwrite=overwrite)
     typer.echo(f"synthetic dataset written to {path}")
 
 

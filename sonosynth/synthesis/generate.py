@@ -476,6 +476,7 @@ def generate_from_sources(
     progress: bool = True,
     predictor: Predictor | None = None,
     shape_hc_widen: float = 0.0,
+    overwrite: bool = False,
 ) -> Path:
     """One synthetic dataset from several mask sources, e.g. {'deform': 100, 'shape': 100}.
 
@@ -485,8 +486,7 @@ def generate_from_sources(
     name; the first part's dataset description is kept. `predictor` scores (and with `filter_dice`, filters) every part.
     """
     config = config or GenerateConfig()
-    out = Path(out)
-    prepare_output(out)
+    out = prepare_output(out, overwrite)
     parts = []
     for mask_source, n in counts.items():
         part = out.with_name(f"{out.name}-{mask_source}")
@@ -497,7 +497,7 @@ def generate_from_sources(
         parts.append((mask_source, Dataset.open(part)))
     info = parts[0][1].info
     info.provenance = {**info.provenance, "mask_sources": {k: int(v) for k, v in counts.items()}}
-    with DatasetWriter(out, info) as writer:
+    with DatasetWriter(out, info, overwrite=overwrite) as writer:
         for mask_source, dataset in parts:
             copy_pairs(writer, dataset, prefix=f"{mask_source}_")
     for _, dataset in parts:
