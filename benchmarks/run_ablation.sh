@@ -9,13 +9,17 @@
 #   benchmarks/run_ablation.sh copy            cells and table into docs/results/hc18-ablation/ (cells/<lever>/, table.md)
 # Resumable: rerun to continue; `run` first restores the cells committed in docs/results/hc18-ablation/cells.
 # Run one process per k on a 2-core machine (OMP_NUM_THREADS=1 each): `run 5 &` and `run 20 &`.
+# A designed shift: SHIFT='hc_mm<150' trains and validates on that group only (`--train-where`), tests on all; its
+# reports, generators and results live apart ($WORK/hc18-shift, docs/results/hc18-shift).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SONO=${SONO:-.venv/bin/sonosynth}
 WORK=${WORK:-/tmp/sonosynth-scarce}
 DATA=$WORK/hc18-data
-ABLATION=$WORK/hc18-ablation
-RESULTS=docs/results/hc18-ablation
+SHIFT=${SHIFT:-}
+NAME=hc18-ablation && [ -z "$SHIFT" ] || NAME=hc18-shift
+ABLATION=$WORK/$NAME
+RESULTS=docs/results/$NAME
 SEEDS=${SEEDS:-3}
 ONLY=${ONLY:-}  # a space-separated list of levers: run only these (e.g. to confirm the best ones at more seeds)
 # lever | generator recipe | downstream options | arms
@@ -53,7 +57,8 @@ case $STAGE in
         for k in "$@"; do
           # shellcheck disable=SC2086  # options are words
           $SONO evaluate downstream --real "$DATA" --out "$out" --generators "$ABLATION/generators" \
-            --generator-per-k "benchmarks/scarce/$recipe" --k "$k" --seeds "$seed" --arms "$arms" $options
+            --generator-per-k "benchmarks/scarce/$recipe" --k "$k" --seeds "$seed" --arms "$arms" $options \
+            ${SHIFT:+--train-where "$SHIFT"}
         done
       done
     done ;;
