@@ -24,17 +24,17 @@ SEEDS=${SEEDS:-3}
 ONLY=${ONLY:-}  # a space-separated list of levers: run only these (e.g. to confirm the best ones at more seeds)
 # lever | generator recipe | downstream options | arms
 LEVERS=(  # in the order they run (the first ones are the ones a short session gets to)
-  "base|hc18.yaml||real,real+classical,real+synthetic+classical"
+  "base|ablation/hc18-base.yaml||real,real+classical,real+synthetic+classical"
   "hc-widen|ablation/hc18-hc-widen.yaml||real+synthetic+classical"
   "size-widen|ablation/hc18-size-widen.yaml||real+synthetic+classical"
-  "pretrain|hc18.yaml|--synthetic-schedule pretrain|real+synthetic+classical"
+  "pretrain|ablation/hc18-base.yaml|--synthetic-schedule pretrain|real+synthetic+classical"
   "hc-widen+pretrain|ablation/hc18-hc-widen.yaml|--synthetic-schedule pretrain|real+synthetic+classical"
   "guidance1|ablation/hc18-guidance1.yaml||real+synthetic+classical"
   "filter0.8|ablation/hc18-filter0.8.yaml||real+synthetic+classical"
   "shape|ablation/hc18-shape.yaml||real+synthetic+classical"
   "train-masks|ablation/hc18-train.yaml||real+synthetic+classical"
   "pairs1000|ablation/hc18-pairs1000.yaml||real+synthetic+classical"
-  "ratio0.75|hc18.yaml|--synthetic-ratio 0.75|real+synthetic+classical"
+  "ratio0.75|ablation/hc18-base.yaml|--synthetic-ratio 0.75|real+synthetic+classical"
   "guidance3|ablation/hc18-guidance3.yaml||real+synthetic+classical"
   "deform|ablation/hc18-deform.yaml||real+synthetic+classical"
 )

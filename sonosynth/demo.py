@@ -197,12 +197,16 @@ def _train_diffusion(data: Path, run: Path, config: DemoConfig, autoencoder: Pat
 
 
 def _generate(run: Path, data: Path, synthetic: Path, config: DemoConfig) -> None:
-    """Deformed and shape-model masks, merged into one synthetic dataset."""
-    from sonosynth.synthesis.generate import GenerateConfig, generate_from_sources
+    """Deformed and shape-model masks with widened sizes (the recommended recipe), merged into one dataset."""
+    from sonosynth.synthesis.generate import GenerateConfig, generate_from_sources, recommended_widening
+    from sonosynth.synthesis.masks import ShapeModelConfig
 
+    hc_widen, size_widen = recommended_widening(Dataset.open(data))
     generate_from_sources(
         run, data, synthetic, {"deform": config.n_deform, "shape": config.n_shape},
-        GenerateConfig(steps=config.sample_steps, seed=config.seed, device=config.device),
+        GenerateConfig(steps=config.sample_steps, seed=config.seed, device=config.device,
+                       shape=ShapeModelConfig(size_widen=size_widen)),
+        shape_hc_widen=hc_widen,
     )
 
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import yaml
 from factories import ellipse_pair, save_tiny_run, write_cardiac_dataset, write_toy_dataset
+from typer.testing import CliRunner
 
+from sonosynth.cli import app
 from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
 from sonosynth.errors import DataError, SonosynthError
@@ -107,6 +109,16 @@ def test_shape_source_hits_target_head_circumference(tmp_path, toy_run):
     assert min(targets) < min(heads) or max(targets) > max(heads)
     with pytest.raises(SonosynthError, match="either a head-circumference range or"):
         replace(config, hc_widen=0.2)
+
+    # the command's default recipe on heads with hc_mm: deformed + shape masks, the head circumference widened
+    result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(source), "--n", "4", "--steps", "1",
+                                      "--out", str(tmp_path / "default")])
+    assert result.exit_code == 0, result.output
+    made = Dataset.open(tmp_path / "default")
+    assert made.info.provenance["mask_sources"] == {"deform": 2, "shape": 2}
+    targets = [float(r.extra["target_hc_mm"]) for r in made.records if r.extra["mask_source"] == "shape"]
+    assert len(targets) == 2 and all(0.75 * min(heads) <= t <= 1.25 * max(heads) for t in targets)
+    assert made.info.provenance["config"]["shape"]["size_widen"] == 0.0
 
 
 def test_attribute_policy_fixes_or_samples_conditioning(tmp_path, toy_run, toy_source):
@@ -219,10 +231,6 @@ def test_bad_requests_fail_cleanly(tmp_path, toy_run, toy_source):
 
 
 def test_generate_command_line(tmp_path, toy_run, toy_source):
-    from typer.testing import CliRunner
-
-    from sonosynth.cli import app
-
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--masks", "shape",
                                       "--n", "2", "--steps", "1", "--hc-mm", "12:14", "--attr", "view=b",
@@ -231,9 +239,16 @@ def test_generate_command_line(tmp_path, toy_run, toy_source):
     synth = Dataset.open(out)
     assert len(synth) == 2 and {r.attributes["view"] for r in synth.records} == {"b"}
     assert all(12 <= float(r.extra["target_hc_mm"]) <= 14 for r in synth.records)
-    result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--n", "1",
+    result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--n", "2",
                                       "--filter-dice", "0.9", "--out", str(tmp_path / "nofilter")])
     assert isinstance(result.exception, SonosynthError) and "--segmenter" in str(result.exception)
+    # the default recipe without hc_mm: deformed + shape masks, the shape's size in pixels widened
+    result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--n", "2",
+                                      "--steps", "1", "--out", str(tmp_path / "default")])
+    assert result.exit_code == 0, result.output
+    made = Dataset.open(tmp_path / "default")
+    assert made.info.provenance["mask_sources"] == {"deform": 1, "shape": 1}
+    assert made.info.provenance["config"]["shape"]["size_widen"] == 0.25
     # --size-widen: the same new masks, their sizes drawn over a wider range (recorded with the run's settings)
     result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--mask-source", "shape",
                                       "--n", "2", "--steps", "1", "--size-widen", "0.3", "--out", str(tmp_path / "w")])
@@ -254,7 +269,7 @@ def test_generate_command_line(tmp_path, toy_run, toy_source):
     assert sorted(r.extra["mask_source"] for r in mixed.records) == ["deform", "deform", "shape"]
     assert mixed.info.provenance["mask_sources"] == {"deform": 2, "shape": 1}
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("mix")) == ["mix"]  # parts merged away
-    for args, message in ((["deform,deform", "--n", "2"], "each once"), (["deform,shape", "--n", "1"], "at least one"),
+    for args, message in ((["deform,deform", "--n", "2"], "each once"),
                           (["deform,shape", "--n", "2", "--hc-mm", "12"], "--mask-source shape alone")):
         result = CliRunner().invoke(app, ["generate", str(toy_run), "--source", str(toy_source), "--mask-source",
                                           *args, "--out", str(tmp_path / "bad")])

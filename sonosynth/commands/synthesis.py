@@ -24,22 +24,32 @@ def _hc_range(value: str | None) -> tuple[float, float] | None:
 
 
 def _mask_counts(value: str, n: int) -> dict[str, int]:
-    """`deform,shape` with n=200: {'deform': 100, 'shape': 100} (the first sources take any remainder)."""
+    """`deform,shape` with n=200: {'deform': 100, 'shape': 100}; the first sources take any remainder (n=1:
+    {'deform': 1})."""
     sources = [s.strip() for s in value.split(",") if s.strip()]
     if not sources or len(set(sources)) != len(sources):
         raise SonosynthError(f"--mask-source '{value}': expected one or more of train, deform, shape, each once")
-    if n < len(sources):
-        raise SonosynthError(f"--n {n}: at least one pair per mask source ({len(sources)})")
-    return {s: n // len(sources) + (i < n % len(sources)) for i, s in enumerate(sources)}
+    counts = {s: n // len(sources) + (i < n % len(sources)) for i, s in enumerate(sources)}
+    return {s: c for s, c in counts.items() if c} or {sources[0]: n}
+
+
+def _widening(source: Path, shape: bool, hc_widen: float | None, size_widen: float | None) -> tuple[float, float]:
+    """The user's widening options, or (with neither given, for shape masks) the recommended recipe's."""
+    if hc_widen is not None or size_widen is not None or not shape:
+        return hc_widen or 0.0, size_widen or 0.0
+    from sonosynth.data.format import Dataset
+    from sonosynth.synthesis.generate import recommended_widening
+
+    return recommended_widening(Dataset.open(source))
 
 
 def generate_command(
     run: Path = typer.Argument(..., help="Run folder written by `sonosynth train` (or its model/ folder)."),
     source: Path = typer.Option(..., "--source", help="Dataset whose masks (train split if any) are the source."),
     mask_source: str = typer.Option(
-        "train", "--mask-source",
-        help="Which masks: train (as they are), deform, shape (PCA model), or several (deform,shape: --n split "
-        "evenly, one dataset).",
+        "deform,shape", "--mask-source",
+        help="Which masks: train (as they are), deform, shape (PCA model), or several (--n split evenly, one dataset; "
+        "the default, the measured best recipe: docs/results/hc18-ablation). A joint model needs train.",
     ),
     masks: str | None = typer.Option(None, "--masks", hidden=True, help="Old spelling of --mask-source."),
     n: int = typer.Option(..., "--n", help="Number of pairs to write."),
@@ -52,15 +62,15 @@ def generate_command(
     split: str = opt.SPLIT,
     output_size: str = opt.OUTPUT_SIZE,
     hc_mm: str | None = typer.Option(None, "--hc-mm", help="shape masks: target head circumference MM or MIN:MAX."),
-    hc_widen: float = typer.Option(
-        0.0, "--hc-widen",
+    hc_widen: float | None = typer.Option(
+        None, "--hc-widen",
         help="shape masks: head circumference uniform over the source's hc_mm range widened by this fraction at both "
-        "ends (0.25: 0.75 x smallest to 1.25 x largest; docs/results/hc18-ablation).",
+        "ends (0.25: 0.75 x smallest to 1.25 x largest). Default: 0.25 when the source records hc_mm.",
     ),
-    size_widen: float = typer.Option(
-        0.0, "--size-widen",
+    size_widen: float | None = typer.Option(
+        None, "--size-widen",
         help="shape masks: structure size uniform over the source masks' size range widened by this fraction at both "
-        "ends (any anatomy; --hc-widen is the fetal-head form, in mm).",
+        "ends (any anatomy; --hc-widen is the fetal-head form, in mm). Default: 0.25 when the source has no hc_mm.",
     ),
     attr: list[str] = typer.Option([], "--attr", help="Fix an attribute: NAME=VALUE (repeatable)."),
     attr_dist: list[str] = typer.Option([], "--attr-dist",
@@ -84,6 +94,7 @@ def generate_command(
     if len(counts) > 1 and hc_mm:
         raise SonosynthError("--hc-mm sets the size of shape masks: use it with --mask-source shape alone")
     mixed = len(counts) > 1
+    hc_widen, size_widen = _widening(source, "shape" in counts and not hc_mm, hc_widen, size_widen)
     config = GenerateConfig(
         mask_source=next(iter(counts)), n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
         batch_size=batch_size, split=split, output_size=output_size, target_hc_mm=_hc_range(hc_mm),

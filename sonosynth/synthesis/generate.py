@@ -48,6 +48,18 @@ MASK_SOURCES = ("train", "deform", "shape")
 OUTPUT_SIZES = ("cropped", "source", "square")
 HC_ATTRIBUTE = "hc_mm"
 """Free-form attribute the HC18 importer and the phantom use for the head circumference (mm)."""
+RECOMMENDED_MASK_SOURCES = ("deform", "shape")
+RECOMMENDED_WIDEN = 0.25
+"""The recipe the HC18 ablation supports (docs/results/hc18-ablation): deformed and shape-model masks in equal
+parts, the shape masks' sizes over the source's range widened by a quarter at both ends."""
+
+
+def recommended_widening(source: Dataset) -> tuple[float, float]:
+    """(hc_widen, size_widen) of the recommended recipe: widen the head circumference where the source pairs
+    record one (hc-widen, the stronger lever), else the structure's size in pixels (size-widen, any anatomy)."""
+    if any(r.attributes.get(HC_ATTRIBUTE) for r in source.records):
+        return RECOMMENDED_WIDEN, 0.0
+    return 0.0, RECOMMENDED_WIDEN
 
 
 @dataclass
@@ -458,7 +470,8 @@ def _check_joint_request(model: SynthesisModel, config: GenerateConfig) -> None:
     """A model that draws its own masks (joint, lora): requests that need a given mask are refused clearly."""
     if config.mask_source != "train":
         raise SonosynthError(f"{model.run}: a '{model.kind}' model draws its own masks; mask source "
-                             f"'{config.mask_source}' needs a mask-conditioned model (spade, concat or controlnet)")
+                             f"'{config.mask_source}' needs a mask-conditioned model (spade, concat or controlnet): "
+                             "pass --mask-source train")
     if (config.attributes.fixed or config.attributes.distribution) and not model.prompted:
         raise SonosynthError("--attr/--attr-dist need a mask-conditioned model; a joint model's pairs take the "
                              "classes of the source pairs")
