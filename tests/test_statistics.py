@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from sonosynth.evaluation.statistics import BETTER, NO_DIFFERENCE, WORSE, paired_bootstrap, per_image_matrix
+from sonosynth.evaluation.statistics import (
+    BETTER,
+    NO_DIFFERENCE,
+    WORSE,
+    PairedDifference,
+    paired_bootstrap,
+    per_image_matrix,
+)
 
 
 def test_a_clear_gain_is_better_and_its_interval_holds_the_mean() -> None:
@@ -68,3 +75,11 @@ def test_per_image_matrix_follows_the_dice_policy() -> None:
     assert math.isnan(fp[0, 0]) and fp[0, 1] == 1.0  # a lesion drawn on an image without one
     hc = per_image_matrix(cells, ["b", "a"], "hc_abs_error_mm", None)
     assert math.isnan(hc[0, 0]) and hc[0, 1] == 2.0
+
+
+def test_brief_is_the_table_cell_in_points() -> None:
+    gain = PairedDifference(0.0151, 0.009, 0.022, n_seeds=2, n_images=394, higher_is_better=True)
+    assert gain.brief(100) == "+1.5 [+0.9, +2.2] better"
+    error = PairedDifference(-1.94, -2.7, -1.1, n_seeds=2, n_images=394, higher_is_better=False)
+    assert error.brief() == "-1.9 [-2.7, -1.1] better"
+    assert PairedDifference(0.001, -0.002, 0.004, 2, 10, True).brief(100) == "+0.1 [-0.2, +0.4] no diff."

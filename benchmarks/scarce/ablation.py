@@ -24,7 +24,6 @@ import numpy as np
 from sonosynth.evaluation.statistics import paired_bootstrap, per_image_matrix
 
 BASELINES = ("real", "real+classical", "real+synthetic+classical")
-SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no diff."}
 
 
 def load_cells(report: Path) -> dict[tuple[str, str, int], dict]:
@@ -44,7 +43,7 @@ def difference(arm: list[dict], base: list[dict], metric: str, scale: float, hig
     if not np.isfinite(a).any():
         return "–"
     d = paired_bootstrap(a, b, higher_is_better=higher)
-    return f"{scale * d.mean:+.1f} [{scale * d.low:+.1f}, {scale * d.high:+.1f}] {SHORT[d.verdict]}"
+    return d.brief(scale)
 
 
 def table(ablation: Path) -> str:

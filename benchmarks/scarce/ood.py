@@ -25,7 +25,6 @@ from sonosynth.data.format import Dataset
 from sonosynth.evaluation.downstream import nested_subjects, training_pool
 from sonosynth.evaluation.statistics import paired_bootstrap, per_image_matrix
 
-SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no diff."}
 BASELINES = ("real", "real+classical")
 
 
@@ -97,7 +96,7 @@ def main() -> None:
                         row.append("–")
                         continue
                     d = paired_bootstrap(mine, group_dice([cells[(k, baseline, s)] for s in seeds], ids, keep))
-                    row.append(f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}] {SHORT[d.verdict]}")
+                    row.append(d.brief(100))
                 lines.append("| " + " | ".join(row) + " |")
     text = "\n".join(lines) + "\n"
     print(text, end="")

@@ -14,8 +14,9 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+from sonosynth.evaluation.statistics import SHORT_VERDICTS
+
 ARMS = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
-SHORT = {"better": "better", "worse": "worse", "no detectable difference": "no diff."}
 NAMES = {"real+synthetic": "+syn", "real+synthetic+classical": "+syn+cl"}
 
 
@@ -51,7 +52,8 @@ def main() -> None:
         for baseline in ("real", "real+classical"):
             found = [
                 f"{NAMES[c['arm']]} {c['structure']}: "
-                f"{SHORT[c['verdict']]} ({float(c['mean']):+.1f} [{float(c['low']):+.1f}, {float(c['high']):+.1f}])"
+                f"{SHORT_VERDICTS[c['verdict']]} "
+                f"({float(c['mean']):+.1f} [{float(c['low']):+.1f}, {float(c['high']):+.1f}])"
                 for c in compared
                 if (c["k"], c["baseline"]) == (k, baseline) and c["arm"] in ARMS[2:4] and c["metric"].startswith("Dice")
             ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
+SHORT_VERDICTS = {BETTER: "better", WORSE: "worse", NO_DIFFERENCE: "no diff."}  # for narrow tables
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class PairedDifference:
         if self.high < 0:
             return WORSE if self.higher_is_better else BETTER
         return NO_DIFFERENCE
+
+    def brief(self, scale: float = 1.0) -> str:
+        """`+1.5 [+0.9, +2.2] better`: the table cell (scale 100 turns Dice into points)."""
+        interval = f"[{scale * self.low:+.1f}, {scale * self.high:+.1f}]"
+        return f"{scale * self.mean:+.1f} {interval} {SHORT_VERDICTS[self.verdict]}"
 
 
 def paired_bootstrap(
