@@ -229,7 +229,10 @@ def test_a_designed_shift_trains_on_one_group_and_tests_on_all(datasets: tuple[P
     """--train-where: the k subjects' pairs, validation and the generator keep the group only; the test is whole."""
     real, _ = datasets
     store = tmp_path / "generators"
-    shifted = config(ks=["2"], seeds=1, arms=["real", "real+synthetic"], generator=TINY_RECIPE,
+    from dataclasses import replace
+
+    widened = replace(TINY_RECIPE, size_range_widen=0.25)
+    shifted = config(ks=["2"], seeds=1, arms=["real", "real+synthetic"], generator=widened,
                      generators=str(store), train_where="view=a")
     run_downstream(real, tmp_path / "shift", shifted, progress=False)
     cell = json.loads((tmp_path / "shift" / "cells" / "k2__real__seed0.json").read_text())
@@ -237,7 +240,9 @@ def test_a_designed_shift_trains_on_one_group_and_tests_on_all(datasets: tuple[P
     assert {r.attributes["view"] for r in Dataset.open(store / "k2__seed0" / "data").records} == {"a"}
     assert cell["n_test_images"] == len(real_splits(Dataset.open(real))[2])  # both views
     assert json.loads((tmp_path / "shift" / "settings.json").read_text())["train_where"] == "view=a"
-    assert "**Designed shift**" in (tmp_path / "shift" / "results.md").read_text()
+    report = (tmp_path / "shift" / "results.md").read_text()
+    assert "**Designed shift**" in report
+    assert "the shape masks' size over those subjects' range widened by 25 % at both ends" in report
     # the same store cannot serve the unshifted experiment: its generators saw other pairs
     with pytest.raises(SonosynthError, match="trained on other pairs than this cell's 4"):
         run_downstream(real, tmp_path / "whole", config(ks=["2"], seeds=1, arms=["real+synthetic"],

@@ -366,6 +366,12 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
     recipe = settings.get("generator_per_k")
     if recipe:
         sources = ", ".join(f"{n} {name}" for name, n in recipe["mask_sources"].items())
+        if recipe.get("hc_range_widen"):
+            sources += (f" (the shape masks' head circumference over those subjects' range widened by "
+                        f"{100 * recipe['hc_range_widen']:g} % at both ends)")
+        elif recipe.get("size_range_widen"):
+            sources += (f" (the shape masks' size over those subjects' range widened by "
+                        f"{100 * recipe['size_range_widen']:g} % at both ends)")
         model = f"`{recipe['model_size']}` {recipe['model_kind']} diffusion model"
         if recipe.get("base"):  # the base saw other images, never these patients' annotations
             lora = f" + LoRA rank {recipe['lora_rank']}" if recipe.get("lora_rank") else ""
