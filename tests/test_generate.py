@@ -119,6 +119,11 @@ def test_shape_source_hits_target_head_circumference(tmp_path, toy_run):
     targets = [float(r.extra["target_hc_mm"]) for r in made.records if r.extra["mask_source"] == "shape"]
     assert len(targets) == 2 and all(0.75 * min(heads) <= t <= 1.25 * max(heads) for t in targets)
     assert made.info.provenance["config"]["shape"]["size_widen"] == 0.0
+    parts = made.info.provenance["parts"]
+    assert parts["shape"]["config"]["hc_widen"] == 0.25 and parts["deform"]["config"]["hc_widen"] == 0
+    shape_part = parts["shape"]
+    low, high = shape_part["hc_range_mm"]
+    assert low == pytest.approx(0.75 * min(heads)) and high == pytest.approx(1.25 * max(heads))
 
 
 def test_attribute_policy_fixes_or_samples_conditioning(tmp_path, toy_run, toy_source):

@@ -347,7 +347,8 @@ def generate_dataset(
         f"Synthetic pairs from the joint model {run} (image and mask generated together).",
         provenance={"command": command, "model": str(run), "source": "" if source is None else str(source),
                     "config": _jsonable(config.to_dict()), "model_size": model.size, "kind": model.kind,
-                    "checkpoint_step": "" if step is None else int(step)},
+                    "checkpoint_step": "" if step is None else int(step),
+                    **({"hc_range_mm": list(drawing.target_hc_mm)} if config.hc_widen else {})},
     )
     columns = {"model": str(run), "checkpoint_step": "" if step is None else str(step),
                "scheduler": scheduler_name(model.pipe.scheduler), "steps": config.steps,
@@ -496,7 +497,8 @@ def generate_from_sources(
     Each source is generated with `config` (its mask source and n replaced; `shape_hc_widen`, the widening of
     the source's head-circumference range, for the shape source only) into a part folder that is kept until
     the merge is written, so an interrupted run redoes only missing parts. Ids are prefixed with the source
-    name; the first part's dataset description is kept. `predictor` scores (and with `filter_dice`, filters) every part.
+    name; the first part's dataset description is kept, and every part's provenance under `parts`.
+    `predictor` scores (and with `filter_dice`, filters) every part.
     """
     config = config or GenerateConfig()
     out = prepare_output(out, overwrite)
@@ -509,7 +511,8 @@ def generate_from_sources(
                              predictor=predictor, overwrite=True, progress=progress)
         parts.append((mask_source, Dataset.open(part)))
     info = parts[0][1].info
-    info.provenance = {**info.provenance, "mask_sources": {k: int(v) for k, v in counts.items()}}
+    info.provenance = {**info.provenance, "mask_sources": {k: int(v) for k, v in counts.items()},
+                       "parts": {name: dataset.info.provenance for name, dataset in parts}}
     with DatasetWriter(out, info, overwrite=overwrite) as writer:
         for mask_source, dataset in parts:
             copy_pairs(writer, dataset, prefix=f"{mask_source}_")
