@@ -9,7 +9,11 @@ an attribute over their training images (HC18: `hc_mm`, the head circumference, 
 any training head), per seed. Every synthetic arm is compared with `real` and `real+classical` of the same k and
 seed on each group: paired per image, 95 % bootstrap intervals over seeds and the group's images. The first REPORT
 holds the baselines (`real`, `real+classical`); arms of later reports (ablation levers) are named REPORT:arm.
-A report with a designed shift (`--train-where`) draws its k subjects from the pairs meeting it, as here.
+A report with a designed shift (`--train-where`) draws its k subjects from the pairs meeting it, as here, and
+`--by condition` splits the test images by that condition instead (the designed groups: like the training group
+or not), the same for every seed.
+
+    .venv/bin/python benchmarks/scarce/ood.py DATA SHIFT_REPORT [REPORT ...] --by condition [--markdown OUT.md]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sonosynth.data.conditions import Condition
 from sonosynth.data.format import Dataset
 from sonosynth.evaluation.downstream import nested_subjects, training_pool
 from sonosynth.evaluation.statistics import paired_bootstrap, per_image_matrix
@@ -48,9 +53,35 @@ def groups(
     return {"inside": inside, "outside": ~inside}
 
 
-def group_dice(cells: list[dict], ids: list[str], keep: np.ndarray) -> np.ndarray:
-    """(seeds, images) Dice of the head, NaN outside each seed's group."""
-    return np.where(keep, per_image_matrix(cells, ids, "dice", "1"), np.nan)
+def condition_groups(dataset: Dataset, train_where: str, ids: list[str]) -> dict[str, np.ndarray]:
+    """Boolean masks over `ids`: test images that meet the designed shift's condition (the training group) or not."""
+    condition = Condition.parse(train_where)
+    by_id = {r.id: condition.matches(r) for r in dataset.records}
+    meets = np.array([by_id[i] for i in ids])
+    return {str(condition): meets, f"not {condition}": ~meets}
+
+
+Cells = dict[tuple[str, str, int], dict]  # (k, arm, seed) -> cell
+
+
+def group_scores(cells: Cells, k: str, arm: str, seeds: list[int], ids: list[str], keep: np.ndarray,
+                 metric: str = "dice") -> np.ndarray:
+    """(seeds, images) Dice of the head (or its HC error, metric `hc_abs_error_mm`), NaN outside each seed's group."""
+    structure = None if metric == "hc_abs_error_mm" else "1"
+    matrix = per_image_matrix([cells[(k, arm, s)] for s in seeds], ids, metric, structure)
+    return np.where(keep, matrix, np.nan)
+
+
+def group_row(cells: Cells, k: str, arm: str, seeds: list[int], ids: list[str], keep: np.ndarray) -> list[str]:
+    """Dice and HC error of one arm on one group, paired with the baselines (Dice) and real+classical (HC)."""
+    dice, hc = (group_scores(cells, k, arm, seeds, ids, keep, m) for m in ("dice", "hc_abs_error_mm"))
+    row = [f"{np.nanmean(dice):.3f}"]
+    row += ["–" if b == arm else paired_bootstrap(dice, group_scores(cells, k, b, seeds, ids, keep)).brief(100)
+            for b in BASELINES]
+    strongest = BASELINES[-1]
+    row += [f"{np.nanmean(hc):.1f}", "–" if arm == strongest else paired_bootstrap(
+        hc, group_scores(cells, k, strongest, seeds, ids, keep, "hc_abs_error_mm"), higher_is_better=False).brief()]
+    return row
 
 
 def main() -> None:
@@ -58,11 +89,16 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("reports", type=Path, nargs="+")
     parser.add_argument("--attribute", default="hc_mm")
+    parser.add_argument("--by", choices=("range", "condition"), default="range",
+                        help="range: inside / outside the k subjects' range of --attribute; condition: meeting the "
+                             "first report's --train-where or not")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
     dataset = Dataset.open(args.data)
     train_where = json.loads((args.reports[0] / "settings.json").read_text()).get("train_where", "")
-    cells: dict[tuple[str, str, int], dict] = {}
+    if args.by == "condition" and not train_where:
+        parser.error(f"--by condition: {args.reports[0]} has no designed shift (settings.json train_where)")
+    cells: Cells = {}
     for i, report in enumerate(args.reports):
         for path in sorted((report / "cells").glob("k*.json")):
             cell = json.loads(path.read_text())
@@ -71,33 +107,32 @@ def main() -> None:
     by_k: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for k, arm, seed in cells:
         by_k[k][arm].append(seed)
-    header = ["k", f"{args.attribute} group", "images per seed", "arm", "seeds", "Dice", "Dice vs real",
-              "Dice vs real+classical"]
-    lines = [f"Test images inside / outside the range of `{args.attribute}` over the k subjects' training images.\n",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ids = [e["id"] for e in next(iter(cells.values()))["per_image"]]
+    if args.by == "condition":
+        group_column = "test group"
+        title = (f"Test images meeting the training group's condition `{train_where}` or not (the k subjects were "
+                 "drawn from the pairs meeting it).\n")
+    else:
+        group_column = f"{args.attribute} group"
+        title = f"Test images inside / outside the range of `{args.attribute}` over the k subjects' training images.\n"
+    header = ["k", group_column, "images per seed", "arm", "seeds", "Dice", "Dice vs real", "Dice vs real+classical",
+              "HC err. (mm)", "HC err. vs real+classical (mm)"]
+    lines = [title, "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for k in sorted(by_k, key=lambda v: int(v) if v.isdigit() else 10**6):
         if k == "-":
             continue
         arms = by_k[k]
-        ids = [e["id"] for e in next(iter(cells.values()))["per_image"]]
-        for group in ("inside", "outside"):
+        split = {s: condition_groups(dataset, train_where, ids) if args.by == "condition" else
+                 groups(dataset, k, s, args.attribute, ids, train_where) for s in {s for v in arms.values() for s in v}}
+        for group in next(iter(split.values())):
             for arm in sorted(arms, key=lambda a: (a not in BASELINES, a)):
                 seeds = sorted(s for s in arms[arm] if all((k, b, s) in cells for b in BASELINES))
                 if not seeds:
                     continue
-                keep = np.stack([groups(dataset, k, s, args.attribute, ids, train_where)[group] for s in seeds])
-                if not keep.any():
-                    continue
-                mine = group_dice([cells[(k, arm, s)] for s in seeds], ids, keep)
-                row = [k, group, f"{keep.sum(axis=1).mean():.0f}", arm, ",".join(map(str, seeds)),
-                       f"{np.nanmean(mine):.3f}"]
-                for baseline in BASELINES:
-                    if baseline == arm:
-                        row.append("–")
-                        continue
-                    d = paired_bootstrap(mine, group_dice([cells[(k, baseline, s)] for s in seeds], ids, keep))
-                    row.append(d.brief(100))
-                lines.append("| " + " | ".join(row) + " |")
+                keep = np.stack([split[s][group] for s in seeds])
+                if keep.any():
+                    row = [k, group, f"{keep.sum(axis=1).mean():.0f}", arm, ",".join(map(str, seeds))]
+                    lines.append("| " + " | ".join(row + group_row(cells, k, arm, seeds, ids, keep)) + " |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.markdown:
