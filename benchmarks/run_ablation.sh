@@ -2,8 +2,9 @@
 # Issue 13's ablation on HC18 with the honest protocol: which lever makes synthetic pairs help a converged
 # segmenter? One report per lever under $WORK/hc18-ablation/<lever>, all sharing the per-k generators of
 # $WORK/hc18-ablation/generators (trained once per k and seed on those k subjects only; a sampling lever samples
-# them its own way). `base` runs the four arms of the scarce protocol; a lever runs its synthetic arm(s) only and is
-# compared with base's `real` and `real+classical` cells of the same k and seed (same subjects, same test images).
+# them its own way; a lever that trains its generator differently has its own store, the LEVERS' last field).
+# `base` runs the four arms of the scarce protocol; a lever runs its synthetic arm(s) only and is compared with
+# base's `real` and `real+classical` cells of the same k and seed (same subjects, same test images).
 #   benchmarks/run_ablation.sh run K [K ...]   seeds 0..SEEDS-1 (default 3), seed-major: every lever at seed 0 first
 #   benchmarks/run_ablation.sh table           the ablation table (benchmarks/scarce/ablation.py) of the cells so far
 #   benchmarks/run_ablation.sh copy            cells and table into docs/results/hc18-ablation/ (cells/<lever>/, table.md)
@@ -22,7 +23,7 @@ ABLATION=$WORK/$NAME
 RESULTS=docs/results/$NAME
 SEEDS=${SEEDS:-3}
 ONLY=${ONLY:-}  # a space-separated list of levers: run only these (e.g. to confirm the best ones at more seeds)
-# lever | generator recipe | downstream options | arms
+# lever | generator recipe | downstream options | arms [| generator store, default generators: the shared one]
 LEVERS=(  # in the order they run (the first ones are the ones a short session gets to)
   "base|ablation/hc18-base.yaml||real,real+classical,real+synthetic+classical"
   "hc-widen|ablation/hc18-hc-widen.yaml||real+synthetic+classical"
@@ -37,6 +38,8 @@ LEVERS=(  # in the order they run (the first ones are the ones a short session g
   "ratio0.75|ablation/hc18-base.yaml|--synthetic-ratio 0.75|real+synthetic+classical"
   "guidance3|ablation/hc18-guidance3.yaml||real+synthetic+classical"
   "deform|ablation/hc18-deform.yaml||real+synthetic+classical"
+  "gen-long|ablation/hc18-gen-long.yaml||real+synthetic+classical|generators-gen-long"
+  "gen-base|ablation/hc18-gen-base.yaml||real+synthetic+classical|generators-gen-base"
 )
 STAGE=${1:?usage: benchmarks/run_ablation.sh run K [K ...] | table}; shift
 
@@ -45,7 +48,7 @@ case $STAGE in
     [ -f "$DATA/manifest.csv" ] || benchmarks/run_scarce.sh hc18 data
     for seed in $(seq 1 "$SEEDS"); do
       for entry in "${LEVERS[@]}"; do
-        IFS='|' read -r lever recipe options arms <<< "$entry"
+        IFS='|' read -r lever recipe options arms store <<< "$entry"
         if [ -n "$ONLY" ] && [[ " base $ONLY " != *" $lever "* ]]; then continue; fi
         out=$ABLATION/$lever
         if [ -d "$RESULTS/cells/$lever" ]; then
@@ -56,7 +59,7 @@ case $STAGE in
         fi
         for k in "$@"; do
           # shellcheck disable=SC2086  # options are words
-          $SONO evaluate downstream --real "$DATA" --out "$out" --generators "$ABLATION/generators" \
+          $SONO evaluate downstream --real "$DATA" --out "$out" --generators "$ABLATION/${store:-generators}" \
             --generator-per-k "benchmarks/scarce/$recipe" --k "$k" --seeds "$seed" --arms "$arms" $options \
             ${SHIFT:+--train-where "$SHIFT"}
         done

@@ -279,6 +279,23 @@ def test_a_latent_generator_per_k_trains_its_autoencoder_on_the_k_subjects_only(
         GeneratorRecipe(model_kind="controlnet", base="sd", autoencoder_steps=5)
 
 
+def test_committed_recipes_load_and_ablation_levers_share_generators_only_when_they_train_alike() -> None:
+    """Every recipe under benchmarks/scarce loads; a lever of run_ablation.sh on the shared generator store trains
+    exactly as the base recipe (else the store refuses it mid-run), and one with its own store trains differently."""
+    import re
+
+    scarce = Path(__file__).resolve().parents[1] / "benchmarks" / "scarce"
+    for path in scarce.rglob("*.yaml"):
+        GeneratorRecipe.from_yaml(path)
+    script = (scarce.parent / "run_ablation.sh").read_text()
+    levers = re.findall(r'^  "([^"|]+)\|([^"|]+)\|[^"|]*\|[^"|]+(?:\|([^"|]*))?"$', script, re.MULTILINE)
+    assert len(levers) >= 10 and levers[0][0] == "base"
+    base = GeneratorRecipe.from_yaml(scarce / levers[0][1]).training_fields()
+    for lever, recipe, store in levers:
+        trains_alike = GeneratorRecipe.from_yaml(scarce / recipe).training_fields() == base
+        assert trains_alike == (store == ""), f"{lever}: its store ({store or 'shared'}) does not fit its recipe"
+
+
 def test_shared_synthetic_report_says_the_generator_saw_more(datasets: tuple[Path, Path], tmp_path: Path) -> None:
     real, synth = datasets
     run_downstream(real, tmp_path / "r", config(ks=["1"], seeds=1, arms=["real", "real+synthetic"]),
