@@ -8,12 +8,13 @@ an attribute over their training images (HC18: `hc_mm`, the head circumference, 
 `spacing_mm`, the pixel size). Each test image is `inside` that range or `outside` it (a smaller or larger head than
 any training head), per seed. Every synthetic arm is compared with `real` and `real+classical` of the same k and
 seed on each group: paired per image, 95 % bootstrap intervals over seeds and the group's images. The first REPORT
-holds the baselines (`real`, `real+classical`); arms of later reports (ablation levers) are named REPORT:arm.
+holds the baselines (`real`, `real+classical`); arms of later reports (ablation levers) are named REPORT:arm. A
+REPORT is a report folder or a folder of its cells (docs/results/hc18-shift/cells/<lever>).
 A report with a designed shift (`--train-where`) draws its k subjects from the pairs meeting it, as here, and
-`--by condition` splits the test images by that condition instead (the designed groups: like the training group
+`--groups condition` splits the test images by that condition instead (the designed groups: like the training group
 or not), the same for every seed.
 
-    .venv/bin/python benchmarks/scarce/ood.py DATA SHIFT_REPORT [REPORT ...] --by condition [--markdown OUT.md]
+    .venv/bin/python benchmarks/scarce/ood.py DATA SHIFT_REPORT [REPORT ...] --groups condition [--markdown OUT.md]
 """
 
 from __future__ import annotations
@@ -89,26 +90,32 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("reports", type=Path, nargs="+")
     parser.add_argument("--attribute", default="hc_mm")
-    parser.add_argument("--by", choices=("range", "condition"), default="range",
+    parser.add_argument("--groups", choices=("range", "condition"), default="range",
                         help="range: inside / outside the k subjects' range of --attribute; condition: meeting the "
                              "first report's --train-where or not")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
     dataset = Dataset.open(args.data)
-    train_where = json.loads((args.reports[0] / "settings.json").read_text()).get("train_where", "")
-    if args.by == "condition" and not train_where:
-        parser.error(f"--by condition: {args.reports[0]} has no designed shift (settings.json train_where)")
+    settings = args.reports[0] / "settings.json"
+    if not settings.is_file():
+        parser.error(f"{settings}: not found (the first REPORT must be a report or a committed cells folder)")
+    train_where = json.loads(settings.read_text()).get("train_where", "")
+    if args.groups == "condition" and not train_where:
+        parser.error(f"--groups condition: {args.reports[0]} has no designed shift (settings.json train_where)")
     cells: Cells = {}
     for i, report in enumerate(args.reports):
-        for path in sorted((report / "cells").glob("k*.json")):
+        folder = report / "cells" if (report / "cells").is_dir() else report  # a report, or a folder of its cells
+        for path in sorted(folder.glob("k*.json")):
             cell = json.loads(path.read_text())
             arm = cell["arm"] if i == 0 else f"{report.name}:{cell['arm']}"
             cells[(cell["k"], arm, int(cell["seed"]))] = cell
     by_k: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for k, arm, seed in cells:
         by_k[k][arm].append(seed)
+    if not cells:
+        parser.error(f"no cells (k*.json) in {', '.join(map(str, args.reports))} or their cells/ folders")
     ids = [e["id"] for e in next(iter(cells.values()))["per_image"]]
-    if args.by == "condition":
+    if args.groups == "condition":
         group_column = "test group"
         title = (f"Test images meeting the training group's condition `{train_where}` or not (the k subjects were "
                  "drawn from the pairs meeting it).\n")
@@ -122,7 +129,7 @@ def main() -> None:
         if k == "-":
             continue
         arms = by_k[k]
-        split = {s: condition_groups(dataset, train_where, ids) if args.by == "condition" else
+        split = {s: condition_groups(dataset, train_where, ids) if args.groups == "condition" else
                  groups(dataset, k, s, args.attribute, ids, train_where) for s in {s for v in arms.values() for s in v}}
         for group in next(iter(split.values())):
             for arm in sorted(arms, key=lambda a: (a not in BASELINES, a)):
