@@ -125,12 +125,14 @@ def main() -> None:
     header = ["k", group_column, "images per seed", "arm", "seeds", "Dice", "Dice vs real", "Dice vs real+classical",
               "HC err. (mm)", "HC err. vs real+classical (mm)"]
     lines = [title, "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    # the designed groups are the same for every k and seed; the range groups depend on the k subjects drawn
+    by_condition = condition_groups(dataset, train_where, ids) if args.groups == "condition" else None
     for k in sorted(by_k, key=lambda v: int(v) if v.isdigit() else 10**6):
         if k == "-":
             continue
         arms = by_k[k]
-        split = {s: condition_groups(dataset, train_where, ids) if args.groups == "condition" else
-                 groups(dataset, k, s, args.attribute, ids, train_where) for s in {s for v in arms.values() for s in v}}
+        seeds_here = {s for v in arms.values() for s in v}
+        split = {s: by_condition or groups(dataset, k, s, args.attribute, ids, train_where) for s in seeds_here}
         for group in next(iter(split.values())):
             for arm in sorted(arms, key=lambda a: (a not in BASELINES, a)):
                 seeds = sorted(s for s in arms[arm] if all((k, b, s) in cells for b in BASELINES))
