@@ -40,8 +40,36 @@ LEVERS=(  # in the order they run (the first ones are the ones a short session g
   "deform|ablation/hc18-deform.yaml||real+synthetic+classical"
   "gen-long|ablation/hc18-gen-long.yaml||real+synthetic+classical|generators-gen-long"
   "gen-base|ablation/hc18-gen-base.yaml||real+synthetic+classical|generators-gen-base"
+  "gen-pretrained|ablation/hc18-gen-pretrained.yaml||real+synthetic+classical|generators-gen-pretrained"
 )
-STAGE=${1:?usage: benchmarks/run_ablation.sh run K [K ...] | table}; shift
+STAGE=${1:?usage: benchmarks/run_ablation.sh run K [K ...] | pretrain | table | copy}; shift
+PRETRAINED=$WORK/pretrained-generator  # gen-pretrained's starting point: shared by the ablation and the shift
+
+pretrain() {  # a generator on other ultrasound only (no HC18 image): BUSI and CAMUS-224 train+val, phantom
+  [ -f "$PRETRAINED/run/model/model_index.json" ] && return
+  mkdir -p "$PRETRAINED"
+  for dataset in busi camus-224; do
+    [ -f "$WORK/$dataset-data/manifest.csv" ] || benchmarks/run_scarce.sh "$dataset" data
+  done
+  for domain in fetal-head cardiac breast; do
+    [ -f "$PRETRAINED/phantom-$domain/manifest.csv" ] ||
+      $SONO data phantom "$PRETRAINED/phantom-$domain" --domain "$domain" --n 200 --seed 0
+  done
+  [ -f "$PRETRAINED/data/manifest.csv" ] ||
+    $SONO data merge "$WORK/busi-data" "$WORK/camus-224-data" "$PRETRAINED"/phantom-* --out "$PRETRAINED/data" \
+      --splits train,val, --foreground structure
+  printf 'split: all\nwarmup_steps: 20\n' > "$PRETRAINED/train.yaml"  # the phantom pairs have no split
+  resume=() && [ -d "$PRETRAINED/run/checkpoints" ] && resume=(--resume)
+  $SONO train "$PRETRAINED/data" --out "$PRETRAINED/run" --config "$PRETRAINED/train.yaml" --kind spade \
+    --net-size small --size 64 --max-steps 4000 --batch-size 8 --learning-rate 0.001 "${resume[@]}"
+}
+
+recipe_file() {  # a recipe naming $WORK gets this run's WORK (written beside the reports)
+  local recipe=benchmarks/scarce/$1
+  grep -q '\$WORK' "$recipe" || { echo "$recipe"; return; }
+  mkdir -p "$ABLATION/recipes" && sed "s#\$WORK#$WORK#g" "$recipe" > "$ABLATION/recipes/${1##*/}"
+  echo "$ABLATION/recipes/${1##*/}"
+}
 
 case $STAGE in
   run)
@@ -51,6 +79,7 @@ case $STAGE in
         IFS='|' read -r lever recipe options arms store <<< "$entry"
         if [ -n "$ONLY" ] && [[ " base $ONLY " != *" $lever "* ]]; then continue; fi
         out=$ABLATION/$lever
+        [[ $store != *pretrained* ]] || pretrain
         if [ -d "$RESULTS/cells/$lever" ]; then
           mkdir -p "$out/cells"
           for cell in "$RESULTS/cells/$lever/"k*.json; do  # cells only: a committed settings.json stays in docs
@@ -60,11 +89,13 @@ case $STAGE in
         for k in "$@"; do
           # shellcheck disable=SC2086  # options are words
           $SONO evaluate downstream --real "$DATA" --out "$out" --generators "$ABLATION/${store:-generators}" \
-            --generator-per-k "benchmarks/scarce/$recipe" --k "$k" --seeds "$seed" --arms "$arms" $options \
+            --generator-per-k "$(recipe_file "$recipe")" --k "$k" --seeds "$seed" --arms "$arms" $options \
             ${SHIFT:+--train-where "$SHIFT"}
         done
       done
     done ;;
+  pretrain)
+    pretrain ;;
   table)
     .venv/bin/python benchmarks/scarce/ablation.py "$ABLATION" ;;
   copy)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from factories import write_toy_dataset
 from PIL import Image
 
@@ -277,6 +278,34 @@ def test_a_latent_generator_per_k_trains_its_autoencoder_on_the_k_subjects_only(
     assert len(Dataset.open(synthetic)) == 6
     with pytest.raises(SonosynthError, match="brings its own autoencoder"):
         GeneratorRecipe(model_kind="controlnet", base="sd", autoencoder_steps=5)
+
+
+def test_a_generator_per_k_fine_tunes_from_the_recipes_init_run(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    """`init`: each per-k generator starts from a pretrained run (at lr 0 it stays exactly that run)."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from sonosynth.diffusion.config import TrainConfig
+    from sonosynth.diffusion.run import model_folder
+    from sonosynth.evaluation.generators import ensure_generator
+
+    real, _ = datasets
+    train = real_splits(Dataset.open(real))[0]
+    pretrained = tmp_path / "pretrained"
+    ensure_generator(pretrained, train, train.subjects[2:4], replace(TINY_RECIPE, train_steps=2), seed=1,
+                     device="cpu", progress=False)
+    recipe = replace(TINY_RECIPE, train_steps=2, lr=0.0, init=str(pretrained / "run"))
+    folder = tmp_path / "k2__seed0"
+    ensure_generator(folder, train, train.subjects[:2], recipe, seed=0, device="cpu", progress=False)
+    assert TrainConfig.from_yaml(folder / "run" / "config.yaml").init == str(pretrained / "run")
+    weights = [load_file(str(model_folder(run) / "unet" / "diffusion_pytorch_model.safetensors"))
+               for run in (pretrained / "run", folder / "run")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert "init" in recipe.training_fields()  # another init is another generator (its own store)
+    with pytest.raises(SonosynthError, match="already pretrained"):
+        GeneratorRecipe(model_kind="controlnet", base="sd", init="run")
 
 
 def test_committed_recipes_load_and_ablation_levers_share_generators_only_when_they_train_alike() -> None:

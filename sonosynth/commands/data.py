@@ -1,4 +1,4 @@
-"""`sonosynth data ...`: import, export, split, check, phantom."""
+"""`sonosynth data ...`: import, export, merge, split, check, phantom."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 
 from sonosynth.commands import options as opt
 
-data_app = typer.Typer(help="Import, validate, split and export datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Import, validate, split, merge and export datasets.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -105,6 +105,29 @@ def export_command(
     wanted = [s.strip() for s in splits.split(",")] if splits else None
     target = export_nnunet(dataset, out, dataset_id, name=name, splits=wanted, overwrite=overwrite)
     typer.echo(f"exported to {target}")
+
+
+@data_app.command("merge")
+def merge_command(
+    datasets: list[Path] = typer.Argument(..., help="Dataset folders to merge (two or more)."),
+    out: Path = typer.Option(..., "--out", help="New dataset folder to create."),
+    foreground: str | None = typer.Option(
+        None, "--foreground", help="Every structure as one label of this name (datasets with other labels)."
+    ),
+    splits: str | None = typer.Option(
+        None, "--splits", help="Only these splits, comma separated; an empty name is the pairs without a split, "
+        "e.g. 'train,val,' (default: all)."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Dataset name (default: OUT's folder name)."),
+    overwrite: bool = opt.OVERWRITE,
+) -> None:
+    """Merge datasets into one (ids and subjects prefixed by each dataset's name), e.g. to pretrain a generator."""
+    from sonosynth.data.merge import merge_datasets
+
+    wanted = [s.strip() for s in splits.split(",")] if splits else None
+    merged = merge_datasets(datasets, out, name=name, foreground=foreground, splits=wanted, overwrite=overwrite)
+    counts = ", ".join(f"{m['dataset']}: {m['pairs']}" for m in merged.info.provenance["merged"])
+    typer.echo(f"{len(merged)} pairs in {out} ({counts}); labels {merged.info.labels}")
 
 
 @data_app.command("split")

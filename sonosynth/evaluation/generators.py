@@ -74,6 +74,10 @@ class GeneratorRecipe(Config):
     autoencoder: str | None = None
     autoencoder_steps: int = 0
     autoencoder_decoder_steps: int = 300
+    # A denoiser run to fine-tune each generator from (`sonosynth train --init`), e.g. one pretrained on other
+    # ultrasound datasets merged with `sonosynth data merge --foreground`: outside the k subjects, a report must
+    # say so. Same network and label count as this recipe's.
+    init: str | None = None
 
     def __post_init__(self) -> None:
         from sonosynth.synthesis.generate import MASK_SOURCES
@@ -108,6 +112,9 @@ class GeneratorRecipe(Config):
                                  "autoencoder_decoder_steps must be at least 1")
         if self.base and (self.autoencoder or self.autoencoder_steps):
             raise SonosynthError("generator recipe: a Stable Diffusion base brings its own autoencoder")
+        if self.base and self.init:
+            raise SonosynthError("generator recipe: init fine-tunes a denoiser of ours; a Stable Diffusion base "
+                                 "is already pretrained")
 
     @property
     def n_pairs(self) -> int:
@@ -195,6 +202,7 @@ def ensure_generator(
             sample_every=steps,
             class_attributes=list(recipe.class_attributes),
             seed=derive_seed(seed, "generator"),
+            init=recipe.init,
         )
         train(config, run, resume=RunFolder(run).has_checkpoints, progress=progress, device=device)
     generate = GenerateConfig(
