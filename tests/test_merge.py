@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from factories import write_cardiac_dataset, write_toy_dataset
 from test_cli_data import run_cli
 
 from sonosynth.data.format import Dataset, update_records
+from sonosynth.data.validate import check_dataset
 
 
 def test_merge_with_foreground_keeps_every_pair_as_one_label(tmp_path: Path, monkeypatch, capsys):
@@ -19,7 +21,7 @@ def test_merge_with_foreground_keeps_every_pair_as_one_label(tmp_path: Path, mon
     assert code == 0, err
     assert "12 pairs" in stdout and "toy: 6" in stdout and "cardiac: 6" in stdout
     merged = Dataset.open(out)
-    assert merged.info.labels == {"0": "background", "1": "structure"}
+    assert merged.info.labels == {"0": "background", "1": "structure"} and check_dataset(out).ok
     assert merged.info.attributes == {"view": ["a", "b", "2CH", "4CH"]}
     assert [m["dataset"] for m in merged.info.provenance["merged"]] == ["toy", "cardiac"]
     originals = {f"{d.info.name}_{s.id}": s for d in map(Dataset.open, (toy, cardiac)) for s in d}
@@ -48,7 +50,8 @@ def test_merge_keeps_only_the_splits_asked_for(tmp_path: Path, monkeypatch, caps
     for i, record in enumerate(records):
         record.split = "test" if i < 2 else "train"
     update_records(toy, records)
-    (other / "dataset.json").write_text((other / "dataset.json").read_text().replace('"toy"', '"other"'))
+    info = json.loads((other / "dataset.json").read_text())
+    (other / "dataset.json").write_text(json.dumps({**info, "name": "other", "attributes": {}}))
     code, _, err = run_cli(["data", "merge", toy, other, "--out", tmp_path / "all", "--splits", "train,"],
                            monkeypatch, capsys)  # the empty name: `other`'s pairs, which have no split
     assert code == 0, err
@@ -56,6 +59,10 @@ def test_merge_keeps_only_the_splits_asked_for(tmp_path: Path, monkeypatch, caps
     assert len(merged) == 10 and {r.split for r in merged.records} == {"train", ""}
     assert not any(r.id in ("toy_toy_000", "toy_toy_001") for r in merged.records)  # toy's test pairs
     assert merged.info.labels == {"0": "background", "1": "head"}  # same labels: kept as they are
+    # `view` is declared by toy only: a plain column (other's pairs have no value), so the merged dataset is valid
+    assert merged.info.attributes == {}
+    assert {r.extra["view"] for r in merged.records if r.extra["dataset"] == "toy"} == {"a", "b"}
+    assert check_dataset(tmp_path / "all").ok
 
 
 def test_merge_refuses_two_datasets_of_one_name(tmp_path: Path, monkeypatch, capsys):

@@ -2,9 +2,11 @@
 generator that is then fine-tuned on a few scans of the target anatomy (`sonosynth train --init`).
 
 Ids and subjects are prefixed with their dataset's name, so subjects of different datasets never merge (a
-subject-wise split stays subject-wise); splits, pixel sizes and attributes are kept, and each pair records
-its dataset in the `dataset` column. Datasets with other label sets merge only with `foreground`: every
-structure becomes label 1 (one label set a mask-conditioned generator can learn across anatomies).
+subject-wise split stays subject-wise); splits and pixel sizes are kept, and each pair records its dataset in
+the `dataset` column. A categorical attribute stays one (with the union of its values) only when every dataset
+declares it, as a pair must have a declared value; otherwise it becomes a plain column. Datasets with other
+label sets merge only with `foreground`: every structure becomes label 1 (one label set a mask-conditioned
+generator can learn across anatomies).
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ def merge_datasets(
             for sample in dataset:
                 r = sample.record
                 mask = (sample.mask > 0).astype(np.uint8) if foreground else sample.mask
+                kept = {k: v for k, v in r.attributes.items() if k in info.attributes}
+                demoted = {k: v for k, v in r.attributes.items() if k not in info.attributes}
                 writer.add(f"{prefix}{r.id}", sample.image, mask, subject=prefix + (r.subject or r.id),
                            split=r.split, spacing_mm=r.spacing_mm, source=str(dataset.path_of(r)),
-                           extra={**r.extra, "dataset": dataset.info.name}, **r.attributes)
+                           extra={**r.extra, **demoted, "dataset": dataset.info.name}, **kept)
     return Dataset.open(out)
 
 
@@ -64,6 +68,7 @@ def _merged_info(datasets: Sequence[Dataset], name: str, foreground: str | None)
                                 f"{first.labels}; merge with --foreground NAME (every structure as one label)")
         labels = dict(first.labels)
     attributes: dict[str, list[str] | None] = {}
+    everywhere = set.intersection(*(set(d.info.categorical_attributes) for d in datasets))
     for dataset in datasets:
         for key, values in dataset.info.attributes.items():
             if key in attributes and (attributes[key] is None) != (values is None):
@@ -71,7 +76,7 @@ def _merged_info(datasets: Sequence[Dataset], name: str, foreground: str | None)
                                 "in another")
             if values is None:
                 attributes[key] = None
-            else:
+            elif key in everywhere:
                 known = attributes.get(key) or []
                 attributes[key] = known + [v for v in values if v not in known]
     return DatasetInfo(
