@@ -58,10 +58,10 @@ pretrain() {  # a generator on other ultrasound only (no HC18 image): BUSI and C
   [ -f "$PRETRAINED/data/manifest.csv" ] ||
     $SONO data merge "$WORK/busi-data" "$WORK/camus-224-data" "$PRETRAINED"/phantom-* --out "$PRETRAINED/data" \
       --splits train,val, --foreground structure
-  printf 'split: all\nwarmup_steps: 20\n' > "$PRETRAINED/train.yaml"  # the phantom pairs have no split
+  printf 'warmup_steps: 20\n' > "$PRETRAINED/train.yaml"  # the per-k generators' settings (GeneratorRecipe)
   resume=() && [ -d "$PRETRAINED/run/checkpoints" ] && resume=(--resume)
   $SONO train "$PRETRAINED/data" --out "$PRETRAINED/run" --config "$PRETRAINED/train.yaml" --kind spade \
-    --net-size small --size 64 --max-steps 4000 --batch-size 8 --learning-rate 0.001 "${resume[@]}"
+    --net-size small --size 64 --max-steps 4000 --batch-size 8 --learning-rate 0.001 --split all "${resume[@]}"
 }
 
 recipe_file() {  # a recipe naming $WORK gets this run's WORK (written beside the reports)

@@ -333,3 +333,26 @@ def test_cli_train_end_to_end(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [3]
     result = runner.invoke(app, ["train", str(dataset), "--out", str(run), "--resume", "--size", "64"])
     assert isinstance(result.exception, SonosynthError) and "image_size" in str(result.exception)
+
+
+def test_cli_train_split_chooses_the_pairs(tmp_path):
+    """`--split` as in sample and generate: auto trains on `train` when the dataset is split; another split or
+    `all` (e.g. merged datasets whose phantom pairs have no split) is asked for by name."""
+    from typer.testing import CliRunner
+
+    from sonosynth.cli import app
+    from sonosynth.data.format import Dataset, update_records
+
+    dataset = write_toy_dataset(tmp_path / "toy", n=4)
+    records = Dataset.open(dataset).records
+    for record in records:
+        record.split = "val"
+    update_records(dataset, records)
+    args = ["train", str(dataset), "--model", "tiny", "--size", "32", "--max-steps", "1", "--batch-size", "2"]
+    runner = CliRunner()
+    refused = runner.invoke(app, [*args, "--out", str(tmp_path / "auto")])
+    assert isinstance(refused.exception, SonosynthError) and "no pairs to train on in split 'train'" in str(
+        refused.exception)
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "val"), "--split", "val"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert TrainConfig.from_yaml(tmp_path / "val" / "config.yaml").split == "val"

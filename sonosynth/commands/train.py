@@ -70,6 +70,10 @@ def train_command(
     class_attribute: list[str] | None = typer.Option(
         None, "--class-attribute", help="Categorical attribute to condition on (repeatable)."
     ),
+    split: str | None = typer.Option(
+        None, "--split", help="Pairs to train on: auto (train when there are splits, else all; the default), "
+        "train, val, test or all."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of everything random (default 0)."),
     mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="auto, no, fp16 or bf16."),
     log_with: str | None = typer.Option(None, "--log-with", help="'tensorboard' to log into RUN/."),
@@ -99,7 +103,8 @@ def train_command(
         overrides = {"dataset": str(dataset), "base": None if base is None else str(base),
                      "kind": None if kind is None else kind.value, "image_size": size, "max_steps": max_steps,
                      "batch_size": batch_size, "lr": opt.either(learning_rate, lr), "lora_rank": lora_rank,
-                     "prompt_template": prompt_template, "seed": seed, "mixed_precision": mixed_precision}
+                     "prompt_template": prompt_template, "split": split, "seed": seed,
+                     "mixed_precision": mixed_precision}
         _train_stable_diffusion({**saved, **from_file, **{k: v for k, v in overrides.items() if v is not None}},
                                 out, resume, device)
         return
@@ -123,6 +128,7 @@ def train_command(
         "lr": opt.either(learning_rate, lr),
         "patch_size": patch_size,
         "class_attributes": class_attribute or None,
+        "split": split,
         "seed": seed,
         "mixed_precision": mixed_precision,
         "log_with": log_with,
