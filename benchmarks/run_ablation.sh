@@ -5,7 +5,9 @@
 # them its own way; a lever that trains its generator differently has its own store, the LEVERS' last field).
 # `base` runs the four arms of the scarce protocol; a lever runs its synthetic arm(s) only and is compared with
 # base's `real` and `real+classical` cells of the same k and seed (same subjects, same test images).
-#   benchmarks/run_ablation.sh run K [K ...]   seeds 0..SEEDS-1 (default 3), seed-major: every lever at seed 0 first
+#   benchmarks/run_ablation.sh run K [K ...]   seeds FROM_SEED..SEEDS-1 (default 0..2), seed-major: every lever at
+#                                              the first seed first
+#   benchmarks/run_ablation.sh pretrain        the generator of lever gen-pretrained (BUSI, CAMUS-224, phantom)
 #   benchmarks/run_ablation.sh table           the ablation table (benchmarks/scarce/ablation.py) of the cells so far
 #   benchmarks/run_ablation.sh copy            cells and table into docs/results/hc18-ablation/ (cells/<lever>/, table.md)
 # Resumable: rerun to continue; `run` first restores the cells committed in docs/results/hc18-ablation/cells.
@@ -22,6 +24,7 @@ NAME=hc18-ablation && [ -z "$SHIFT" ] || NAME=hc18-shift
 ABLATION=$WORK/$NAME
 RESULTS=docs/results/$NAME
 SEEDS=${SEEDS:-3}
+FROM_SEED=${FROM_SEED:-0}  # run seeds FROM_SEED..SEEDS-1 only (e.g. 2 when the generators of seeds 0-1 are gone)
 ONLY=${ONLY:-}  # a space-separated list of levers: run only these (e.g. to confirm the best ones at more seeds)
 # lever | generator recipe | downstream options | arms [| generator store, default generators: the shared one]
 LEVERS=(  # in the order they run (the first ones are the ones a short session gets to)
@@ -74,7 +77,7 @@ recipe_file() {  # a recipe naming $WORK gets this run's WORK (written beside th
 case $STAGE in
   run)
     [ -f "$DATA/manifest.csv" ] || benchmarks/run_scarce.sh hc18 data
-    for seed in $(seq 1 "$SEEDS"); do
+    for seed in $(seq $((FROM_SEED + 1)) "$SEEDS"); do  # seed-major: the plan grows one seed at a time
       for entry in "${LEVERS[@]}"; do
         IFS='|' read -r lever recipe options arms store <<< "$entry"
         if [ -n "$ONLY" ] && [[ " base $ONLY " != *" $lever "* ]]; then continue; fi
@@ -89,7 +92,7 @@ case $STAGE in
         for k in "$@"; do
           # shellcheck disable=SC2086  # options are words
           $SONO evaluate downstream --real "$DATA" --out "$out" --generators "$ABLATION/${store:-generators}" \
-            --generator-per-k "$(recipe_file "$recipe")" --k "$k" --seeds "$seed" --arms "$arms" $options \
+            --generator-per-k "$(recipe_file "$recipe")" --k "$k" --seeds "$seed" --only-seeds $((seed - 1)) --arms "$arms" $options \
             ${SHIFT:+--train-where "$SHIFT"}
         done
       done

@@ -133,3 +133,21 @@ def test_train_where_reaches_the_experiment_and_a_bad_one_is_one_line(tmp_path: 
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: condition 'hc_mm<tiny': < needs a number, got 'tiny'"
     assert not (tmp_path / "r").exists()
+
+
+def test_only_seeds_runs_those_seeds_and_the_report_covers_every_finished_cell(tmp_path: Path) -> None:
+    real = write_toy_dataset(tmp_path / "real", n=12, seed=5)
+    out = tmp_path / "report"
+    args = ["evaluate", "downstream", "--real", str(real), "--k", "2", "--seeds", "4", "--arms", "real", *TINY,
+            "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--only-seeds", "3"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "cells").glob("*.json")) == ["k2__real__seed3.json"]
+    report = (out / "results.md").read_text()
+    assert "1 of the 4 planned cells" in report and "--only-seeds" not in report and "--seeds 4" in report
+    result = CliRunner().invoke(app, [*args, "--only-seeds", "0,1,2"])
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "cells").glob("*.json"))) == 4 and "planned cells" not in (out / "results.md").read_text()
+    for bad, says in (("4", "--only-seeds 4: the plan has seeds 0..3"), ("x", "--only-seeds x: expected")):
+        result = CliRunner().invoke(app, [*args, "--only-seeds", bad])
+        assert result.exit_code == 1 and says in str(result.exception), result.output

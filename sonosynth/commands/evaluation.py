@@ -12,12 +12,12 @@ from sonosynth.commands import options as opt
 evaluate_app = typer.Typer(help="Downstream segmentation experiment and image-quality report.", no_args_is_help=True)
 
 
-def command_line(ctx: typer.Context, name: str) -> str:
-    """The command as a user would retype it: every option that differs from its default."""
+def command_line(ctx: typer.Context, name: str, leave_out: tuple[str, ...] = ()) -> str:
+    """The command as a user would retype it: every option that differs from its default (but `leave_out`)."""
     parts = ["sonosynth", "evaluate", name]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if value is None or value == param.default:
+        if value is None or value == param.default or param.name in leave_out:
             continue
         if isinstance(value, bool):
             flags = param.opts if value else getattr(param, "secondary_opts", [])
@@ -53,6 +53,10 @@ def downstream_command(
         "(hc_mm<150, view=2CH, spacing_mm>=0.2); the test split stays whole.",
     ),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per cell (mean ± std over them)."),
+    only_seeds: str | None = typer.Option(
+        None, "--only-seeds", help="Run only these seeds' missing cells now, comma separated, e.g. 3,4 (the report "
+        "covers every finished cell)."
+    ),
     arms: str = typer.Option(
         "auto", "--arms",
         help="Comma separated among real, real+classical, real+synthetic, real+synthetic+classical, synthetic "
@@ -127,9 +131,9 @@ def downstream_command(
         structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
         train_where=train_where,
     )
-    command = command_line(ctx, "downstream").replace(" --report-only", "")  # the command that runs the cells
+    command = command_line(ctx, "downstream", leave_out=("report_only", "only_seeds"))  # what runs every cell
     path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device,
-                          report_only=report_only)
+                          report_only=report_only, only_seeds=opt.int_list(only_seeds, "--only-seeds"))
     typer.echo(f"results in {path}/results.md, {path}/results.csv, {path}/comparisons.csv, {path}/report.html")
 
 

@@ -75,6 +75,18 @@ def old_spelling(name: str, new: str) -> typer.models.OptionInfo:
     return typer.Option(None, name, hidden=True, help=f"Old spelling of {new}.")
 
 
+def int_list(text: str | None, flag: str) -> list[int] | None:
+    """A comma-separated list of non-negative integers (`3,4`), or None when the option was not given."""
+    if text is None:
+        return None
+    from sonosynth.errors import SonosynthError
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or not all(t.isdigit() for t in items):
+        raise SonosynthError(f"{flag} {text}: expected non-negative integers, comma separated (e.g. 3,4)")
+    return [int(t) for t in items]
+
+
 def either(new: object, old: object) -> object:
     """The value given with the old spelling when there is one, else the new option's."""
     return new if old is None else old

@@ -161,11 +161,14 @@ def run_downstream(
     progress: bool = True,
     device: str = "cpu",
     report_only: bool = False,
+    only_seeds: list[int] | None = None,
 ) -> Path:
     """Run (or resume) every missing cell, then write results.csv, results.md, the plot and report.html.
 
     `report_only`: train nothing; write the report of the cells finished so far (e.g. while another
     process is still running the experiment), saying how many of the planned cells it holds.
+    `only_seeds`: run only the missing cells of these seeds now (add seeds to a report whose earlier seeds'
+    generators are gone, or share seeds among machines); the report still covers every finished cell.
     """
     from sonosynth.evaluation.metrics import label_structures
     from sonosynth.evaluation.report import write_downstream_report
@@ -173,6 +176,9 @@ def run_downstream(
     from sonosynth.segmentation.train import check_compatible_labels, load_pairs
 
     config.validate(synthetic_path is not None)
+    beyond = sorted(set(only_seeds or []) - set(range(config.seeds)))
+    if beyond:
+        raise SonosynthError(f"--only-seeds {beyond[0]}: the plan has seeds 0..{config.seeds - 1} (raise --seeds)")
     resolve_device(device)
     real = Dataset.open(real_path)
     synthetic = Dataset.open(synthetic_path) if synthetic_path is not None else None
@@ -208,7 +214,8 @@ def run_downstream(
 
     store = Path(config.generators) if config.generators else out / GENERATORS_DIR
     cells = plan_cells(config)
-    todo = [c for c in cells if not (cells_dir / f"{c.name}.json").is_file()]
+    todo = [c for c in cells if not (cells_dir / f"{c.name}.json").is_file()
+            and (only_seeds is None or c.seed in only_seeds)]
     if todo and not report_only:
         val_pairs = load_pairs(val, segmentation.size, progress)
         shared_synthetic = load_pairs(synthetic, segmentation.size, progress) if synthetic is not None else None
