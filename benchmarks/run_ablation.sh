@@ -44,6 +44,7 @@ LEVERS=(  # in the order they run (the first ones are the ones a short session g
   "gen-long|ablation/hc18-gen-long.yaml||real+synthetic+classical|generators-gen-long"
   "gen-base|ablation/hc18-gen-base.yaml||real+synthetic+classical|generators-gen-base"
   "gen-pretrained|ablation/hc18-gen-pretrained.yaml||real+synthetic+classical|generators-gen-pretrained"
+  "gen-pretrained+hc-widen|ablation/hc18-gen-pretrained-hc-widen.yaml||real+synthetic+classical|generators-gen-pretrained"
 )
 STAGE=${1:?usage: benchmarks/run_ablation.sh run K [K ...] | pretrain | table | copy}; shift
 PRETRAINED=$WORK/pretrained-generator  # gen-pretrained's starting point: shared by the ablation and the shift
