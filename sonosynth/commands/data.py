@@ -102,8 +102,7 @@ def export_command(
 
     if format != "nnunet":
         raise DataError(f"unknown export format '{format}' (choose from nnunet)")
-    wanted = [s.strip() for s in splits.split(",")] if splits else None
-    target = export_nnunet(dataset, out, dataset_id, name=name, splits=wanted, overwrite=overwrite)
+    target = export_nnunet(dataset, out, dataset_id, name=name, splits=opt.name_list(splits), overwrite=overwrite)
     typer.echo(f"exported to {target}")
 
 
@@ -124,8 +123,8 @@ def merge_command(
     """Merge datasets into one (ids and subjects prefixed by each dataset's name), e.g. to pretrain a generator."""
     from sonosynth.data.merge import merge_datasets
 
-    wanted = [s.strip() for s in splits.split(",")] if splits else None
-    merged = merge_datasets(datasets, out, name=name, foreground=foreground, splits=wanted, overwrite=overwrite)
+    merged = merge_datasets(datasets, out, name=name, foreground=foreground, splits=opt.name_list(splits),
+                            overwrite=overwrite)
     counts = ", ".join(f"{m['dataset']}: {m['pairs']}" for m in merged.info.provenance["merged"])
     typer.echo(f"{len(merged)} pairs in {out} ({counts}); labels {merged.info.labels}")
 

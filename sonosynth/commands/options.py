@@ -75,6 +75,11 @@ def old_spelling(name: str, new: str) -> typer.models.OptionInfo:
     return typer.Option(None, name, hidden=True, help=f"Old spelling of {new}.")
 
 
+def name_list(text: str | None) -> list[str] | None:
+    """A comma-separated option's names, stripped (an empty name kept: e.g. the pairs without a split), or None."""
+    return [name.strip() for name in text.split(",")] if text else None
+
+
 def int_list(text: str | None, flag: str) -> list[int] | None:
     """A comma-separated list of non-negative integers (`3,4`), or None when the option was not given."""
     if text is None:
