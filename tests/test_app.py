@@ -195,22 +195,34 @@ def screenshot(page, name: str, tmp: Path) -> None:
     page.screenshot(path=str(target / f"app-{name}.png"))
 
 
-def upload(page, component: str, path: Path, tries: int = 3) -> None:
-    """Put a file in a gr.File component and wait until the page shows it, sending it again if it did not.
+def until_shown(page, act, selector: str, tries: int = 3) -> None:
+    """Do `act` and wait until `selector` is in the page, doing it again if it is not.
 
-    On a loaded CI machine an upload was twice dropped without a trace (2026-12-02: the second of two started
-    together; 2026-12-03: the first, alone): the component stayed empty while the page was otherwise fine.
+    On a loaded CI machine a browser action was now and then dropped without a trace while the page was otherwise
+    fine: an upload (2026-12-02, 2026-12-03; the component stayed empty) and a tab click (2026-12-04; the Edit tab's
+    children, which Gradio mounts only while the tab is shown, never appeared).
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     for attempt in range(tries):
-        page.locator(f"{component} input[type=file]").set_input_files(str(path))
+        act()
         try:
-            page.wait_for_selector(f"{component} >> text={path.name}", timeout=30_000)
+            page.wait_for_selector(selector, timeout=30_000)
             return
         except PlaywrightTimeout:
             if attempt == tries - 1:
                 raise
+
+
+def open_tab(page, name: str, inside: str) -> None:
+    """Show a tab and wait for one of its components (`inside`) to be mounted."""
+    until_shown(page, lambda: page.get_by_role("tab", name=name, exact=True).click(), inside)
+
+
+def upload(page, component: str, path: Path) -> None:
+    """Put a file in a gr.File component and wait until the page shows it."""
+    until_shown(page, lambda: page.locator(f"{component} input[type=file]").set_input_files(str(path)),
+                f"{component} >> text={path.name}")
 
 
 def test_the_server_listens_on_loopback_only(page):
@@ -236,7 +248,7 @@ def test_draw_a_stroke_and_generate(page, world, tmp_path):
 
 
 def test_edit_a_dataset_scan(page, tmp_path):
-    page.get_by_role("tab", name="Edit").click()
+    open_tab(page, "Edit", "#edit-button")
     page.get_by_role("button", name="load", exact=True).last.click()
     page.wait_for_timeout(1000)  # the mask arrives as the canvas background
     canvas = page.locator("#edit-canvas canvas").first
@@ -254,12 +266,12 @@ def test_edit_a_dataset_scan(page, tmp_path):
 
 
 def test_review_and_flag_a_pair(page, world, tmp_path):
-    page.get_by_role("tab", name="Review").click()
+    open_tab(page, "Review", "#review-show")
     page.click("#review-show")
     page.wait_for_selector("#review-grid img >> nth=3")
     page.locator("#review-grid img").first.click()
     first = review_rows(world["synthetic"], SORTS[0])[0][0]
-    page.wait_for_selector(f"text={first}")
+    page.wait_for_selector(f"#review-picked >> text={first}")  # the gallery's captions name it before it is chosen
     page.click("#review-flag")
     page.wait_for_selector("text=manifest.csv updated")
     assert [pid for pid, _, f in review_rows(world["synthetic"]) if f] == [first]
@@ -268,7 +280,7 @@ def test_review_and_flag_a_pair(page, world, tmp_path):
 
 
 def test_bad_input_is_a_message_in_the_page(page, world, tmp_path):
-    page.get_by_role("tab", name="Edit").click()
+    open_tab(page, "Edit", "#edit-button")
     record = Dataset.open(world["toy"]).records[0]
     bad = np.full((48, 64), 7, np.uint8)
     write_png(tmp_path / "bad.png", bad)

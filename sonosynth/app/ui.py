@@ -254,7 +254,7 @@ def build_app(session: AppSession, review: str | Path | None = None) -> Any:
                 large = gr.Image(label="selected pair", type="numpy", interactive=False, height=360,
                                  elem_classes=["pixels"])
                 with gr.Column():
-                    picked = gr.Markdown("click a pair")
+                    picked = gr.Markdown("click a pair", elem_id="review-picked")
                     flag = gr.Button("flag", elem_id="review-flag")
                     unflag = gr.Button("unflag")
 
