@@ -41,6 +41,7 @@ LEVERS=(  # in the order they run (the first ones are the ones a short session g
   "ratio0.75|ablation/hc18-base.yaml|--synthetic-ratio 0.75|real+synthetic+classical"
   "guidance3|ablation/hc18-guidance3.yaml||real+synthetic+classical"
   "deform|ablation/hc18-deform.yaml||real+synthetic+classical"
+  "shape+hc-widen|ablation/hc18-shape-hc-widen.yaml||real+synthetic+classical"
   "gen-long|ablation/hc18-gen-long.yaml||real+synthetic+classical|generators-gen-long"
   "gen-base|ablation/hc18-gen-base.yaml||real+synthetic+classical|generators-gen-base"
   "gen-pretrained|ablation/hc18-gen-pretrained.yaml||real+synthetic+classical|generators-gen-pretrained"
