@@ -302,6 +302,26 @@ def test_new_masks_stay_inside_the_field_of_view():
             assert outside <= 0.02 * (candidate.mask > 0).sum()
 
 
+def test_shape_masks_take_their_attributes_from_pairs_that_have_the_structure():
+    """A sampled lesion is never labelled `normal`; a group with no structure at all keeps none."""
+    from sonosynth.data.format import Record
+    from sonosynth.synthesis.generate import MaskSource, SourcePair
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:64]
+    fov = np.ones((48, 64), np.uint8)
+    pairs = [SourcePair(Record(f"b{i}", "", "", attributes={"pathology": "benign"}),
+                        (((yy - 24) / 8.0) ** 2 + ((xx - 28 - i) / 10.0) ** 2 <= 1).astype(np.uint8), fov, 0.5)
+             for i in range(6)]
+    pairs += [SourcePair(Record(f"n{i}", "", "", attributes={"pathology": "normal"}), np.zeros((48, 64), np.uint8),
+                         fov, 0.5) for i in range(6)]
+    masks = MaskSource(pairs, GenerateConfig(mask_source="shape"))
+    drawn = [masks.draw(rng) for _ in range(20)]
+    assert all((c.mask > 0).any() and c.base.record.attributes["pathology"] == "benign" for c in drawn)
+    normal = [masks.draw(rng, {"pathology": "normal"}) for _ in range(5)]
+    assert all(not (c.mask > 0).any() and c.base.record.attributes["pathology"] == "normal" for c in normal)
+
+
 def test_models_saved_before_class_values_read_them_from_their_run(tmp_path, toy_source):
     """Legacy runs: names from RUN/config.yaml, values from the training dataset it names; else a clear error."""
     from sonosynth.synthesis.sampling import load_synthesis_model
