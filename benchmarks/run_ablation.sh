@@ -17,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SONO=${SONO:-.venv/bin/sonosynth}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per process: two processes share two cores
 WORK=${WORK:-/tmp/sonosynth-scarce}
 DATA=$WORK/hc18-data
 SHIFT=${SHIFT:-}
