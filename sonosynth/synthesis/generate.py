@@ -257,11 +257,11 @@ class MaskSource:
         # A shape mask always draws the structure, so its field of view and attributes come from a pair that
         # has one: a BUSI `normal` pair would label a sampled lesion `normal`. A group without any structure
         # (every pair normal) keeps its anatomy: none.
-        drawn = [q for q in pool if (q.mask > 0).any()]
-        if not drawn:
+        with_structure = [q for q in pool if (q.mask > 0).any()]
+        if not with_structure:
             p = pool[int(rng.integers(len(pool)))]
             return Candidate(p.mask.copy(), p.fov, p.spacing_mm, p)
-        p = drawn[int(rng.integers(len(drawn)))]
+        p = with_structure[int(rng.integers(len(with_structure)))]
         model = self._shape_model(key if len(pool) >= self.min_group else (), pool)
         target = None if self.config.target_hc_mm is None else float(rng.uniform(*self.config.target_hc_mm))
         sampled = model.sample(rng, target_hc_mm=target, shape=p.mask.shape)
