@@ -182,3 +182,16 @@ def test_save_load_round_trip(tmp_path) -> None:
     classes = torch.tensor([[1], [0]])
     with torch.no_grad():
         assert torch.equal(model(x0, torch.tensor([7, 7]), condition, classes), loaded(x0, 7, condition, classes))
+
+
+def test_medium_is_small_at_twice_the_width_and_the_cli_offers_every_preset() -> None:
+    from sonosynth.commands.train import ModelSize
+
+    small, medium = SIZE_PRESETS["small"], SIZE_PRESETS["medium"]
+    assert medium["channels"] == [2 * c for c in small["channels"]]
+    assert {k: v for k, v in medium.items() if k not in ("channels", "spade_intermediate_channels")} == {
+        k: v for k, v in small.items() if k not in ("channels", "spade_intermediate_channels")}
+    model = build_model(ModelConfig(kind="spade", size="medium"))
+    out = model(torch.randn(1, 1, 16, 16), 5, torch.zeros(1, 3, 16, 16))
+    assert out.shape == (1, 1, 16, 16)
+    assert [size.value for size in ModelSize] == list(SIZE_PRESETS)

@@ -19,12 +19,9 @@ import typer
 
 from sonosynth.commands import options as opt
 from sonosynth.errors import SonosynthError
+from sonosynth.models.configs import SIZE_PRESETS
 
-
-class ModelSize(str, Enum):
-    tiny = "tiny"
-    small = "small"
-    base = "base"
+ModelSize = Enum("ModelSize", {name: name for name in SIZE_PRESETS}, type=str)  # the presets, one source
 
 
 class ModelKind(str, Enum):
@@ -41,7 +38,7 @@ PRETRAINED_KINDS = ("controlnet", "lora")  # need --base; joint works both ways
 def train_command(
     dataset: Path = typer.Argument(..., help="Dataset folder (dataset.json + manifest.csv)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoints/, samples/, model/."),
-    net_size: ModelSize | None = opt.net_size(None, "Denoiser size preset: tiny, small or base (default small)."),
+    net_size: ModelSize | None = opt.net_size(None, "Denoiser size preset: tiny, small, medium or base (default small)."),
     model: ModelSize | None = opt.old_spelling("--model", "--net-size"),
     kind: ModelKind | None = typer.Option(
         None, "--kind", help="Conditioning: spade, concat or joint (default spade); with --base: controlnet "
