@@ -38,7 +38,7 @@ PRETRAINED_KINDS = ("controlnet", "lora")  # need --base; joint works both ways
 def train_command(
     dataset: Path = typer.Argument(..., help="Dataset folder (dataset.json + manifest.csv)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoints/, samples/, model/."),
-    net_size: ModelSize | None = opt.net_size(None, "Denoiser size preset: tiny, small, medium or base (default small)."),
+    net_size: ModelSize | None = opt.net_size(None, "Denoiser size preset (default small; docs/models.md)."),
     model: ModelSize | None = opt.old_spelling("--model", "--net-size"),
     kind: ModelKind | None = typer.Option(
         None, "--kind", help="Conditioning: spade, concat or joint (default spade); with --base: controlnet "
