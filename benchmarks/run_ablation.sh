@@ -43,7 +43,7 @@ LEVERS=(  # in the order they run (the first ones are the ones a short session g
   "guidance3|ablation/hc18-guidance3.yaml||real+synthetic+classical"
   "deform|ablation/hc18-deform.yaml||real+synthetic+classical"
   "shape+hc-widen|ablation/hc18-shape-hc-widen.yaml||real+synthetic+classical"
-  "gen-long|ablation/hc18-gen-long.yaml||real+synthetic+classical|generators-gen-long"
+  "gen-long|ablation/hc18-gen-long.yaml|--max-steps 8000|real+synthetic+classical|generators-gen-long"
   "gen-medium|ablation/hc18-gen-medium.yaml||real+synthetic+classical|generators-gen-medium"
   "gen-base|ablation/hc18-gen-base.yaml||real+synthetic+classical|generators-gen-base"
   "gen-pretrained|ablation/hc18-gen-pretrained.yaml||real+synthetic+classical|generators-gen-pretrained"
