@@ -1,8 +1,10 @@
-"""Paired difference of two finished downstream cells scored on the same real test images (any two reports).
+"""Paired difference of finished downstream cells scored on the same real test images (any two reports).
 
-    .venv/bin/python benchmarks/compare_cells.py REPORT_A/cells/CELL.json REPORT_B/cells/CELL.json [--structure 1]
+    .venv/bin/python benchmarks/compare_cells.py A_SEED0.json[,A_SEED1.json ...] B_SEED0.json[,B_SEED1.json ...]
 prints B - A per image for Dice (points) and head-circumference error (mm) with 95 % bootstrap intervals,
-e.g. a 256 px pipeline's cell against the 64 px pipeline's cell of the same k and seed.
+e.g. a 256 px pipeline's cells against the 64 px pipeline's cells of the same k and seeds. With several cells
+per side (comma separated, the i-th of A paired with the i-th of B: the same seed) the difference is averaged over
+the seeds and the images are resampled (statistics.paired_bootstrap).
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ from sonosynth.evaluation.statistics import paired_bootstrap, per_image_matrix
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("a", type=Path)
-    parser.add_argument("b", type=Path)
+    parser.add_argument("a", help="cell JSON files, comma separated (one per seed)")
+    parser.add_argument("b", help="the cells to compare with A's, in the same seed order")
     parser.add_argument("--structure", default="1")
     args = parser.parse_args()
-    a, b = (json.loads(p.read_text()) for p in (args.a, args.b))
-    ids = sorted({e["id"] for e in a["per_image"]} & {e["id"] for e in b["per_image"]})
+    a, b = ([json.loads(Path(p).read_text()) for p in side.split(",")] for side in (args.a, args.b))
+    if len(a) != len(b):
+        parser.error(f"A has {len(a)} cells and B {len(b)}: pair them seed by seed")
+    ids = sorted(set.intersection(*({e["id"] for e in cell["per_image"]} for cell in a + b)))
     for metric, structure, scale, unit, higher in (("dice", args.structure, 100, "Dice points", True),
                                                     ("hc_abs_error_mm", None, 1, "mm HC error", False)):
-        arm, base = (per_image_matrix([c], ids, metric, structure) for c in (b, a))
+        arm, base = (per_image_matrix(cells, ids, metric, structure) for cells in (b, a))
         if not (arm == arm).any():
             continue
         d = paired_bootstrap(arm, base, higher_is_better=higher)
-        print(f"{len(ids)} images, {unit}: B - A = {scale * d.mean:+.2f} [{scale * d.low:+.2f}, {scale * d.high:+.2f}]"
-              f" ({d.verdict})")
+        print(f"{len(ids)} images x {len(a)} seed(s), {unit}: B - A = {scale * d.mean:+.2f} "
+              f"[{scale * d.low:+.2f}, {scale * d.high:+.2f}] ({d.verdict})")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,34 @@ def test_cli_trains_and_refuses_bad_input(two_datasets: list[Path], tmp_path: Pa
     assert saved.decoder_only and saved.patch_size is None and saved.adversarial_start == 1
 
 
+def test_mixed_precision_trains_from_the_cli(two_datasets: list[Path], tmp_path: Path) -> None:
+    """bf16 autocast (the GPU default) with an 8x autoencoder (the 512 px layout), in a fresh process: accelerate
+    fixes the precision once per process. A resume may change the precision (it is how, not what, it trains)."""
+    import subprocess
+    import sys
+
+    tiny(two_datasets, channels=(8, 8, 8, 8), max_steps=2).save(tmp_path / "ae.yaml")
+    out = tmp_path / "ae"
+    command = [sys.executable, "-c", "from sonosynth.cli import app; app()", "autoencoder", "train",
+               *map(str, two_datasets), "--config", str(tmp_path / "ae.yaml"), "--out", str(out), "--device", "cpu",
+               "--mixed-precision", "bf16"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert AutoencoderConfig.from_yaml(out / "config.yaml").mixed_precision == "bf16"
+    assert "trained to step 2" in done.stdout
+    losses = [float(line.split(",")[1]) for line in (out / "loss.csv").read_text().splitlines()[1:]]
+    float32 = train_autoencoder(tiny(two_datasets, channels=(8, 8, 8, 8), max_steps=2, mixed_precision="no"),
+                                tmp_path / "ae32", progress=False, device="cpu").losses
+    assert len(losses) == 2 and losses[0] != float32[0]["loss"]  # computed in bf16 indeed ...
+    assert losses[0] == pytest.approx(float32[0]["loss"], rel=0.05)  # ... and to the same loss
+    with pytest.raises(SonosynthError, match="mixed_precision must be one of"):
+        tiny(two_datasets, mixed_precision="fp8")
+    resumed = CliRunner().invoke(app, ["autoencoder", "train", *map(str, two_datasets), "--out", str(out),
+                                       "--resume", "--max-steps", "3", "--mixed-precision", "no", "--device", "cpu"])
+    assert resumed.exit_code == 0, resumed.output
+    assert AutoencoderConfig.from_yaml(out / "config.yaml").mixed_precision == "no"
+
+
 def test_evaluate_reports_fidelity_against_the_real_images(two_datasets: list[Path], tmp_path: Path) -> None:
     from sonosynth.autoencoder.evaluate import histogram_l1, speckle_snr
 

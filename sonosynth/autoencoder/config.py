@@ -6,11 +6,14 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sonosynth.augment import AugmentConfig
+from sonosynth.diffusion.config import MIXED_PRECISION
 from sonosynth.errors import SonosynthError
 from sonosynth.settings import Config, at_least_one, patch_problems
 
 # Settings a resumed run may change (the rest must match the checkpoint's).
-MAY_CHANGE_ON_RESUME = ("max_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "num_samples")
+MAY_CHANGE_ON_RESUME = (
+    "max_steps", "checkpoint_every", "keep_checkpoints", "sample_every", "num_samples", "mixed_precision",
+)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class AutoencoderConfig(Config):
     adversarial_start: int = 500
     discriminator_channels: int = 32
     ema_decay: float = 0.999
+    mixed_precision: str = "auto"  # auto: bf16 (or fp16) on a GPU, none on CPU; the losses are taken in float32
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig.preset("gentle"))
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
@@ -76,6 +80,8 @@ class AutoencoderConfig(Config):
                 problems.append(f"{name} must not be negative")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append("ema_decay must be in [0, 1)")
+        if self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed_precision must be one of {list(MIXED_PRECISION)}")
         if self.decoder_only and not self.init:
             problems.append("decoder_only fine-tunes an earlier autoencoder's decoder: give init (--init AE)")
         if problems:

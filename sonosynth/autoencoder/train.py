@@ -124,6 +124,7 @@ def _train(config: AutoencoderConfig, run_dir: Path, resume: bool, on_step: Call
     from sonosynth.autoencoder.model import build_autoencoder, build_discriminator, frequency_loss
     from sonosynth.devices import resolve_device
     from sonosynth.diffusion.data import StreamBatchSampler
+    from sonosynth.diffusion.train import mixed_precision_for
     from sonosynth.progress import progress_bar
 
     started = time.perf_counter()
@@ -133,7 +134,7 @@ def _train(config: AutoencoderConfig, run_dir: Path, resume: bool, on_step: Call
     if not resume and (ckpt.list_checkpoints(run_dir) or folder.model.exists()):
         raise SonosynthError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
     resolve_device(device)
-    accelerator = Accelerator(cpu=device == "cpu")
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision_for(config.mixed_precision))
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(folder.config_yaml)
 

@@ -36,6 +36,7 @@ def train_command(
     decoder_only: bool = typer.Option(False, "--decoder-only", help="With --init: train the decoder only, so the "
                                       "latent space (and denoisers trained on it) stays."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in AE."),
+    mixed_precision: str | None = opt.MIXED_PRECISION,
     device: str = opt.DEVICE,
 ) -> None:
     """Train a KL autoencoder (loads with diffusers' AutoencoderKL.from_pretrained(AE/model))."""
@@ -59,6 +60,7 @@ def train_command(
         "lr": learning_rate,
         "seed": seed,
         "adversarial_start": adversarial_start,
+        "mixed_precision": mixed_precision,
     }
     data = {**base.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
     if patch_size is not None:

@@ -25,6 +25,8 @@ OUTPUT_SIZE = typer.Option("cropped", "--output-size",
 
 # Training: `--max-steps` is the training cap, `--net-size` a network size preset, `--learning-rate` the
 # (peak) learning rate, in `train`, `segment train` and `evaluate downstream` alike.
+MIXED_PRECISION = typer.Option(None, "--mixed-precision",
+                               help="auto (bf16, or fp16, on a GPU; none on a CPU), no, fp16 or bf16.")
 NET_SIZES = "tiny, small, deep (128-256 px on a CPU) or base"
 
 

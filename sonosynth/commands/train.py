@@ -72,7 +72,7 @@ def train_command(
         "train, val, test or all."
     ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of everything random (default 0)."),
-    mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="auto, no, fp16 or bf16."),
+    mixed_precision: str | None = opt.MIXED_PRECISION,
     log_with: str | None = typer.Option(None, "--log-with", help="'tensorboard' to log into RUN/."),
     init: Path | None = typer.Option(None, "--init", help="Start from this earlier run's weights (fine-tune it)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in RUN."),
