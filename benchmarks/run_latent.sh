@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # HC18 at 256 px with latent diffusion (issue 15), as recorded in docs/results/hc18-latent-256/:
-#   benchmarks/run_latent.sh downstream SEED [SIZE NET_SIZE]   the k = 20 real and real+synthetic arms of one seed,
+#   [ARMS=...] benchmarks/run_latent.sh downstream SEED [SIZE NET_SIZE]   the k = 20 real and real+synthetic arms (or ARMS) of one seed,
 #       generator per cell from benchmarks/scarce/hc18-latent256.yaml; segmenters at SIZE px (default 128) of
 #       NET_SIZE (default small); every SIZE/NET_SIZE shares the seed's generator (the same pairs)
 #   benchmarks/run_latent.sh pretrain           autoencoder and denoiser on other ultrasound only (BUSI and CAMUS-224
 #       train+val, phantom fetal heads, hearts and breasts; every structure as one label): no HC18 image
-#   benchmarks/run_latent.sh pretrained SEED [SIZE NET_SIZE]   real+synthetic with the same recipe fine-tuned from
+#   [ARMS=...] benchmarks/run_latent.sh pretrained SEED [SIZE NET_SIZE]   real+synthetic (or ARMS) with the same recipe fine-tuned from
 #       the pretrained autoencoder and denoiser (hc18-latent256-pretrained.yaml): the same steps per cell
 #   benchmarks/run_latent.sh copy               the cells into docs/results/hc18-latent-256/cells/
 # Resumable: rerun to continue. One process per core on a 2-core machine (OMP_NUM_THREADS=1 each).
@@ -65,12 +65,12 @@ downstream() {  # REPORT RECIPE ARMS SEED SIZE NET_SIZE
 case $STAGE in
   downstream)
     [ -f "$DATA/manifest.csv" ] || benchmarks/run_scarce.sh hc18 data
-    downstream scratch hc18-latent256.yaml real,real+synthetic "${1:?seed}" "${2:-128}" "${3:-small}" ;;
+    downstream scratch hc18-latent256.yaml "${ARMS:-real,real+synthetic}" "${1:?seed}" "${2:-128}" "${3:-small}" ;;
   pretrain)
     pretrain ;;
   pretrained)
     pretrain
-    downstream pretrained hc18-latent256-pretrained.yaml real+synthetic "${1:?seed}" "${2:-128}" "${3:-small}" ;;
+    downstream pretrained hc18-latent256-pretrained.yaml "${ARMS:-real+synthetic}" "${1:?seed}" "${2:-128}" "${3:-small}" ;;
   copy)
     for report in "$LATENT"/*-seg*; do
       [ -d "$report/cells" ] || continue
