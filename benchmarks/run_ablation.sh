@@ -55,17 +55,7 @@ PRETRAINED=$WORK/pretrained-generator  # gen-pretrained's starting point: shared
 
 pretrain() {  # a generator on other ultrasound only (no HC18 image): BUSI and CAMUS-224 train+val, phantom
   [ -f "$PRETRAINED/run/model/model_index.json" ] && return
-  mkdir -p "$PRETRAINED"
-  for dataset in busi camus-224; do
-    [ -f "$WORK/$dataset-data/manifest.csv" ] || benchmarks/run_scarce.sh "$dataset" data
-  done
-  for domain in fetal-head cardiac breast; do
-    [ -f "$PRETRAINED/phantom-$domain/manifest.csv" ] ||
-      $SONO data phantom "$PRETRAINED/phantom-$domain" --domain "$domain" --n 200 --seed 0
-  done
-  [ -f "$PRETRAINED/data/manifest.csv" ] ||
-    $SONO data merge "$WORK/busi-data" "$WORK/camus-224-data" "$PRETRAINED"/phantom-* --out "$PRETRAINED/data" \
-      --splits train,val, --foreground structure
+  WORK=$WORK SONO=$SONO benchmarks/pretraining_data.sh "$PRETRAINED"
   printf 'warmup_steps: 20\n' > "$PRETRAINED/train.yaml"  # the per-k generators' settings (GeneratorRecipe)
   resume=() && [ -d "$PRETRAINED/run/checkpoints" ] && resume=(--resume)
   $SONO train "$PRETRAINED/data" --out "$PRETRAINED/run" --config "$PRETRAINED/train.yaml" --kind spade \

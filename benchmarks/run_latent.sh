@@ -22,17 +22,7 @@ STAGE=${1:?usage: benchmarks/run_latent.sh downstream|pretrained SEED [SIZE NET_
 
 pretrain() {
   [ -f "$PRETRAINED/denoiser/model/model_index.json" ] && return
-  mkdir -p "$PRETRAINED"
-  for dataset in busi camus-224; do
-    [ -f "$WORK/$dataset-data/manifest.csv" ] || benchmarks/run_scarce.sh "$dataset" data
-  done
-  for domain in fetal-head cardiac breast; do
-    [ -f "$PRETRAINED/phantom-$domain/manifest.csv" ] ||
-      $SONO data phantom "$PRETRAINED/phantom-$domain" --domain "$domain" --n 200 --seed 0 --size 256
-  done
-  [ -f "$PRETRAINED/data/manifest.csv" ] ||
-    $SONO data merge "$WORK/busi-data" "$WORK/camus-224-data" "$PRETRAINED"/phantom-* --out "$PRETRAINED/data" \
-      --splits train,val, --foreground structure
+  WORK=$WORK SONO=$SONO benchmarks/pretraining_data.sh "$PRETRAINED" 256
   # the per-k recipe's autoencoder schedule (patches, then the decoder on whole images), on every merged image
   printf 'split: all\n' > "$PRETRAINED/autoencoder.yaml"
   [ -f "$PRETRAINED/ae/model/config.json" ] || {
