@@ -5,11 +5,13 @@ BIN := $(VENV)/bin
 # The CPU build of torch is pinned for our machines; users may run any torch >= 2.4.
 TORCH_PIN ?= torch==2.13.0
 
-$(BIN)/sonosynth: pyproject.toml
+$(BIN)/sonosynth: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# constraints.txt holds the pin through every later install: without it a dependency (timm's torchvision)
+	# replaced the CPU torch with a multi-GB CUDA build (tests/test_install.py checks the venv's torch).
+	$(BIN)/pip install --quiet -c constraints.txt $(TORCH_PIN)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	# nnU-Net's network package pulls timm and with it PyPI's torchvision, which cannot load beside the
 	# CPU torch file (and then breaks transformers' imports). Nothing here uses them: timm serves only
 	# nnU-Net's Primus/EVA architectures. Users with a matching torchvision keep both.

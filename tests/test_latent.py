@@ -171,7 +171,7 @@ def test_cli_generates_and_edits_with_a_latent_run(autoencoder: Path, tmp_path: 
     assert region.any() and np.array_equal(output[~region], original[~region])
     assert not np.array_equal(output[region], original[region])
 
-    bad = CliRunner().invoke(app, ["train", str(data), "--config", str(config), "--autoencoder", str(tmp_path),
+    bad = CliRunner().invoke(app, ["train", str(data), "--config", str(config), "--autoencoder", str(data),
                                    "--out", str(tmp_path / "run2"), "--device", "cpu"])
     assert isinstance(bad.exception, SonosynthError) and "not an autoencoder" in str(bad.exception)
     assert not (tmp_path / "run2").exists()

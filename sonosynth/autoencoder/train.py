@@ -93,7 +93,8 @@ def train_autoencoder(
 
     A failure before the first checkpoint leaves nothing behind; after one, the run is kept for --resume."""
     return ckpt.train_cleanly(Path(run_dir), lambda looping: _train(config, Path(run_dir), resume, on_step,
-                                                                    progress, device, looping))
+                                                                    progress, device, looping),
+                              inputs=[*config.datasets, config.init])
 
 
 def train_patches_then_whole(config: AutoencoderConfig, out: str | Path, decoder_steps: int, progress: bool = True,

@@ -83,8 +83,10 @@ def evaluate_command(
 ) -> None:
     """PSNR, SSIM, speckle SNR, intensity histogram (and a segmenter's Dice) of reconstructed images."""
     from sonosynth.autoencoder.evaluate import evaluate_autoencoder
-    from sonosynth.files import write_json_atomic
+    from sonosynth.files import guard_output, write_json_atomic
 
+    if out is not None:
+        guard_output(out, [autoencoder, dataset, segmenter], file=True)
     result = evaluate_autoencoder(autoencoder, dataset, split=split, segmenter=segmenter, device=device)
     for key, value in result.items():
         typer.echo(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from sonosynth.data.imageio import read_image, read_label_map, write_png
 from sonosynth.data.importers.pairing import progress
 from sonosynth.data.validate import require_valid
 from sonosynth.errors import DataError
-from sonosynth.files import commit_folder, prepare_output
+from sonosynth.files import is_temporary, output_folder, prepare_output
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9]+")
 
@@ -77,22 +76,18 @@ def export_nnunet(
     require_valid(dataset, "pairs to export")  # before any output exists
     out_root = Path(out_root)
     folder = nnunet_folder_name(dataset_id, name or dataset.info.name)
-    target = prepare_output(out_root / folder, overwrite)
-    clash = [p.name for p in out_root.glob(f"Dataset{dataset_id:03d}_*") if p.name != folder and p.is_dir()]
+    target = prepare_output(out_root / folder, overwrite, inputs=[dataset_root])
+    clash = [p.name for p in out_root.glob(f"Dataset{dataset_id:03d}_*")
+             if p.name != folder and p.is_dir() and not is_temporary(p)]
     if clash:
         raise DataError(f"{out_root / clash[0]}: nnU-Net dataset id {dataset_id} is already taken")
     dataset_json = nnunet_dataset_json(dataset, len(dataset))
-    tmp = Path(tempfile.mkdtemp(prefix=f"{folder}.tmp-", dir=out_root))
-    try:
+    with output_folder(target, overwrite) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         for record in progress(dataset.records, "export nnunet"):
             _export_pair(dataset, record, tmp)
         (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
-        commit_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 
 from sonosynth.data.imageio import read_image, read_label_map, write_png
 from sonosynth.errors import DataError
-from sonosynth.files import atomic_path, commit_folder, prepare_output
+from sonosynth.files import Inputs, atomic_path, commit_folder, prepare_output, read_json, read_text, temporary_folder
 
 DATASET_JSON = "dataset.json"
 MANIFEST_CSV = "manifest.csv"
@@ -74,23 +75,59 @@ class DatasetInfo:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], origin: str = DATASET_JSON) -> DatasetInfo:
+        """dataset.json's object, its documented types checked (docs/dataset-format.md): a wrong shape is one
+        line naming the file, not a traceback or a silently different dataset."""
         if not isinstance(data, Mapping) or "name" not in data or "labels" not in data:
             raise DataError(f"{origin}: must be a JSON object with at least 'name' and 'labels'")
+        for key in ("name", "modality", "organ", "source", "license", "description"):
+            if key in data and not isinstance(data[key], str):
+                raise DataError(f"{origin}: '{key}' must be a string, got {data[key]!r}")
+        for key in ("labels", "attributes", "provenance"):
+            if data.get(key) is not None and not isinstance(data[key], Mapping):
+                raise DataError(f"{origin}: '{key}' must be an object, got {type(data[key]).__name__}")
+        if not isinstance(data["labels"], Mapping):
+            raise DataError(f"{origin}: 'labels' must be an object (value: name)")
+        for key, value in data["labels"].items():
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{origin}: label {key} must have a name (a non-empty string), got {value!r}")
         labels = {str(k): str(v) for k, v in dict(data["labels"]).items()}
-        try:
-            values = sorted(int(k) for k in labels)
-        except ValueError:
-            raise DataError(f"{origin}: label keys must be integers, got {list(labels)}") from None
+        if any(not k.strip().isdigit() for k in labels):
+            raise DataError(f"{origin}: label keys must be non-negative integers, got {list(labels)}")
+        values = sorted(int(k) for k in labels)
+        if len(set(values)) != len(values):
+            raise DataError(f"{origin}: a label value is given twice ({list(labels)})")
         if not values or values[0] != 0 or values != list(range(len(values))) or values[-1] > 255:
             raise DataError(f"{origin}: labels must be 0..K-1 (K <= 256), got {values}")
+        attributes: dict[str, list[str] | None] = {}
+        for name, allowed in dict(data.get("attributes") or {}).items():
+            if allowed is not None and (not isinstance(allowed, list)
+                                        or not all(isinstance(x, str | int | float) for x in allowed)):
+                raise DataError(f"{origin}: attribute '{name}' must list its values (or be null for free-form "
+                                f"values), got {allowed!r}")
+            attributes[str(name)] = None if allowed is None else [str(x) for x in allowed]
         known = {f.name for f in cls.__dataclass_fields__.values()}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["labels"] = labels
-        kwargs["attributes"] = {
-            str(k): (None if v is None else [str(x) for x in v])
-            for k, v in dict(data.get("attributes") or {}).items()
-        }
-        return cls(**kwargs)
+        kwargs["attributes"] = attributes
+        kwargs["provenance"] = dict(data.get("provenance") or {})
+        info = cls(**kwargs)
+        info.validate(origin)
+        return info
+
+    def validate(self, origin: str = DATASET_JSON) -> None:
+        """What makes labels or attributes ambiguous: two labels of one name, an attribute named like a
+        manifest column (`split` would be two columns), an attribute value listed twice."""
+        names = [name.strip().lower() for name in self.labels.values()]
+        repeated = next((n for n in names if names.count(n) > 1), None)
+        if repeated is not None:
+            raise DataError(f"{origin}: two labels are named '{repeated}' (which one is meant?)")
+        reserved = set(CORE_COLUMNS) | set(HASH_COLUMNS)
+        for name, allowed in self.attributes.items():
+            if name.lower() in reserved or not name.strip():
+                raise DataError(f"{origin}: attribute '{name}' is a manifest column's name (reserved: "
+                                f"{', '.join(sorted(reserved))})")
+            if allowed is not None and len(set(allowed)) != len(allowed):
+                raise DataError(f"{origin}: attribute '{name}' lists a value twice ({allowed})")
 
 
 @dataclass
@@ -147,10 +184,7 @@ class Dataset(Sequence[Sample]):
         for required in (info_path, manifest_path):
             if not required.is_file():
                 raise DataError(f"{required}: missing; not a sonosynth dataset folder")
-        try:
-            info = DatasetInfo.from_dict(json.loads(info_path.read_text()), origin=str(info_path))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{info_path}: invalid JSON ({exc})") from None
+        info = DatasetInfo.from_dict(read_json(info_path, DATASET_JSON), origin=str(info_path))
         records = read_manifest(manifest_path, info)
         if not records:
             raise DataError(f"{manifest_path}: holds no pairs (an empty dataset)")
@@ -220,10 +254,42 @@ def _one_edit_apart(a: str, b: str) -> bool:
     return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
+def _check_id(path: Path, line: int, rid: str, seen: dict[str, str]) -> None:
+    """An id names files (`images/<id>.png`, predictions, exports): one safe path component, unique even on a
+    file system that ignores case."""
+    if not _ID_PATTERN.match(rid) or len(rid) > 200:
+        raise DataError(f"{path}: line {line}: invalid id {rid!r} (letters, digits, '_', '-', '.'; starting with "
+                        "a letter or digit: an id names files, so no separators, '..' or control characters)")
+    other = seen.get(rid.lower())
+    if other is not None:
+        what = "duplicate id" if other == rid else f"id '{rid}' differs only in case from '{other}'"
+        raise DataError(f"{path}: {what} (line {line})" if other == rid else
+                        f"{path}: line {line}: {what} (their files would overwrite each other)")
+    seen[rid.lower()] = rid
+
+
+def _length_mm(path: Path, line: int, column: str, text: str) -> float | None:
+    """A length in mm (spacing_mm, hc_mm, ...): empty, or a finite positive number."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{path}: line {line}: {column} '{text}' is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise DataError(f"{path}: line {line}: {column} {text} is not a length (finite and positive)")
+    return value
+
+
 def read_manifest(path: Path, info: DatasetInfo) -> list[Record]:
-    with open(path, newline="") as fh:
+    """The manifest's rows as records, validated on read (a dataset written by hand or another tool, or
+    edited in a spreadsheet, gets the same checks as one sonosynth wrote)."""
+    with io.StringIO(read_text(path, MANIFEST_CSV), newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
+        repeated = next((c for c in columns if columns.count(c) > 1), None)
+        if repeated is not None:
+            raise DataError(f"{path}: column '{repeated}' appears twice in the header")
         missing = [c for c in ("id", "image", "mask") if c not in columns]
         if missing:
             raise DataError(f"{path}: missing columns {missing}")
@@ -234,17 +300,18 @@ def read_manifest(path: Path, info: DatasetInfo) -> list[Record]:
             if close is not None:
                 raise DataError(f"{path}: column '{column}' looks like '{close}' misspelt (an extra column may not "
                                 "be one edit away from a manifest column or a declared attribute)")
-        records, seen = [], set()
-        for line, row in enumerate(reader, start=2):
+        records: list[Record] = []
+        seen: dict[str, str] = {}
+        for row in reader:
+            line = reader.line_num
+            if None in row or None in row.values():
+                fields = len(columns) + len(row.get(None) or []) - sum(v is None for v in row.values())
+                raise DataError(f"{path}: line {line} has {fields} fields, the header has {len(columns)}")
             rid = row["id"]
-            if rid in seen:
-                raise DataError(f"{path}: duplicate id '{rid}' (line {line})")
-            seen.add(rid)
-            spacing = row.get("spacing_mm") or ""
-            try:
-                spacing_mm = float(spacing) if spacing else None
-            except ValueError:
-                raise DataError(f"{path}: line {line}: spacing_mm '{spacing}' is not a number") from None
+            _check_id(path, line, rid, seen)
+            spacing_mm = _length_mm(path, line, "spacing_mm", row.get("spacing_mm") or "")
+            for column in (c for c in columns if c.endswith("_mm") and c != "spacing_mm"):
+                _length_mm(path, line, column, row[column])
             for kind in ("image", "mask"):
                 _require_inside(path, line, kind, row[kind] or "")
             attributes = {k: row.get(k, "") or "" for k in info.attributes}
@@ -304,8 +371,11 @@ class DatasetWriter:
     Nothing appears at `out` unless the block finishes without error.
     """
 
-    def __init__(self, out: str | Path, info: DatasetInfo, overwrite: bool = False, validate_labels: bool = True):
-        self.out = prepare_output(out, overwrite)
+    def __init__(self, out: str | Path, info: DatasetInfo, overwrite: bool = False, validate_labels: bool = True,
+                 inputs: Inputs = ()):
+        info.validate(str(Path(out) / DATASET_JSON))
+        self.out = prepare_output(out, overwrite, inputs)
+        self.overwrite = overwrite
         self.info = info
         self.validate_labels = validate_labels
         self.records: list[Record] = []
@@ -313,7 +383,7 @@ class DatasetWriter:
         self._tmp: Path | None = None
 
     def __enter__(self) -> DatasetWriter:
-        self._tmp = Path(tempfile.mkdtemp(prefix=f"{self.out.name}.tmp-", dir=self.out.parent))
+        self._tmp = temporary_folder(self.out)
         (self._tmp / IMAGES_DIR).mkdir()
         (self._tmp / MASKS_DIR).mkdir()
         return self
@@ -390,7 +460,7 @@ class DatasetWriter:
         assert self._tmp is not None
         (self._tmp / DATASET_JSON).write_text(self.info.to_json())
         write_manifest(self._tmp / MANIFEST_CSV, self.info, self.records)
-        commit_folder(self._tmp, self.out)
+        commit_folder(self._tmp, self.out, self.overwrite)
         return self.out
 
 

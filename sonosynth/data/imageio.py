@@ -26,15 +26,22 @@ def unit_to_pixels(unit: np.ndarray, dtype: np.dtype | type = np.uint8) -> np.nd
     return np.clip(np.rint(np.asarray(unit) * peak), 0, peak).astype(dtype)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a grayscale image as a 2-D uint8/uint16 array (RGB-stored grayscale is converted)."""
+def read_image(path: str | Path, label_map: bool = False) -> np.ndarray:
+    """Read a grayscale image as a 2-D uint8/uint16 array (RGB-stored grayscale is converted).
+
+    Transparency is refused: where alpha hides pixels, what the file shows and what it stores differ (a
+    mask drawn in the alpha channel would read as empty). With `label_map`, a palette image's labels are its
+    palette indices (the convention of palette label maps), said here rather than guessed from colours."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            _refuse_transparency(im, path)
+            if label_map and im.mode == "P":
+                arr = np.asarray(im)
+            elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im).astype(np.uint16)
             elif im.mode == "L":
                 arr = np.asarray(im)
@@ -51,6 +58,17 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _refuse_transparency(im: Image.Image, path: Path) -> None:
+    alpha = None
+    if im.mode in ("LA", "RGBA", "PA"):
+        alpha = np.asarray(im.getchannel("A"))
+    elif "transparency" in im.info:
+        alpha = np.asarray(im.convert("RGBA").getchannel("A"))
+    if alpha is not None and alpha.size and int(alpha.min()) < 255:
+        raise DataError(f"{path}: has transparent pixels (an alpha channel); store the values as gray levels "
+                        "without transparency")
+
+
 def _rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
     # Grayscale stored as RGB has equal channels: keep them exactly instead of re-weighting.
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
@@ -60,8 +78,8 @@ def _rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
 
 
 def read_label_map(path: str | Path) -> np.ndarray:
-    """Read a mask as an integer label map (uint8)."""
-    arr = read_image(path)
+    """Read a mask as an integer label map (uint8); a palette mask's labels are its palette indices."""
+    arr = read_image(path, label_map=True)
     if arr.max(initial=0) > 255:
         raise DataError(f"{path}: label map has values above 255")
     return arr.astype(np.uint8)

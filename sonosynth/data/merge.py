@@ -43,7 +43,7 @@ def merge_datasets(
         if empty:
             raise DataError(f"{empty[0]}: no pairs in splits {list(splits)}")
     info = _merged_info(datasets, Path(out).name if name is None else name, foreground)
-    with DatasetWriter(out, info, overwrite=overwrite) as writer:
+    with DatasetWriter(out, info, overwrite=overwrite, inputs=sources) as writer:
         for dataset in datasets:
             prefix = f"{dataset.info.name}_"
             for sample in dataset:

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from sonosynth.diffusion.config import MUST_MATCH_ON_RESUME
 from sonosynth.diffusion.run import CHECKPOINTS_DIR
 from sonosynth.errors import SonosynthError
-from sonosynth.files import write_json_atomic, writing
+from sonosynth.files import Inputs, guard_output, write_json_atomic, writing
 
 STATE_JSON = "state.json"
 T = TypeVar("T")
@@ -292,15 +292,18 @@ def ema_copy(model: Any, ema: Any) -> Any:
 # ---- a training run's lifecycle --------------------------------------------------------------------
 
 
-def train_cleanly(run_dir: Path, body: Callable[[list[bool]], T]) -> T:
+def train_cleanly(run_dir: Path, body: Callable[[list[bool]], T], inputs: Inputs = ()) -> T:
     """Run `body(looping)` (a training loop that appends to `looping` once it starts stepping); on failure
     (an error, a non-finite loss, Ctrl-C) remove what it created unless a checkpoint survives, and say so.
 
-    Before the first checkpoint nothing is left behind: a new run folder disappears, an existing one keeps
-    only what was there before. After one, the run is kept and the error says to continue with --resume.
+    The run folder first passes the output guard: it may not be, hold or lie inside one of `inputs` (the
+    training data, an autoencoder, a base or init model). Before the first checkpoint nothing is left behind:
+    a new run folder disappears, an existing one keeps only what was there before. After one, the run is
+    kept and the error says to continue with --resume.
     """
     import sys
 
+    guard_output(run_dir, inputs)
     before = set(run_dir.iterdir()) if run_dir.is_dir() else None
     looping: list[bool] = []
     try:

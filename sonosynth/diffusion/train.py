@@ -79,7 +79,8 @@ def train(
     checkpoint, and the error says to continue with --resume.
     """
     return train_cleanly(Path(run_dir), lambda looping: _train(config, Path(run_dir), resume, on_step, progress,
-                                                               device, looping))
+                                                               device, looping),
+                         inputs=[config.dataset, config.autoencoder, config.init])
 
 
 def _train(

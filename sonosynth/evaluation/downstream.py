@@ -35,7 +35,7 @@ from sonosynth.data.validate import require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.generators import GENERATORS_DIR, GeneratorRecipe, ensure_generator, generator_folder
-from sonosynth.files import write_json_atomic
+from sonosynth.files import guard_output, write_json_atomic
 from sonosynth.segmentation.train import SegmentationConfig
 from sonosynth.settings import Config, without_new_defaults
 
@@ -175,6 +175,12 @@ def run_downstream(
     from sonosynth.progress import progress_bar
     from sonosynth.segmentation.train import check_compatible_labels, load_pairs
 
+    out = guard_output(out, [real_path, synthetic_path])  # the report (and generator store) hold no input
+    if config.generators:
+        guard_output(config.generators, [real_path, synthetic_path])
+    if report_only and not (out / SETTINGS_FILE).is_file():
+        raise SonosynthError(f"{out}: no experiment to report here (no {SETTINGS_FILE}); --report-only writes "
+                             "the report of an experiment's finished cells")
     config.validate(synthetic_path is not None)
     beyond = sorted(set(only_seeds or []) - set(range(config.seeds)))
     if beyond:
@@ -196,7 +202,6 @@ def run_downstream(
     for k in config.ks:  # a k beyond the training subjects fails before any work
         nested_subjects(train.subjects, k, 0)
 
-    out = Path(out)
     cells_dir = out / CELLS_DIR
     cells_dir.mkdir(parents=True, exist_ok=True)
     settings = {

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -28,7 +26,7 @@ import torch
 from sonosynth.data.format import Dataset
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
-from sonosynth.files import commit_folder, prepare_output
+from sonosynth.files import output_folder, prepare_output
 from sonosynth.settings import Config
 
 TEXTURE_FEATURES = "sonosynth-texture-v1"
@@ -370,7 +368,7 @@ def evaluate_quality(
     from sonosynth.segmentation.train import check_compatible_labels
 
     config = config or QualityConfig()
-    out = prepare_output(out, overwrite)
+    out = prepare_output(out, overwrite, inputs=[real_path, synthetic_path, segmenter_path, inception_path])
     resolve_device(device)
     real, synthetic = Dataset.open(real_path), Dataset.open(synthetic_path)
     require_valid(real, "real pairs")  # before the report folder exists
@@ -477,12 +475,7 @@ def evaluate_quality(
     bar.update(1)
     bar.close()
 
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    with output_folder(out, overwrite) as tmp:
         (tmp / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
         write_quality_report(tmp, result, [asdict(r) for r in rows], train, synthetic)
-        commit_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -7,8 +7,6 @@ mm) are computed in the image's own pixels.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ from sonosynth.data.imageio import pixels_to_unit, read_image, write_png
 from sonosynth.data.transforms import letterbox_image, letterbox_mask, unletterbox
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
-from sonosynth.files import commit_folder, prepare_output
+from sonosynth.files import output_folder, prepare_output
 from sonosynth.segmentation.nets import build_unet
 from sonosynth.segmentation.train import CONFIG_FILE, MODEL_FILE, SegmentationConfig
 
@@ -171,16 +169,11 @@ def predict_folder(
     """`sonosynth segment predict`: write OUT/<name>.png label maps at the original image sizes."""
     from sonosynth.progress import progress_bar
 
-    out = prepare_output(out, overwrite)
+    out = prepare_output(out, overwrite, inputs=[segrun, source])
     segmenter = load_segmenter(segrun, device)
     items = list_images(source)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    with output_folder(out, overwrite) as tmp:
         for name, path in progress_bar(items, desc="segmenting", disable=not progress):
             (mask,) = predict_masks(segmenter, [read_image(path)])
             write_png(tmp / f"{name}.png", mask)
-        commit_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

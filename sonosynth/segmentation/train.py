@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,7 +25,7 @@ from sonosynth.data.format import Dataset
 from sonosynth.data.validate import require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
-from sonosynth.files import commit_folder, prepare_output, writing
+from sonosynth.files import output_folder, prepare_output
 from sonosynth.seeds import derive_seed
 from sonosynth.segmentation.nets import UNET_SIZES, build_unet, min_image_size
 from sonosynth.settings import Config
@@ -392,24 +390,18 @@ def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[
     from safetensors.torch import save_model
 
     out = prepare_output(out, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
-        with writing(out):
-            if result.sam is not None:
-                from sonosynth.segmentation.sam import save_sam
+    with output_folder(out, overwrite) as tmp:
+        if result.sam is not None:
+            from sonosynth.segmentation.sam import save_sam
 
-                save_sam(tmp, result)  # the trained decoder and the box U-Net only, not the base model
-            else:
-                save_model(result.model, str(tmp / MODEL_FILE), force_contiguous=True)  # nnU-Net shares tensors
-            result.config.save(tmp / CONFIG_FILE)
-            if result.nnunet is not None:
-                result.nnunet.save(tmp)
-            metrics = {**result.metrics(), **(extra_metrics or {})}
-            (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        commit_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            save_sam(tmp, result)  # the trained decoder and the box U-Net only, not the base model
+        else:
+            save_model(result.model, str(tmp / MODEL_FILE), force_contiguous=True)  # nnU-Net shares tensors
+        result.config.save(tmp / CONFIG_FILE)
+        if result.nnunet is not None:
+            result.nnunet.save(tmp)
+        metrics = {**result.metrics(), **(extra_metrics or {})}
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return out
 
 
@@ -451,7 +443,7 @@ def train_from_folders(
     device: str = "cpu",
 ) -> Path:
     """`sonosynth segment train`: train on DATASET's train split (+ EXTRA), early-stop on its val split."""
-    out = prepare_output(out, overwrite)
+    out = prepare_output(out, overwrite, inputs=[dataset_path, extra_path])
     resolve_device(device)
     dataset = Dataset.open(dataset_path)
     train, val, _ = real_splits(dataset, seed=config.seed)

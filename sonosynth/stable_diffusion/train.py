@@ -75,7 +75,8 @@ def train_stable_diffusion(
 ) -> TrainResult:
     """Train (or resume) into `run_dir` until `config.max_steps`; same contract as `diffusion.train.train`."""
     return ckpt.train_cleanly(Path(run_dir), lambda looping: _train(config, Path(run_dir), resume, on_step,
-                                                                    progress, device, looping))
+                                                                    progress, device, looping),
+                              inputs=[config.dataset, config.base])
 
 
 def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
@@ -316,7 +317,6 @@ def save_trained_parts(pipe: Any, out: Path, config: StableDiffusionConfig, base
     from sonosynth.stable_diffusion.pipeline import BASE_JSON, CONTROLNET_DIR, LORA_FILE
 
     def write(tmp: Path) -> None:
-        tmp.mkdir(parents=True)
         if pipe.controlnet is not None:
             pipe.controlnet.save_pretrained(tmp / CONTROLNET_DIR, safe_serialization=True)
         if config.lora_rank:

@@ -18,8 +18,6 @@ pixels outside the edit are still the input's exactly.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from scipy import ndimage
 from sonosynth.data.imageio import pixels_to_unit, read_image, read_label_map, unit_to_pixels, write_png
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
-from sonosynth.files import commit_folder, prepare_output
+from sonosynth.files import output_folder, prepare_output
 from sonosynth.settings import Config
 
 
@@ -168,7 +166,7 @@ def edit_files(run: str | Path, image_path: str | Path, mask_path: str | Path, e
     from sonosynth.synthesis.sampling import load_synthesis_model
 
     config = config or EditConfig()
-    out = prepare_output(out, overwrite)
+    out = prepare_output(out, overwrite, inputs=[run, image_path, mask_path, edited_path])
     resolve_device(config.device)
     image, mask, edited = read_image(image_path), read_label_map(mask_path), read_label_map(edited_path)
     model = load_synthesis_model(run, device=config.device)
@@ -183,8 +181,7 @@ def edit_files(run: str | Path, image_path: str | Path, mask_path: str | Path, e
                 raise SonosynthError(f"attribute {name}='{value}' not among {model.class_values.get(name, [])}")
         class_labels = model.class_tensor([dict(attributes)])
     result = repaint(model, image, mask, edited, config, class_labels, where=str(edited_path))
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    with output_folder(out, overwrite) as tmp:
         write_png(tmp / "image.png", result.image)
         write_png(tmp / "mask.png", result.mask)
         write_png(tmp / "region.png", result.region.astype(np.uint8) * 255)
@@ -193,9 +190,5 @@ def edit_files(run: str | Path, image_path: str | Path, mask_path: str | Path, e
                       "attributes": dict(attributes or {}), "model_evaluations": result.model_evaluations,
                       "edited_pixels": int(result.region.sum())}
         (tmp / "edit.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        commit_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 

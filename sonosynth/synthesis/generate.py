@@ -304,7 +304,7 @@ def generate_dataset(
     from sonosynth.synthesis.sampling import load_synthesis_model
 
     config = config or GenerateConfig()
-    prepare_output(out, overwrite)  # fail before the slow part
+    prepare_output(out, overwrite, inputs=[run, source])  # fail before the slow part
     resolve_device(config.device)
     if config.filter_dice is not None and predictor is None:
         raise SonosynthError("--filter-dice needs a segmenter (--segmenter SEGRUN)")
@@ -362,7 +362,7 @@ def generate_dataset(
                "scheduler": scheduler_name(model.pipe.scheduler), "steps": config.steps,
                "guidance": config.guidance_scale}
     kept = drawn = 0
-    with DatasetWriter(out, out_info, overwrite=overwrite) as writer, \
+    with DatasetWriter(out, out_info, overwrite=overwrite, inputs=[run, source]) as writer, \
             progress_bar(total=n, desc=f"generating ({config.mask_source} masks)", disable=not progress) as bar:
         while kept < n and drawn < max_draws:
             wanted = [config.attributes.draw(rng) for _ in range(min(config.batch_size, max_draws - drawn))]
@@ -509,7 +509,7 @@ def generate_from_sources(
     `predictor` scores (and with `filter_dice`, filters) every part.
     """
     config = config or GenerateConfig()
-    out = prepare_output(out, overwrite)
+    out = prepare_output(out, overwrite, inputs=[run, source])
     parts = []
     for mask_source, n in counts.items():
         part = out.with_name(f"{out.name}-{mask_source}")

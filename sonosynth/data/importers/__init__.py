@@ -12,6 +12,7 @@ from typing import Any
 
 from sonosynth.data.importers.pairing import ImportSummary
 from sonosynth.errors import DataError
+from sonosynth.files import prepare_output
 
 # format -> module; loaded on demand so that one importer's optional dependency (SimpleITK for
 # CAMUS) never stands in the way of the others.
@@ -28,6 +29,8 @@ def import_dataset(format: str, src: str | Path, out: str | Path, **options: Any
     """Import SRC in the given format into a new dataset folder OUT."""
     if format not in FORMATS:
         raise DataError(f"unknown import format '{format}' (choose from {', '.join(FORMATS)})")
+    # The output guard before any reading: OUT may not be SRC, lie inside it or hold it (nor the --csv file).
+    prepare_output(out, bool(options.get("overwrite")), inputs=[src, options.get("csv_path")])
     module = import_module(FORMATS[format])
     return getattr(module, f"import_{format}")(src, out, **options)
 
