@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 
 from sonosynth.errors import SonosynthError
-from sonosynth.files import write_text_atomic
+from sonosynth.files import read_text, write_text_atomic
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Config")
@@ -47,6 +48,14 @@ class Config:
                                               or f.default is not MISSING and isinstance(f.default, tuple)):
                 data[f.name] = tuple(value)
         return strict_from_dict(cls, data, origin, cls.what)
+
+    def checked(self: C, origin: str = "command line") -> C:
+        """This config, its values checked against `FIELD_RANGES` (as `from_dict` does): for configs a command
+        builds from its options."""
+        problems = value_problems(self)
+        if problems:
+            raise SonosynthError(f"{origin}: " + "; ".join(problems))
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -85,12 +94,61 @@ def strict_from_dict(cls: type[T], data: dict[str, Any], origin: str, what: str)
     if problems:
         raise SonosynthError(f"{origin}: " + "; ".join(problems))
     try:
-        return cls(**data)
+        built = cls(**data)
     except SonosynthError as exc:
         message = str(exc)
         raise SonosynthError(message if message.startswith(origin) else f"{origin}: {message}") from None
     except (TypeError, ValueError) as exc:
         raise SonosynthError(f"{origin}: {exc}") from None
+    problems = value_problems(built)
+    if problems:
+        raise SonosynthError(f"{origin}: " + "; ".join(problems))
+    return built
+
+
+# The range of every numeric config field, by its name (one name per concept across configs, CLI and docs:
+# docs/reliability.md lists them). A float is also always finite. Checked whenever a config is built from a
+# file or the command line (`strict_from_dict`), so a value out of range is one line, not a crash mid-run.
+_COUNTS = ("batch_size", "max_steps", "steps", "sample_steps", "train_steps", "num_train_timesteps", "stage1_steps",
+           "stage2_steps", "val_every", "patience", "checkpoint_every", "sample_every", "n", "seeds", "max_pairs",
+           "kid_subsets", "kid_subset_size", "grad_accumulation", "segment_steps", "n_cases", "max_tries",
+           "jump_length", "jump_n_sample", "k")
+_PIXELS = ("size", "image_size", "patch_size", "stage2_size", "memorisation_size")
+_NON_NEGATIVE = ("warmup_steps", "weight_decay", "latent_views", "num_workers", "keep_checkpoints", "num_samples",
+                 "margin_px", "hc_widen", "size_widen", "hc_range_widen", "size_range_widen", "adversarial_start",
+                 "n_deform", "n_shape", "conditioning_scale", "autoencoder_steps", "autoencoder_decoder_steps",
+                 "filter_segmenter_steps", "max_grad_norm")
+_UNIT = ("probability", "ema_decay", "val", "test", "synthetic_ratio", "strength", "cond_drop_prob", "variance_kept",
+         "filter_dice", "eta")
+FIELD_RANGES: dict[str, tuple[float, float, str]] = {
+    **{name: (1, 10**9, "a count of at least 1") for name in _COUNTS},
+    **{name: (8, 8192, "a size in pixels, 8 to 8192") for name in _PIXELS},
+    **{name: (0, float("inf"), "not negative") for name in _NON_NEGATIVE},
+    **{name: (0, 1, "within [0, 1]") for name in _UNIT},
+    "seed": (0, 2**32 - 1, "an integer from 0 to 2**32 - 1"),
+    "lr": (1e-12, 10, "a positive learning rate (at most 10)"),
+    "learning_rate": (1e-12, 10, "a positive learning rate (at most 10)"),
+    "guidance_scale": (0, 100, "within [0, 100]"),
+}
+
+
+def value_problems(config: Any) -> list[str]:
+    """Fields of a config (and of the configs inside it) outside `FIELD_RANGES`, or floats that are not finite."""
+    problems = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, Config):
+            problems += [f"{f.name}.{p}" for p in value_problems(value)]
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{f.name} must be a finite number, got {value}")
+            continue
+        rule = FIELD_RANGES.get(f.name) or (FIELD_RANGES["probability"] if f.name.endswith("_prob") else None)
+        if rule is not None and not rule[0] <= value <= rule[1]:
+            problems.append(f"{f.name} must be {rule[2]}, got {value}")
+    return problems
 
 
 _SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -130,9 +188,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML file's top-level mapping, with a one-line error naming the file (and `what` it holds)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise SonosynthError(f"{path}: cannot read {what} ({exc.strerror})") from None
+        data = yaml.safe_load(read_text(path, what)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

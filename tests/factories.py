@@ -230,3 +230,29 @@ def tiny_stable_diffusion_config(dataset: Path, base: Path, **changes):
                     checkpoint_every=2, keep_checkpoints=5, sample_every=1000, sample_steps=2, num_samples=1,
                     prompt_template="ultrasound image of the {organ}, view {view}")
     return StableDiffusionConfig(**{**settings, **changes})
+
+
+def run_cli(args: list[object], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+            ) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `sonosynth ARGS`, run in-process as the console script runs it."""
+    import sys
+
+    from sonosynth.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["sonosynth", *map(str, args)])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as stopped:
+        code = int(stopped.code or 0) if not isinstance(stopped.code, str) else 1
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
+def error_line(code: int, err: str) -> str:
+    """The one `error:` line of a refused command (exit 1, no traceback), asserted."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1, err
+    assert "Traceback" not in err and len(errors) == 1, err
+    return errors[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import save_tiny_run, write_toy_dataset
+from factories import error_line, run_cli, save_tiny_run, write_toy_dataset
 from PIL import Image
 
 from sonosynth.cli import main
@@ -36,15 +36,8 @@ def snapshot(*roots: Path) -> dict[str, str]:
 
 def refused(args: list[object], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
     """Run `sonosynth ARGS`; assert exit 1 with one `error:` line and no traceback; return that line."""
-    monkeypatch.setattr(sys, "argv", ["sonosynth", *map(str, args)])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        main()
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert stopped.value.code == 1, err
-    assert "Traceback" not in err and len(errors) == 1, err
-    return errors[0]
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    return error_line(code, err)
 
 
 @pytest.fixture

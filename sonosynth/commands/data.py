@@ -140,7 +140,7 @@ def split_command(
     """Assign train/val/test splits, grouped by subject, into the manifest."""
     from sonosynth.data.splits import SplitConfig, split_dataset
 
-    counts = split_dataset(dataset, SplitConfig(by=by, val=val, test=test, seed=seed))
+    counts = split_dataset(dataset, SplitConfig(by=by, val=val, test=test, seed=seed).checked())
     typer.echo(", ".join(f"{split}: {counts.get(split, 0)}" for split in ("train", "val", "test")))
 
 

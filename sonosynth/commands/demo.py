@@ -27,7 +27,7 @@ def demo(
     from sonosynth.demo import DemoConfig, results_table, run_demo
 
     console = Console()
-    config = (DemoConfig.fast if fast else DemoConfig.full)(device=device, seed=seed)
+    config = (DemoConfig.fast if fast else DemoConfig.full)(device=device, seed=seed).checked()
     if latent:
         config = config.latent()
     report = run_demo(out, config, log=console.print)

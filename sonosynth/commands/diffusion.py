@@ -35,7 +35,8 @@ def sample(
     from sonosynth.synthesis.generate import GenerateConfig, generate_dataset
 
     config = GenerateConfig(mask_source="train", n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler,
-                            seed=seed, batch_size=batch_size, split=split, output_size=output_size, device=device)
+                            seed=seed, batch_size=batch_size, split=split, output_size=output_size,
+                            device=device).checked()
     path = generate_dataset(run, source or masks, out, config, overwrite=overwrite, command="sonosynth sample")
     typer.echo(f"wrote {path}")
 

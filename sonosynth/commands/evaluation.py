@@ -114,7 +114,7 @@ def downstream_command(
         patience=patience,
         synthetic_ratio=synthetic_ratio,
         synthetic_schedule=synthetic_schedule,
-    )
+    ).checked()
     if arms == "auto":
         chosen = [a for a in ARMS if (synthetic or generator_per_k or not uses_synthetic(a))
                   and not (segmentation.net != "unet" and uses_classical(a))]  # +classical arms are the U-Net's
@@ -130,7 +130,7 @@ def downstream_command(
         classical=AugmentConfig.preset_file("classical", classical_config),
         structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
         train_where=train_where,
-    )
+    ).checked()
     command = command_line(ctx, "downstream", leave_out=("report_only", "only_seeds"))  # what runs every cell
     path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device,
                           report_only=report_only, only_seeds=opt.int_list(only_seeds, "--only-seeds"))
@@ -156,7 +156,7 @@ def quality_command(
     """Mask fidelity, FID/KID, MS-SSIM diversity, intensity/speckle statistics and memorisation."""
     from sonosynth.evaluation.quality import QualityConfig, evaluate_quality
 
-    config = QualityConfig(size=size, near_copy_ratio=near_copy_ratio, seed=seed)
+    config = QualityConfig(size=size, near_copy_ratio=near_copy_ratio, seed=seed).checked()
     command = command_line(ctx, "quality")
     path = evaluate_quality(
         real, synthetic, out, config, segmenter_path=segmenter, inception_path=inception, overwrite=overwrite,

@@ -53,19 +53,13 @@ def phantom(
 
 
 def _load_config(path: Path):
-    import yaml
-
     from sonosynth.errors import SonosynthError
     from sonosynth.phantom.cases import PhantomConfig
+    from sonosynth.settings import read_yaml_mapping
 
     if not path.is_file():
         raise SonosynthError(f"{path}: phantom config not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SonosynthError(f"{path}: invalid YAML ({exc})".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise SonosynthError(f"{path}: phantom config must be a mapping")
+    data = read_yaml_mapping(path, "phantom config")
     try:
         return PhantomConfig.from_dict(data)
     except SonosynthError as exc:

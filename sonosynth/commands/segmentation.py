@@ -61,7 +61,7 @@ def train_command(
         flip=flip,
         seed=seed,
         classical=classical_settings,
-    )
+    ).checked()
     path = train_from_folders(dataset, out, config, extra_path=extra, overwrite=overwrite,
                               device=device)
     typer.echo(f"segmenter written to {path}")

@@ -102,7 +102,7 @@ def generate_command(
         shape=ShapeModelConfig(size_widen=size_widen), filter_dice=filter_dice, filter_mode=filter_mode,
         attributes=AttributePolicy.parse(attr, attr_dist),
         prompt=prompt, conditioning_scale=conditioning_scale, device=device,
-    )
+    ).checked()
     predictor = None
     if segmenter is not None:
         predictor, _ = segmenter_predictor(segmenter, device=device)
@@ -138,7 +138,7 @@ def edit_command(
     from sonosynth.synthesis.generate import AttributePolicy
 
     config = EditConfig(steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample, margin_px=margin,
-                        guidance_scale=guidance, seed=seed, prompt=prompt, device=device)
+                        guidance_scale=guidance, seed=seed, prompt=prompt, device=device).checked()
     attributes = AttributePolicy.parse(attr).fixed
     path = edit_files(run, image, mask, edited_mask, out, config, attributes, overwrite=overwrite)
     typer.echo(f"edited image written to {path}")

@@ -7,7 +7,6 @@ other file endings (.nii.gz, .mha, ...) go through SimpleITK.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from sonosynth.data.format import DatasetInfo, DatasetWriter
 from sonosynth.data.imageio import read_image, read_label_map
 from sonosynth.data.importers import pairing
 from sonosynth.errors import DataError
+from sonosynth.files import read_json
 
 FOLDER_NAME = re.compile(r"^Dataset(?P<id>\d{3})_(?P<name>.+)$")
 
@@ -27,13 +27,15 @@ def read_nnunet_json(src: Path) -> tuple[dict[str, Any], DatasetInfo]:
     path = src / "dataset.json"
     if not path.is_file():
         raise DataError(f"{path}: missing; not an nnU-Net raw dataset folder")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON ({exc})") from None
+    data = read_json(path, "dataset.json")
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: must be a JSON object")
     for key in ("channel_names", "labels", "file_ending"):
         if key not in data:
             raise DataError(f"{path}: missing '{key}'")
+    for key, kind in (("channel_names", dict), ("labels", dict), ("file_ending", str)):
+        if not isinstance(data[key], kind):
+            raise DataError(f"{path}: '{key}' must be {'an object' if kind is dict else 'a string'}")
     if len(data["channel_names"]) != 1:
         raise DataError(f"{path}: {len(data['channel_names'])} input channels; only single-channel data is supported")
     labels: dict[str, str] = {}

@@ -1,0 +1,168 @@
+"""Validation on read (docs/reliability.md): a dataset folder written by hand, by another tool or edited in a
+spreadsheet is checked as strictly as one sonosynth wrote; numeric options and config fields have ranges.
+
+Each broken input is refused by `data check` and by a command that would use it, with one `error:` line naming
+the file and the input unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from factories import error_line, run_cli, write_toy_dataset
+
+from sonosynth.data.format import Dataset
+
+
+def rows_of(root: Path) -> tuple[list[str], list[list[str]]]:
+    lines = list(csv.reader(io.StringIO((root / "manifest.csv").read_text())))
+    return lines[0], lines[1:]
+
+
+def write_rows(root: Path, header: list[str], rows: list[list[str]], encoding: str = "utf-8",
+               bom: bool = False) -> None:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header, *rows])
+    (root / "manifest.csv").write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.getvalue().encode(encoding))
+
+
+def set_cell(column: str, value: str, row: int = 0) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        header, rows = rows_of(root)
+        rows[row][header.index(column)] = value
+        write_rows(root, header, rows)
+    return change
+
+
+def change_info(**changes) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        info = json.loads((root / "dataset.json").read_text())
+        (root / "dataset.json").write_text(json.dumps({**info, **changes}))
+    return change
+
+
+def ragged(extra: bool) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        header, rows = rows_of(root)
+        rows[1] = [*rows[1], "surplus"] if extra else rows[1][:-2]
+        write_rows(root, header, rows)
+    return change
+
+
+def latin1(root: Path) -> None:
+    header, rows = rows_of(root)
+    rows[0][header.index("subject")] = "Müller"
+    write_rows(root, header, rows, encoding="latin-1")
+
+
+def repeated_column(root: Path) -> None:
+    header, rows = rows_of(root)
+    write_rows(root, [*header, "subject"], [[*r, r[header.index("subject")]] for r in rows])
+
+
+def repeated_json_key(root: Path) -> None:
+    text = (root / "dataset.json").read_text()
+    (root / "dataset.json").write_text(text.replace('"name": "toy",', '"name": "toy", "name": "other",', 1))
+
+
+BROKEN: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    # name: (change, file named, words of the problem)
+    "id climbing out": (set_cell("id", "../../x"), "manifest.csv", "invalid id"),
+    "id with a separator": (set_cell("id", "a/b"), "manifest.csv", "invalid id"),
+    "id with a control character": (set_cell("id", "a\x07b"), "manifest.csv", "invalid id"),
+    "ids differing in case": (set_cell("id", "TOY_001"), "manifest.csv", "differs only in case"),
+    "a row with a field too many": (ragged(True), "manifest.csv", "fields, the header has"),
+    "a row with fields missing": (ragged(False), "manifest.csv", "fields, the header has"),
+    "a column twice": (repeated_column, "manifest.csv", "appears twice"),
+    "a manifest in latin-1": (latin1, "manifest.csv", "not UTF-8"),
+    "spacing infinite": (set_cell("spacing_mm", "inf"), "manifest.csv", "not a length"),
+    "spacing negative": (set_cell("spacing_mm", "-0.2"), "manifest.csv", "not a length"),
+    "spacing zero": (set_cell("spacing_mm", "0"), "manifest.csv", "not a length"),
+    "attribute named split": (change_info(attributes={"split": ["a", "b"], "view": ["a", "b"]}), "dataset.json",
+                              "manifest column"),
+    "labels as a list": (change_info(labels=["background", "head"]), "dataset.json", "must be an object"),
+    "a negative label": (change_info(labels={"0": "background", "-1": "head"}), "dataset.json", "non-negative"),
+    "two labels of one name": (change_info(labels={"0": "background", "1": "head", "2": "Head"}), "dataset.json",
+                               "two labels"),
+    "a label without a name": (change_info(labels={"0": "background", "1": None}), "dataset.json", "must have a name"),
+    "attributes as a string": (change_info(attributes="view"), "dataset.json", "must be an object"),
+    "attribute values as a string": (change_info(attributes={"view": "ab"}), "dataset.json", "must list"),
+    "name a number": (change_info(name=3), "dataset.json", "must be a string"),
+    "a key twice": (repeated_json_key, "dataset.json", "appears twice"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_dataset_is_refused_on_read(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    change, named, words = BROKEN[case]
+    root = write_toy_dataset(tmp_path / "data")
+    change(root)
+    before = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+    for args in (["data", "check", root], ["data", "export", "nnunet", root, tmp_path / "raw", "--id", 7]):
+        line = error_line(*run_cli(args, capsys, monkeypatch)[::2])
+        assert str(root / named) in line and words in line, line
+    assert {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()} == before
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())
+
+
+def test_a_byte_order_mark_is_read_as_spreadsheets_write_it(tmp_path: Path) -> None:
+    root = write_toy_dataset(tmp_path / "data")
+    header, rows = rows_of(root)
+    write_rows(root, header, rows, bom=True)
+    (root / "dataset.json").write_bytes(b"\xef\xbb\xbf" + (root / "dataset.json").read_bytes())
+    dataset = Dataset.open(root)
+    assert [r.id for r in dataset.records] == [row[0] for row in rows]
+
+
+OUT_OF_RANGE = [
+    (["train", "{data}", "--out", "{tmp}/run", "--max-steps", 0], "max_steps"),
+    (["train", "{data}", "--out", "{tmp}/run", "--learning-rate", "nan"], "lr"),
+    (["train", "{data}", "--out", "{tmp}/run", "--learning-rate", -1], "lr"),
+    (["train", "{data}", "--out", "{tmp}/run", "--seed", -1], "seed"),
+    (["train", "{data}", "--out", "{tmp}/run", "--size", 4], "image_size"),
+    (["generate", "{run}", "--source", "{data}", "--out", "{tmp}/syn", "--n", 0], "n, steps"),
+    (["generate", "{run}", "--source", "{data}", "--out", "{tmp}/syn", "--n", 2, "--guidance", "inf"],
+     "guidance_scale"),
+    (["sample", "{run}", "--source", "{data}", "--out", "{tmp}/syn", "--steps", 0], "steps"),
+    (["segment", "train", "{data}", "--out", "{tmp}/seg", "--val-every", 0], "validation interval"),
+    (["evaluate", "downstream", "--real", "{data}", "--out", "{tmp}/rep", "--seeds", 0], "seeds"),
+    (["data", "split", "{data}", "--val", 1.5], "val"),
+    (["edit", "{run}", "--image", "{data}/images/toy_000.png", "--mask", "{data}/masks/toy_000.png",
+      "--edited-mask", "{data}/masks/toy_000.png", "--out", "{tmp}/edit", "--steps", -3], "steps"),
+]
+
+
+@pytest.mark.parametrize("args,field", OUT_OF_RANGE, ids=[" ".join(map(str, a[:2] + a[-2:])) for a, _ in OUT_OF_RANGE])
+def test_values_out_of_range_are_one_line(args: list[object], field: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from factories import save_tiny_run
+
+    data = write_toy_dataset(tmp_path / "data")
+    run = save_tiny_run(tmp_path / "model")
+    before = (data / "manifest.csv").read_bytes()
+    filled = [str(a).format(data=data, tmp=tmp_path, run=run) for a in args]
+    line = error_line(*run_cli(filled, capsys, monkeypatch)[::2])
+    assert field in line, line
+    assert (data / "manifest.csv").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"], "an output was left"
+
+
+def test_a_config_file_out_of_range_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    data = write_toy_dataset(tmp_path / "data")
+    config = tmp_path / "train.yaml"
+    config.write_text("lr: .nan\nbatch_size: 4\n")
+    line = error_line(*run_cli(["train", data, "--config", config, "--out", tmp_path / "run"],
+                               capsys, monkeypatch)[::2])
+    assert str(config) in line and "lr must be a finite number" in line, line
+    config.write_bytes("# réglages\nseed: 1\n".encode("latin-1"))
+    line = error_line(*run_cli(["train", data, "--config", config, "--out", tmp_path / "run"],
+                               capsys, monkeypatch)[::2])
+    assert str(config) in line and "not UTF-8" in line, line
+    assert not (tmp_path / "run").exists()
