@@ -1,0 +1,215 @@
+"""A generated corpus (Hypothesis): valid datasets, manifests, dataset.json files and configs, mutated at random
+(encodings, types, ranges, path-like ids, extra or missing fields), against the contract of
+docs/reliability.md: exit 0 or exit 1 with one `error:` line naming the file, no traceback, the input
+byte-identical afterwards, and nothing half-written left behind.
+
+Examples are capped (tiny datasets, in-process commands; the same draws every run, so CI is repeatable) and the
+module runs in seconds; a failure prints the mutation Hypothesis shrank it to.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from factories import run_cli, write_toy_dataset
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
+
+from sonosynth.errors import SonosynthError
+
+# SONOSYNTH_FUZZ_EXAMPLES=2000 (and SONOSYNTH_FUZZ_RANDOM=1 for new draws each run) for a long hunt.
+FUZZ = settings(max_examples=int(os.environ.get("SONOSYNTH_FUZZ_EXAMPLES", "40")), deadline=None,
+                derandomize=os.environ.get("SONOSYNTH_FUZZ_RANDOM") != "1",
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+NASTY = st.one_of(
+    st.sampled_from(["", "..", "../../x", "/etc/passwd", "a/b", "a\\b", "x\x00y", "\u202eevil", "nan", "inf",
+                     "-inf", "-1", "1e309", "0", " ", "CON", "Ümlaut", "a" * 300, "toy_000", "TOY_000", "1,2",
+                     '"quoted"', "line\nbreak", "images/toy_001.png", "masks/../images/toy_000.png"]),
+    st.text(max_size=12),
+)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8) | NASTY,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6) | NASTY, inner, max_size=3),
+    max_leaves=6,
+)
+ENCODINGS = st.sampled_from(["utf-8", "utf-8-sig", "latin-1", "utf-16", "cp1252"])
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("fuzz") / "data", n=4)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def check_contract(root: Path, out: Path | None, code: int, err: str) -> None:
+    assert "Traceback" not in err, err
+    assert code in (0, 1), f"exit {code}: {err}"
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    if code == 1 and out is not None:
+        assert len(errors) == 1, err
+        named = [str(root), str(out)]
+        assert any(name in errors[0] for name in named), f"names no file of the dataset: {errors[0]}"
+        assert not out.exists() or not any(out.iterdir()), f"{out} was written: {list(out.iterdir())}"
+    if out is not None and out.exists():
+        assert not [p for p in out.iterdir() if ".tmp-" in p.name], "a temporary folder was left"
+
+
+def run_on_mutant(root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data check` and `data export` on a mutated dataset: the contract, and the input unchanged."""
+    before = snapshot(root)
+    code, _, err = run_cli(["data", "check", root], capsys, monkeypatch)
+    check_contract(root, None, code, err)
+    out = root.parent / "raw"
+    code, _, err = run_cli(["data", "export", "nnunet", root, out, "--id", 9], capsys, monkeypatch)
+    check_contract(root, out, code, err)
+    assert snapshot(root) == before, "a command changed its input"
+    if code == 0:
+        assert [p.name for p in out.iterdir()] == [next(out.iterdir()).name] and next(out.iterdir()).is_dir()
+
+
+def mutant_copy(pristine: Path) -> Path:
+    root = Path(tempfile.mkdtemp(prefix="fuzz-")) / "data"
+    shutil.copytree(pristine, root)
+    return root
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_manifests_keep_the_contract(pristine: Path, data: st.DataObject,
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root = mutant_copy(pristine)
+    try:
+        lines = list(csv.reader(io.StringIO((root / "manifest.csv").read_text())))
+        kind = data.draw(st.sampled_from(["cell", "header", "add field", "drop field", "add row", "encoding"]))
+        row = data.draw(st.integers(1, len(lines) - 1))
+        column = data.draw(st.integers(0, len(lines[0]) - 1))
+        if kind == "cell":
+            lines[row][column] = data.draw(NASTY)
+        elif kind == "header":
+            lines[0][column] = data.draw(NASTY)
+        elif kind == "add field":
+            lines[row].append(data.draw(NASTY))
+        elif kind == "drop field":
+            del lines[row][column]
+        elif kind == "add row":
+            lines.append([data.draw(NASTY) for _ in lines[0]])
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(lines)
+        encoding = data.draw(ENCODINGS) if kind == "encoding" else "utf-8"
+        (root / "manifest.csv").write_bytes(text.getvalue().encode(encoding, errors="replace"))
+        run_on_mutant(root, capsys, monkeypatch)
+    finally:
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_dataset_json_keeps_the_contract(pristine: Path, data: st.DataObject,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    root = mutant_copy(pristine)
+    try:
+        info: Any = json.loads((root / "dataset.json").read_text())
+        where = data.draw(st.sampled_from(["top", "labels", "attributes", "whole"]))
+        if where == "whole":
+            info = data.draw(JSON_VALUES)
+        else:
+            target = info if where == "top" else info[where]
+            key = data.draw(st.sampled_from([*target, "extra"]) | NASTY)
+            if data.draw(st.booleans()) and key in target:
+                del target[key]
+            else:
+                target[key] = data.draw(JSON_VALUES)
+        (root / "dataset.json").write_text(json.dumps(info))
+        run_on_mutant(root, capsys, monkeypatch)
+    finally:
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
+MODES = st.sampled_from(["L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F", "1", "CMYK"])
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_image_files_keep_the_contract(pristine: Path, data: st.DataObject,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    from PIL import Image
+
+    root = mutant_copy(pristine)
+    try:
+        kind = data.draw(st.sampled_from(["images", "masks"]))
+        victim = sorted((root / kind).iterdir())[data.draw(st.integers(0, 3))]
+        how = data.draw(st.sampled_from(["bytes", "truncate", "mode", "size"]))
+        if how == "bytes":
+            victim.write_bytes(data.draw(st.binary(max_size=64)))
+        elif how == "truncate":
+            raw = victim.read_bytes()
+            victim.write_bytes(raw[: data.draw(st.integers(0, len(raw) - 1))])
+        else:
+            with Image.open(victim) as im:
+                array = np.asarray(im)
+            if how == "size":
+                array = array[: data.draw(st.integers(1, array.shape[0])), : data.draw(st.integers(1, array.shape[1]))]
+            mode = data.draw(MODES)
+            picture = Image.fromarray(array).convert(mode)
+            if mode in ("LA", "RGBA") and data.draw(st.booleans()):
+                picture.putalpha(Image.fromarray((array > 0).astype(np.uint8) * 255))
+            try:  # not every mode can be stored in every format: such draws are no input at all
+                picture.save(victim, format=data.draw(st.sampled_from(["PNG", "TIFF", "BMP"])))
+            except (OSError, KeyError):
+                reject()
+        run_on_mutant(root, capsys, monkeypatch)
+    finally:
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
+def _config_classes() -> list[type]:
+    from sonosynth.augment import AugmentConfig
+    from sonosynth.diffusion.config import TrainConfig
+    from sonosynth.evaluation.generators import GeneratorRecipe
+    from sonosynth.segmentation.train import SegmentationConfig
+    from sonosynth.synthesis.generate import GenerateConfig
+
+    return [TrainConfig, GeneratorRecipe, SegmentationConfig, AugmentConfig, GenerateConfig]
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_configs_load_or_name_their_file(data: st.DataObject) -> None:
+    from sonosynth.settings import value_problems
+
+    cls = data.draw(st.sampled_from(_config_classes()))
+    names = [f.name for f in fields(cls)]
+    mapping = {data.draw(st.sampled_from(names) | NASTY): data.draw(JSON_VALUES)
+               for _ in range(data.draw(st.integers(1, 3)))}
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-config-"))
+    try:
+        path = folder / "config.yaml"
+        as_yaml = data.draw(st.booleans())
+        text = yaml.safe_dump(mapping, allow_unicode=True) if as_yaml else json.dumps(mapping)
+        path.write_bytes(text.encode(data.draw(ENCODINGS), errors="replace"))
+        try:
+            config = cls.from_yaml(path)
+        except SonosynthError as exc:
+            assert str(exc).startswith(str(path)) and "\n" not in str(exc).strip(), str(exc)
+        else:
+            assert value_problems(config) == []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
