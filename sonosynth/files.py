@@ -42,22 +42,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # a failed write() names no file: name the one being written, not its temporary
+        if exc.filename not in (None, str(tmp), str(path)):
+            raise
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
 @contextmanager
-def writing(path: str | Path) -> Iterator[None]:
+def writing(path: str | Path, temporary: Path | None = None) -> Iterator[None]:
     """A failed write (a full disk, a file-size limit, no permission) becomes one line naming `path`.
 
     safetensors reports its I/O errors as `SafetensorError`, not `OSError`: both are caught. An error that
-    names no file of its own (`File too large`) is given `path`; one that does keeps its own file name."""
+    names no file of its own (`File too large`) is given `path`; one that does keeps its own file name, said
+    as the file it becomes when `temporary` is the folder being built for `path`."""
     from safetensors import SafetensorError
 
     try:
         yield
     except OSError as exc:
-        where = exc.filename or path
+        written = exc.filename2 or exc.filename  # a failed copy names its source first, its destination second
+        where = Path(written) if written else Path(path)
+        if temporary is not None and where.is_relative_to(temporary):
+            where = Path(path) / where.relative_to(temporary)
         raise DataError(f"{where}: cannot write ({exc.strerror or exc})") from None
     except SafetensorError as exc:
         raise DataError(f"{path}: cannot write ({exc})") from None
@@ -199,7 +207,7 @@ def output_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     tmp = temporary_folder(out)
     try:
-        with writing(out):
+        with writing(out, tmp):
             yield tmp
         commit_folder(tmp, out, overwrite)
     except BaseException:

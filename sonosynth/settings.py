@@ -125,9 +125,9 @@ FIELD_RANGES: dict[str, tuple[float, float, str]] = {
     **{name: (8, 8192, "a size in pixels, 8 to 8192") for name in _PIXELS},
     **{name: (0, float("inf"), "not negative") for name in _NON_NEGATIVE},
     **{name: (0, 1, "within [0, 1]") for name in _UNIT},
-    "seed": (0, 2**32 - 1, "an integer from 0 to 2**32 - 1"),
-    "lr": (1e-12, 10, "a positive learning rate (at most 10)"),
-    "learning_rate": (1e-12, 10, "a positive learning rate (at most 10)"),
+    "seed": (0, 2**63 - 1, "an integer from 0 to 2**63 - 1"),
+    "lr": (0, 10, "a learning rate from 0 (frozen weights) to 10"),
+    "learning_rate": (0, 10, "a learning rate from 0 (frozen weights) to 10"),
     "guidance_scale": (0, 100, "within [0, 100]"),
 }
 

@@ -87,14 +87,15 @@ def letterboxed_pairs(n: int, seed: int, size: int = 32) -> PairTensors:
     return PairTensors(torch.stack(images), torch.stack(labels))
 
 
-def write_toy_dataset(out: Path, n: int = 6, seed: int = 0, height: int = 48, width: int = 64) -> Path:
-    """A tiny one-label dataset for tests that need any valid dataset folder."""
+def write_toy_dataset(out: Path, n: int = 6, seed: int = 0, height: int = 48, width: int = 64, prefix: str = "toy"
+                      ) -> Path:
+    """A tiny one-label dataset for tests that need any valid dataset folder (ids PREFIX_000, ...)."""
     rng = np.random.default_rng(seed)
     info = DatasetInfo(name="toy", labels={"0": "background", "1": "head"}, attributes={"view": ["a", "b"]})
     with DatasetWriter(out, info) as writer:
         for i in range(n):
             image, mask = ellipse_pair(rng, height, width)
-            writer.add(f"toy_{i:03d}", image, mask, subject=f"s{i // 2}", spacing_mm=0.2, view="ab"[i % 2])
+            writer.add(f"{prefix}_{i:03d}", image, mask, subject=f"s{i // 2}", spacing_mm=0.2, view="ab"[i % 2])
     return out
 
 
@@ -192,9 +193,9 @@ def imported_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Cal
 
 def tiny_train_config(dataset: Path, **changes) -> TrainConfig:
     """A run that takes seconds: tiny model, 32 px, batch 2, sampling with 2 steps."""
-    settings = dict(dataset=str(dataset), model=ModelConfig(size="tiny"), image_size=32, batch_size=2, max_steps=4,
-                    warmup_steps=1, checkpoint_every=2, keep_checkpoints=5, sample_every=1000, sample_steps=2,
-                    num_samples=1)
+    settings = dict(dataset=str(dataset), split="all", model=ModelConfig(size="tiny"), image_size=32, batch_size=2,
+                    max_steps=4, warmup_steps=1, checkpoint_every=2, keep_checkpoints=5, sample_every=1000,
+                    sample_steps=2, num_samples=1)
     return TrainConfig(**{**settings, **changes})
 
 
@@ -226,8 +227,8 @@ def tiny_stable_diffusion_config(dataset: Path, base: Path, **changes):
     """A Stable Diffusion run that takes seconds: 32 px, batch 2, 4 steps, sampling with 2 steps."""
     from sonosynth.stable_diffusion.config import StableDiffusionConfig
 
-    settings = dict(dataset=str(dataset), base=str(base), image_size=32, batch_size=2, max_steps=4, lr=1e-3,
-                    checkpoint_every=2, keep_checkpoints=5, sample_every=1000, sample_steps=2, num_samples=1,
+    settings = dict(dataset=str(dataset), split="all", base=str(base), image_size=32, batch_size=2, max_steps=4,
+                    lr=1e-3, checkpoint_every=2, keep_checkpoints=5, sample_every=1000, sample_steps=2, num_samples=1,
                     prompt_template="ultrasound image of the {organ}, view {view}")
     return StableDiffusionConfig(**{**settings, **changes})
 

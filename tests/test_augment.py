@@ -209,7 +209,7 @@ def test_cli_classical_config_file_changes_the_classical_ranges(tmp_path: Path) 
     data = write_toy_dataset(tmp_path / "toy", n=6)
     ranges = tmp_path / "ranges.yaml"
     ranges.write_text("rotate_deg: [-3, 3]\nelastic_prob: 0.0\n")
-    args = ["segment", "train", str(data), "--size", "32", "--net-size", "tiny", "--max-steps", "2",
+    args = ["segment", "train", "--auto-split", str(data), "--size", "32", "--net-size", "tiny", "--max-steps", "2",
             "--val-every", "2", "--batch-size", "2", "--classical-config", str(ranges), "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

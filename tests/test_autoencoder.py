@@ -19,7 +19,7 @@ from sonosynth.errors import SonosynthError
 
 
 def tiny(datasets: list[Path], **changes) -> AutoencoderConfig:
-    settings = dict(datasets=[str(d) for d in datasets], image_size=32, patch_size=16, channels=(8, 8),
+    settings = dict(datasets=[str(d) for d in datasets], split="all", image_size=32, patch_size=16, channels=(8, 8),
                     latent_channels=2, discriminator_channels=8, batch_size=2, max_steps=6, adversarial_start=2,
                     checkpoint_every=2, keep_checkpoints=5, sample_every=100, num_samples=2)
     return AutoencoderConfig(**{**settings, **changes})
@@ -137,7 +137,8 @@ def test_evaluate_reports_fidelity_against_the_real_images(two_datasets: list[Pa
     train_autoencoder(tiny(two_datasets[:1], max_steps=2), tmp_path / "ae", progress=False, device="cpu")
     seg = tmp_path / "seg"
     trained = CliRunner().invoke(app, ["segment", "train", str(two_datasets[0]), "--out", str(seg), "--size", "32",
-                                       "--net-size", "tiny", "--max-steps", "2", "--val-every", "2"])
+                                       "--net-size", "tiny", "--max-steps", "2", "--val-every", "2",
+                                       "--auto-split"])
     assert trained.exit_code == 0, trained.output
     out = tmp_path / "fidelity.json"
     result = CliRunner().invoke(app, ["autoencoder", "evaluate", str(tmp_path / "ae"), str(two_datasets[0]),

@@ -26,9 +26,10 @@ def test_help_lists_the_groups() -> None:
 
 def test_downstream_command_writes_and_resumes(tmp_path: Path) -> None:
     real = write_toy_dataset(tmp_path / "real", n=12, seed=5)
-    synth = write_toy_dataset(tmp_path / "synth", n=4, seed=6)
+    synth = write_toy_dataset(tmp_path / "synth", n=4, seed=6, prefix="synth")
     out = tmp_path / "report"
-    args = ["evaluate", "downstream", "--real", str(real), "--synthetic", str(synth), "--k", "1,all",
+    args = ["evaluate", "downstream", "--auto-split",
+         "--real", str(real), "--synthetic", str(synth), "--k", "1,all",
             "--seeds", "1", "--arms", "real,real+synthetic", *TINY, "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -50,7 +51,7 @@ def test_downstream_command_writes_and_resumes(tmp_path: Path) -> None:
 
 def test_quality_command(tmp_path: Path) -> None:
     real = write_toy_dataset(tmp_path / "real", n=8, seed=7)
-    synth = write_toy_dataset(tmp_path / "synth", n=4, seed=8)
+    synth = write_toy_dataset(tmp_path / "synth", n=4, seed=8, prefix="synth")
     out = tmp_path / "quality"
     result = CliRunner().invoke(app, ["evaluate", "quality", "--real", str(real), "--synthetic", str(synth),
                                       "--size", "32", "--out", str(out)])
@@ -64,7 +65,7 @@ def test_quality_command(tmp_path: Path) -> None:
 def test_bad_input_is_one_line_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     proc = subprocess.run(
-        [sys.executable, "-m", "sonosynth", "evaluate", "downstream", "--real", str(missing), "--out",
+        [sys.executable, "-m", "sonosynth", "evaluate", "downstream", "--auto-split", "--real", str(missing), "--out",
          str(tmp_path / "r")],
         capture_output=True, text=True, timeout=300,
     )
@@ -84,7 +85,8 @@ def test_generator_per_k_on_phantom_heads(tmp_path: Path) -> None:
     recipe.write_text("model_size: tiny\nimage_size: 32\ntrain_steps: 3\nbatch_size: 4\n"
                       "mask_sources: {deform: 2, shape: 2}\nsample_steps: 2\n")
     out = tmp_path / "report"
-    args = ["evaluate", "downstream", "--real", str(real), "--generator-per-k", str(recipe), "--k", "2",
+    args = ["evaluate", "downstream", "--auto-split",
+         "--real", str(real), "--generator-per-k", str(recipe), "--k", "2",
             "--seeds", "1", *TINY, "--out", str(out), "--device", "cpu"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -108,7 +110,8 @@ def test_bad_generator_recipe_is_one_line_error(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model_size: tiny\nsteps_typo: 3\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "sonosynth", "evaluate", "downstream", "--real", str(real), "--generator-per-k",
+        [sys.executable, "-m", "sonosynth", "evaluate", "downstream", "--auto-split",
+         "--real", str(real), "--generator-per-k",
          str(recipe), "--out", str(tmp_path / "r")],
         capture_output=True, text=True, timeout=300,
     )
@@ -120,13 +123,15 @@ def test_bad_generator_recipe_is_one_line_error(tmp_path: Path) -> None:
 def test_train_where_reaches_the_experiment_and_a_bad_one_is_one_line(tmp_path: Path) -> None:
     real = write_toy_dataset(tmp_path / "real", n=12, seed=5)
     out = tmp_path / "report"
-    result = CliRunner().invoke(app, ["evaluate", "downstream", "--real", str(real), "--k", "2", "--seeds", "1",
+    result = CliRunner().invoke(app, ["evaluate", "downstream", "--auto-split",
+         "--real", str(real), "--k", "2", "--seeds", "1",
                                       "--arms", "real", "--train-where", "view=b", *TINY, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "cells" / "k2__real__seed0.json").read_text())["n_real_images"] == 2
     assert "--train-where view=b" in (out / "results.md").read_text()
     proc = subprocess.run(
-        [sys.executable, "-m", "sonosynth", "evaluate", "downstream", "--real", str(real), "--arms", "real",
+        [sys.executable, "-m", "sonosynth", "evaluate", "downstream", "--auto-split",
+         "--real", str(real), "--arms", "real",
          "--train-where", "hc_mm<tiny", "--out", str(tmp_path / "r")],
         capture_output=True, text=True, timeout=300,
     )
@@ -138,7 +143,8 @@ def test_train_where_reaches_the_experiment_and_a_bad_one_is_one_line(tmp_path: 
 def test_only_seeds_runs_those_seeds_and_the_report_covers_every_finished_cell(tmp_path: Path) -> None:
     real = write_toy_dataset(tmp_path / "real", n=12, seed=5)
     out = tmp_path / "report"
-    args = ["evaluate", "downstream", "--real", str(real), "--k", "2", "--seeds", "4", "--arms", "real", *TINY,
+    args = ["evaluate", "downstream", "--auto-split",
+         "--real", str(real), "--k", "2", "--seeds", "4", "--arms", "real", *TINY,
             "--out", str(out)]
     result = CliRunner().invoke(app, [*args, "--only-seeds", "3"])
     assert result.exit_code == 0, result.output

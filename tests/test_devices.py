@@ -37,7 +37,8 @@ def _commands(data: Path, out: Path) -> dict[str, list[str]]:
     png = str(data / "images" / "toy_000.png")
     mask = str(data / "masks" / "toy_000.png")
     return {
-        "train": ["train", str(data), "--out", str(out / "o"), "--model", "tiny", "--max-steps", "1"],
+        "train": ["train", str(data), "--out", str(out / "o"), "--model", "tiny", "--max-steps", "1",
+                  "--split", "all"],
         "sample": ["sample", run, "--masks", str(data), "--out", str(out / "o")],
         "generate": ["generate", run, "--source", str(data), "--n", "1", "--out", str(out / "o")],
         "edit": ["edit", run, "--image", png, "--mask", mask, "--edited-mask", mask, "--out", str(out / "o")],

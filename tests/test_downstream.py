@@ -33,11 +33,12 @@ TINY = SegmentationConfig(size=32, net="tiny", max_steps=4, val_every=2, batch_s
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("downstream")
     # 8 subjects: the subject-wise split leaves 6 for training, 1 for val, 1 for test.
-    return write_toy_dataset(root / "real", n=16, seed=3), write_toy_dataset(root / "synth", n=6, seed=4)
+    real = write_toy_dataset(root / "real", n=16, seed=3)
+    return real, write_toy_dataset(root / "synth", n=6, seed=4, prefix="synth")
 
 
 def config(**kwargs) -> DownstreamConfig:
-    base = {"ks": ["1", "3"], "seeds": 2, "segmentation": TINY}
+    base = {"ks": ["1", "3"], "seeds": 2, "segmentation": TINY, "auto_split": True}  # toy datasets have no split
     return DownstreamConfig(**{**base, **kwargs})
 
 
@@ -166,7 +167,7 @@ def test_generator_per_k_sees_only_the_cell_subjects(datasets: tuple[Path, Path]
     chosen = {r.subject for r in Dataset.open(out / "generators" / "k2__seed0" / "data").records}
     assert len(chosen) == 2 == real_cell["n_real_subjects"]
     # the generator's data is exactly the real arm's subjects, and its new masks come from them only
-    assert chosen == set(nested_subjects(real_splits(Dataset.open(real))[0].subjects, "2", 0))
+    assert chosen == set(nested_subjects(real_splits(Dataset.open(real), auto_split=True)[0].subjects, "2", 0))
     synthetic = Dataset.open(out / "generators" / "k2__seed0" / "synthetic" / TINY_RECIPE.sampling_name)
     assert len(synthetic) == 6
     sources = {r.extra["source_id"] for r in synthetic.records if r.extra["mask_source"] == "deform"}
@@ -239,7 +240,7 @@ def test_a_designed_shift_trains_on_one_group_and_tests_on_all(datasets: tuple[P
     cell = json.loads((tmp_path / "shift" / "cells" / "k2__real__seed0.json").read_text())
     assert cell["n_real_subjects"] == 2 and cell["n_real_images"] == 2  # each toy subject has one view-a image
     assert {r.attributes["view"] for r in Dataset.open(store / "k2__seed0" / "data").records} == {"a"}
-    assert cell["n_test_images"] == len(real_splits(Dataset.open(real))[2])  # both views
+    assert cell["n_test_images"] == len(real_splits(Dataset.open(real), auto_split=True)[2])  # both views
     assert json.loads((tmp_path / "shift" / "settings.json").read_text())["train_where"] == "view=a"
     report = (tmp_path / "shift" / "results.md").read_text()
     assert "**Designed shift**" in report
@@ -265,7 +266,7 @@ def test_a_latent_generator_per_k_trains_its_autoencoder_on_the_k_subjects_only(
     from sonosynth.evaluation.generators import ensure_generator
 
     real, _ = datasets
-    train = real_splits(Dataset.open(real))[0]
+    train = real_splits(Dataset.open(real), auto_split=True)[0]
     recipe = replace(TINY_RECIPE, train_steps=2, autoencoder_steps=2, autoencoder_decoder_steps=2)
     folder = tmp_path / "k2__seed0"
     synthetic = ensure_generator(folder, train, train.subjects[:2], recipe, seed=0, device="cpu", progress=False)
@@ -291,7 +292,7 @@ def test_a_generator_per_k_fine_tunes_from_the_recipes_init_run(datasets: tuple[
     from sonosynth.evaluation.generators import ensure_generator
 
     real, _ = datasets
-    train = real_splits(Dataset.open(real))[0]
+    train = real_splits(Dataset.open(real), auto_split=True)[0]
     pretrained = tmp_path / "pretrained"
     ensure_generator(pretrained, train, train.subjects[2:4], replace(TINY_RECIPE, train_steps=2), seed=1,
                      device="cpu", progress=False)

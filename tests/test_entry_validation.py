@@ -43,7 +43,7 @@ def test_bad_pairs_are_refused_before_any_output(tmp_path, how, command):
     data, message = broken(tmp_path, how)
     out = tmp_path / "out"
     args = [*command.split(), str(data), "--out", str(out), "--max-steps", "1", "--device", "cpu",
-            "--net-size", "tiny", "--size", "32"]
+            "--net-size", "tiny", "--size", "32", *(["--split", "all"] if command == "train" else ["--auto-split"])]
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, DataError), result.output
     assert message in str(result.exception) and "\n" not in str(result.exception)

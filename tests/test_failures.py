@@ -195,6 +195,28 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing(tmp_path: Pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out")] == []
 
 
+@pytest.mark.parametrize("command", ["data export", "data merge", "data split"])
+def test_a_full_disk_names_the_final_file_and_leaves_the_input_whole(tmp_path: Path, command: str) -> None:
+    """Each file over 1500 bytes fails: the error names the file the user would have got (not a temporary),
+    the output is absent and the input (for `data split`, rewritten in place) byte-identical."""
+    data = write_toy_dataset(tmp_path / "toy", n=8)
+    other = write_toy_dataset(tmp_path / "other", n=2, seed=1, prefix="other")
+    (other / "dataset.json").write_text((other / "dataset.json").read_text().replace('"toy"', '"other"'))
+    before = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
+    out = tmp_path / "out"
+    args = {"data export": ["data", "export", "nnunet", str(data), str(out), "--id", "5"],
+            "data merge": ["data", "merge", str(data), str(other), "--out", str(out)],
+            "data split": ["data", "split", str(data), "--val", "0.25", "--test", "0.25"]}[command]
+    limit = 1500 if command != "data split" else len((data / "manifest.csv").read_bytes())
+    result = run_sonosynth(args, limit_bytes=limit)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "cannot write (" in errors[0] and ".tmp-" not in errors[0] and ".part" not in errors[0], errors[0]
+    assert str(out if command != "data split" else data / "manifest.csv") in errors[0], errors[0]
+    assert not out.exists() or not any(out.iterdir())
+    assert {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()} == before
+
+
 def test_two_writers_of_one_file_do_not_share_a_temporary_file(tmp_path: Path) -> None:
     """Two processes writing the same report (one per k) each write their own temporary file."""
     from sonosynth.files import atomic_path

@@ -80,7 +80,7 @@ def test_segmenter_run_as_predictor(tmp_path):
 
     data = write_toy_dataset(tmp_path / "toy", n=6)
     config = SegmentationConfig(size=32, net="tiny", max_steps=2, batch_size=2, val_every=1)
-    segrun = train_from_folders(data, tmp_path / "seg", config, progress=False)
+    segrun = train_from_folders(data, tmp_path / "seg", config, progress=False, auto_split=True)
     predict, num_labels = segmenter_predictor(segrun)
     samples = list(Dataset.open(data))[:2]
     scores = score_samples([s.image for s in samples], [s.mask for s in samples], predict, num_labels)

@@ -21,7 +21,6 @@ from PIL import Image
 
 from sonosynth.cli import main
 from sonosynth.errors import DataError
-from sonosynth.files import commit_folder, output_folder, prepare_output, temporary_folder
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -123,6 +122,8 @@ def test_overwrite_still_replaces_an_earlier_output(world: dict[str, Path], caps
 
 
 def test_an_output_that_appears_meanwhile_is_kept(tmp_path: Path) -> None:
+    from sonosynth.files import output_folder, prepare_output
+
     out = prepare_output(tmp_path / "out")
     with pytest.raises(DataError, match="appeared while this command ran"), output_folder(out) as tmp:
         (tmp / "mine.txt").write_text("mine")
@@ -136,6 +137,8 @@ def test_an_output_that_appears_meanwhile_is_kept(tmp_path: Path) -> None:
 
 
 def test_an_empty_folder_that_appears_is_kept_too(tmp_path: Path) -> None:
+    from sonosynth.files import commit_folder, temporary_folder
+
     tmp = temporary_folder(tmp_path / "out")
     (tmp_path / "out").mkdir()  # a plain rename would silently replace an empty folder
     with pytest.raises(DataError, match="appeared"):
@@ -159,6 +162,8 @@ def test_a_killed_export_does_not_block_the_next(world: dict[str, Path], capsys:
 
 
 def test_a_running_writers_temporary_is_left_alone(tmp_path: Path) -> None:
+    from sonosynth.files import temporary_folder
+
     alive = tmp_path / f"out.tmp-{os.getppid()}-abcd1234"
     alive.mkdir()
     temporary_folder(tmp_path / "out")

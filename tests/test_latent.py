@@ -201,7 +201,7 @@ def test_autoencoder_init_starts_from_an_earlier_autoencoder(tmp_path: Path) -> 
     from sonosynth.autoencoder.train import train_autoencoder
 
     data = write_toy_dataset(tmp_path / "toy")
-    settings = dict(datasets=[str(data)], image_size=32, patch_size=16, channels=(8, 8), latent_channels=2,
+    settings = dict(datasets=[str(data)], split="all", image_size=32, patch_size=16, channels=(8, 8), latent_channels=2,
                     discriminator_channels=8, batch_size=2, adversarial_start=100, sample_every=100, num_samples=1)
     train_autoencoder(AutoencoderConfig(**settings, max_steps=2), tmp_path / "ae1", progress=False, device="cpu")
     train_autoencoder(AutoencoderConfig(**settings, max_steps=1, lr=0.0, init=str(tmp_path / "ae1")),
@@ -215,8 +215,8 @@ def test_decoder_only_fine_tuning_keeps_the_latent_space(tmp_path: Path) -> None
     from sonosynth.autoencoder.train import train_autoencoder
 
     data = write_toy_dataset(tmp_path / "toy")
-    settings = dict(datasets=[str(data)], image_size=32, channels=(8, 8), latent_channels=2, discriminator_channels=8,
-                    batch_size=2, adversarial_start=100, sample_every=100, num_samples=1)
+    settings = dict(datasets=[str(data)], split="all", image_size=32, channels=(8, 8), latent_channels=2,
+                    discriminator_channels=8, batch_size=2, adversarial_start=100, sample_every=100, num_samples=1)
     train_autoencoder(AutoencoderConfig(**settings, patch_size=16, max_steps=2), tmp_path / "ae1", progress=False,
                       device="cpu")
     # whole images now, as a patch-trained model must be before it reconstructs whole images faithfully

@@ -46,7 +46,7 @@ def test_nnunet_refuses_classical_augmentation_and_classical_arms():
 
     with pytest.raises(SonosynthError, match="--classical applies to --net unet only"):
         SegmentationConfig(net="nnunet", classical=AugmentConfig.preset("classical"))
-    config = DownstreamConfig(ks=["2"], seeds=1, arms=["real", "real+classical"],
+    config = DownstreamConfig(auto_split=True, ks=["2"], seeds=1, arms=["real", "real+classical"],
                               segmentation=SegmentationConfig(net="nnunet"))
     with pytest.raises(SonosynthError, match="the \\+classical arms are for --net unet"):
         config.validate(has_synthetic=False)
@@ -118,7 +118,8 @@ def test_nnunet_trains_saves_loads_and_predicts_without_pickles(tmp_path):
 def test_segment_train_and_predict_with_nnunet_from_the_cli(tmp_path):
     data = write_toy_dataset(tmp_path / "toy", n=8)
     runner = CliRunner()
-    trained = runner.invoke(app, ["segment", "train", str(data), "--out", str(tmp_path / "seg"), "--net", "nnunet",
+    trained = runner.invoke(app, ["segment", "train", "--auto-split", str(data), "--out", str(tmp_path / "seg"),
+                                  "--net", "nnunet",
                                   "--size", "32", "--max-steps", "2", "--val-every", "2", "--device", "cpu"])
     assert trained.exit_code == 0, trained.output
     metrics = json.loads((tmp_path / "seg" / "metrics.json").read_text())
@@ -134,8 +135,8 @@ def test_downstream_with_nnunet_keeps_its_folders_in_the_report(tmp_path):
     from sonosynth.evaluation.downstream import run_downstream
 
     real = write_toy_dataset(tmp_path / "real", n=16, seed=3)  # 8 subjects: 6 train, 1 val, 1 test
-    synthetic = write_toy_dataset(tmp_path / "synth", n=6, seed=4)
-    config = DownstreamConfig(ks=["2"], seeds=1, arms=["real+synthetic"],
+    synthetic = write_toy_dataset(tmp_path / "synth", n=6, seed=4, prefix="synth")
+    config = DownstreamConfig(auto_split=True, ks=["2"], seeds=1, arms=["real+synthetic"],
                               segmentation=SegmentationConfig(**TINY_NNUNET))
     out = run_downstream(real, tmp_path / "report", config, synthetic_path=synthetic, progress=False, device="cpu")
     cell = json.loads((out / "cells" / "k2__real+synthetic__seed0.json").read_text())

@@ -52,7 +52,8 @@ def test_log_lines_at_an_interval_with_postfix_and_a_summary(monkeypatch) -> Non
 def test_a_command_run_into_a_log_writes_lines(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("SONOSYNTH_PROGRESS", raising=False)
     data = write_toy_dataset(tmp_path / "toy", n=6)
-    result = CliRunner().invoke(app, ["segment", "train", str(data), "--size", "32", "--net-size", "tiny",
+    result = CliRunner().invoke(app, ["segment", "train", "--auto-split", str(data), "--size", "32",
+                                      "--net-size", "tiny",
                                       "--max-steps", "30", "--val-every", "10", "--batch-size", "2",
                                       "--out", str(tmp_path / "seg")])
     assert result.exit_code == 0, result.output

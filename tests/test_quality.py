@@ -99,7 +99,7 @@ def test_full_report_with_segmenter(phantoms: dict[str, Path], tmp_path: Path) -
     segrun = train_from_folders(
         phantoms["real"], tmp_path / "seg",
         SegmentationConfig(size=32, net="tiny", max_steps=6, val_every=3, batch_size=4), progress=False,
-    )
+        auto_split=True)
     out = evaluate_quality(phantoms["real"], phantoms["fresh"], tmp_path / "q", SMALL, segmenter_path=segrun,
                            command="sonosynth evaluate quality ...", progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["memorisation.csv", "quality.json", "quality.md", "report.html"]

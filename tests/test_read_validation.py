@@ -123,7 +123,7 @@ def test_a_byte_order_mark_is_read_as_spreadsheets_write_it(tmp_path: Path) -> N
 OUT_OF_RANGE = [
     (["train", "{data}", "--out", "{tmp}/run", "--max-steps", 0], "max_steps"),
     (["train", "{data}", "--out", "{tmp}/run", "--learning-rate", "nan"], "lr"),
-    (["train", "{data}", "--out", "{tmp}/run", "--learning-rate", -1], "lr"),
+    (["train", "{data}", "--out", "{tmp}/run", "--learning-rate", -1], "lr must be a learning rate"),
     (["train", "{data}", "--out", "{tmp}/run", "--seed", -1], "seed"),
     (["train", "{data}", "--out", "{tmp}/run", "--size", 4], "image_size"),
     (["generate", "{run}", "--source", "{data}", "--out", "{tmp}/syn", "--n", 0], "n, steps"),
@@ -166,3 +166,83 @@ def test_a_config_file_out_of_range_names_the_file(tmp_path: Path, capsys: pytes
                                capsys, monkeypatch)[::2])
     assert str(config) in line and "not UTF-8" in line, line
     assert not (tmp_path / "run").exists()
+
+
+# ---- across datasets: what a command mixes must fit, and must not hold what it is scored on ----------------------
+
+
+def split_toy(root: Path) -> Path:
+    from sonosynth.data.splits import SplitConfig, split_dataset
+
+    split_dataset(root, SplitConfig(val=0.2, test=0.2, seed=0))
+    return root
+
+
+def extra_with(tmp_path: Path, real: Path, pick: str, same_id: bool) -> Path:
+    """A dataset of synthetic-looking pairs plus one of `real`'s `pick` pairs (its image, under its id or not)."""
+    from sonosynth.data.format import DatasetWriter, copy_pairs
+
+    source = Dataset.open(real)
+    leaked = source.subset(split=pick)
+    leaked.records = leaked.records[:1]
+    other = write_toy_dataset(tmp_path / "other", n=4, seed=9, prefix="synth")
+    out = tmp_path / "extra"
+    with DatasetWriter(out, source.info) as writer:
+        copy_pairs(writer, Dataset.open(other))
+        for sample in leaked:
+            writer.add(sample.id if same_id else "innocent_name", sample.image, sample.mask, subject="x",
+                       **sample.record.attributes)
+    return out
+
+
+@pytest.mark.parametrize("pick,same_id", [("test", True), ("test", False), ("val", False)])
+def test_extra_pairs_may_not_hold_the_real_val_or_test_pairs(pick: str, same_id: bool, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    real = split_toy(write_toy_dataset(tmp_path / "real", n=10))
+    extra = extra_with(tmp_path, real, pick, same_id)
+    line = error_line(*run_cli(["segment", "train", real, "--extra", extra, "--out", tmp_path / "seg",
+                                "--max-steps", 1, "--size", 32, "--net-size", "tiny"], capsys, monkeypatch)[::2])
+    assert str(extra) in line and "validation or test pairs" in line, line
+    assert not (tmp_path / "seg").exists()
+
+
+def test_extra_pairs_must_name_their_labels_as_the_real_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    real = split_toy(write_toy_dataset(tmp_path / "real", n=10))
+    extra = write_toy_dataset(tmp_path / "extra", n=4, seed=9, prefix="synth")
+    change_info(labels={"0": "background", "1": "lesion"})(extra)  # label 1 means another structure
+    for args in (["segment", "train", real, "--extra", extra, "--out", tmp_path / "seg"],
+                 ["evaluate", "downstream", "--real", real, "--synthetic", extra, "--out", tmp_path / "rep"]):
+        line = error_line(*run_cli(args, capsys, monkeypatch)[::2])
+        assert str(extra / "dataset.json") in line and "same names" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extra", "real"]
+
+
+@pytest.mark.parametrize("args,hint", [
+    (["train", "{data}", "--out", "{tmp}/run"], "--split all"),
+    (["autoencoder", "train", "{data}", "--out", "{tmp}/ae"], "--split all"),
+    (["segment", "train", "{data}", "--out", "{tmp}/seg"], "--auto-split"),
+    (["evaluate", "downstream", "--real", "{data}", "--out", "{tmp}/rep", "--arms", "real"], "--auto-split"),
+], ids=["train", "autoencoder train", "segment train", "evaluate downstream"])
+def test_a_dataset_without_splits_stops_with_a_hint(args: list[str], hint: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    data = write_toy_dataset(tmp_path / "data")
+    filled = [a.format(data=data, tmp=tmp_path) for a in args]
+    line = error_line(*run_cli(filled, capsys, monkeypatch)[::2])
+    assert "has no train/val/test split" in line and "sonosynth data split" in line and hint in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_the_app_does_not_start_on_a_dataset_data_check_rejects(tmp_path: Path) -> None:
+    from factories import save_tiny_run
+
+    from sonosynth.app.session import AppSession
+    from sonosynth.errors import DataError
+
+    data = write_toy_dataset(tmp_path / "data")
+    first = data / "masks" / "toy_000.png"
+    first.write_bytes(first.read_bytes()[:40])  # truncated
+    with pytest.raises(DataError, match="toy_000.png"):
+        AppSession(save_tiny_run(tmp_path / "run"), data, device="cpu")

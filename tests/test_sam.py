@@ -110,7 +110,8 @@ def test_downstream_with_sam_labels_the_box_protocol(tmp_path):
     weights = write_tiny_sam(tmp_path / "sam")
     real = write_toy_dataset(tmp_path / "real", n=16, seed=3)
     runner = CliRunner()
-    result = runner.invoke(app, ["evaluate", "downstream", "--real", str(real), "--out", str(tmp_path / "report"),
+    result = runner.invoke(app, ["evaluate", "downstream", "--auto-split", "--real", str(real),
+                                 "--out", str(tmp_path / "report"),
                                  "--k", "2", "--seeds", "1", "--net", "sam", "--weights", str(weights),
                                  "--sam-box", "reference", "--net-size", "tiny", "--size", "32", "--max-steps", "2",
                                  "--val-every", "1", "--device", "cpu"])

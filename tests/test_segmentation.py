@@ -54,7 +54,8 @@ def write_two_label_dataset(out: Path, n: int = 8, seed: int = 0) -> Path:
 
 def test_train_save_load_predict_learns_the_toy_task(tmp_path: Path) -> None:
     data = write_toy_dataset(tmp_path / "toy", n=12)
-    run = train_from_folders(data, tmp_path / "run", SegmentationConfig(max_steps=80, **TINY), progress=False)
+    run = train_from_folders(data, tmp_path / "run", SegmentationConfig(max_steps=80, **TINY), progress=False,
+                             auto_split=True)
     assert {p.name for p in run.iterdir()} == {"model.safetensors", "config.yaml", "metrics.json"}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n_train"] == 8 and metrics["n_val"] == 2  # 2 of 6 subjects held out for val and test
@@ -72,7 +73,8 @@ def test_train_save_load_predict_learns_the_toy_task(tmp_path: Path) -> None:
 
 def test_multi_label_masks(tmp_path: Path) -> None:
     data = write_two_label_dataset(tmp_path / "two")
-    run = train_from_folders(data, tmp_path / "run", SegmentationConfig(max_steps=10, **TINY), progress=False)
+    run = train_from_folders(data, tmp_path / "run", SegmentationConfig(max_steps=10, **TINY), progress=False,
+                             auto_split=True)
     segmenter = load_segmenter(run)
     assert segmenter.num_labels == 3
     logits = segmenter.network(torch.zeros(1, 1, 32, 32))
@@ -148,9 +150,9 @@ def test_batch_composition_follows_the_ratio() -> None:
 
 def test_mixed_real_and_synthetic_from_the_cli(tmp_path: Path) -> None:
     real = write_toy_dataset(tmp_path / "real", n=6, seed=1)
-    synth = write_toy_dataset(tmp_path / "synth", n=6, seed=2)
+    synth = write_toy_dataset(tmp_path / "synth", n=6, seed=2, prefix="synth")
     runner = CliRunner()
-    args = ["segment", "train", str(real), "--extra", str(synth), "--synthetic-ratio", "0.5",
+    args = ["segment", "train", "--auto-split", str(real), "--extra", str(synth), "--synthetic-ratio", "0.5",
             "--size", "32", "--net", "tiny", "--steps", "6", "--val-every", "3", "--batch-size", "4",
             "--out", str(tmp_path / "run")]
     result = runner.invoke(app, args)
@@ -167,7 +169,7 @@ def test_mixed_real_and_synthetic_from_the_cli(tmp_path: Path) -> None:
 
 
 def test_subject_wise_split_when_the_manifest_has_none(toy_dataset: Path) -> None:
-    train, val, test = real_splits(Dataset.open(toy_dataset))
+    train, val, test = real_splits(Dataset.open(toy_dataset), auto_split=True)
     parts = [set(r.subject for r in d.records) for d in (train, val, test)]
     assert parts[0] and parts[1] and parts[2]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
@@ -180,12 +182,13 @@ def test_errors_are_one_line_and_name_the_file(tmp_path: Path, toy_dataset: Path
     (tmp_path / "exists").mkdir()
     one_step = SegmentationConfig(max_steps=1, **TINY)
     with pytest.raises(DataError, match="already exists"):
-        train_from_folders(toy_dataset, tmp_path / "exists", one_step, progress=False)
+        train_from_folders(toy_dataset, tmp_path / "exists", one_step, progress=False, auto_split=True)
     with pytest.raises(SonosynthError, match="does not suit"):
-        train_from_folders(toy_dataset, tmp_path / "r", SegmentationConfig(size=30, net="tiny"), progress=False)
+        train_from_folders(toy_dataset, tmp_path / "r", SegmentationConfig(size=30, net="tiny"), progress=False,
+                           auto_split=True)
     two = write_two_label_dataset(tmp_path / "two")
     with pytest.raises(DataError, match="do not match"):
-        train_from_folders(toy_dataset, tmp_path / "r", one_step, extra_path=two, progress=False)
+        train_from_folders(toy_dataset, tmp_path / "r", one_step, extra_path=two, progress=False, auto_split=True)
     assert not (tmp_path / "r").exists()
 
 

@@ -235,7 +235,8 @@ def run_cli(args: list, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     return int(exit_info.value.code or 0), captured.out + captured.err
 
 
-TINY = ["--size", "32", "--max-steps", "2", "--batch-size", "2", "--prompt-template", "image of the {organ}, {view}"]
+TINY = ["--size", "32", "--max-steps", "2", "--batch-size", "2", "--prompt-template", "image of the {organ}, {view}",
+        "--split", "all"]
 
 
 def test_train_generate_and_edit_from_the_command_line(tmp_path: Path, sd_base: Path, toy: Path, monkeypatch,

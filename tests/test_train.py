@@ -193,8 +193,8 @@ from sonosynth.diffusion.config import TrainConfig
 from sonosynth.diffusion.train import train
 from sonosynth.models.configs import ModelConfig
 
-config = TrainConfig(dataset=sys.argv[1], model=ModelConfig(size="tiny"), image_size=32, batch_size=2, max_steps=2,
-                     warmup_steps=1, checkpoint_every=2, sample_every=1000, sample_steps=2, num_samples=1)
+config = TrainConfig(dataset=sys.argv[1], split="all", model=ModelConfig(size="tiny"), image_size=32, batch_size=2,
+                     max_steps=2, warmup_steps=1, checkpoint_every=2, sample_every=1000, sample_steps=2, num_samples=1)
 result = train(config, sys.argv[2], progress=False)
 digest = hashlib.sha256()
 for name, tensor in sorted(result.model.state_dict().items()):
@@ -310,7 +310,7 @@ def test_cli_train_end_to_end(tmp_path):
     run = tmp_path / "run"
     runner = CliRunner()
     args = ["train", str(dataset), "--out", str(run), "--model", "tiny", "--size", "32", "--max-steps", "2",
-            "--config", str(tmp_path / "train.yaml")]
+            "--config", str(tmp_path / "train.yaml"), "--split", "all"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sonosynth.data.format import Dataset, DatasetInfo
+from sonosynth.data.validate import require_valid
 from sonosynth.errors import SonosynthError
 
 # Label colours: background black, then well-separated colours (Kelly / Tableau-like), one per label.
@@ -110,6 +111,8 @@ class AppSession:
         self.run = str(run)
         self.model = load_synthesis_model(run, device=device)
         self.dataset = None if dataset is None else Dataset.open(dataset)
+        if self.dataset is not None:
+            require_valid(self.dataset, "pairs of --dataset")  # as `data check`: the page starts on valid data only
         info = None if self.dataset is None else self.dataset.info
         if info is not None and info.num_labels != self.model.num_labels:
             raise SonosynthError(f"{dataset}: {info.num_labels} labels but the model {run} has "

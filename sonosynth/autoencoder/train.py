@@ -53,7 +53,7 @@ class ImagePatches:
             raise SonosynthError("no dataset given")
         parts, digest = [], hashlib.sha256()
         for path in config.datasets:
-            chosen = Dataset.open(path).select(config.split, what="images to train on")
+            chosen = Dataset.open(path).select(config.split, what="images to train on", trains=True)
             require_valid(chosen, "images to train on")  # before any output exists
             parts.append(LetterboxedPairs(chosen, config.image_size))
             digest.update((Path(path) / MANIFEST_CSV).read_bytes())

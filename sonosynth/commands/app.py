@@ -26,8 +26,12 @@ def app_command(
         raise SonosynthError("the app needs Gradio: pip install 'sonosynth[app]'") from None
     from sonosynth.app.session import AppSession
     from sonosynth.app.ui import serve
+    from sonosynth.data.format import Dataset
+    from sonosynth.data.validate import require_valid
 
     session = AppSession(run, dataset, segmenter, device=device)
+    if review is not None:
+        require_valid(Dataset.open(review), "pairs to review")
     typer.echo(f"sonosynth app on http://{host}:{port} (Ctrl-C stops it)")
     serve(session, review, host=host, port=port)
 

@@ -52,6 +52,7 @@ def downstream_command(
         help="A designed shift: draw the k subjects and validate only on pairs meeting this condition "
         "(hc_mm<150, view=2CH, spacing_mm>=0.2); the test split stays whole.",
     ),
+    auto_split: bool = opt.AUTO_SPLIT,
     seeds: int = typer.Option(3, "--seeds", help="Seeds per cell (mean ± std over them)."),
     only_seeds: str | None = typer.Option(
         None, "--only-seeds", help="Run only these seeds' missing cells now, comma separated, e.g. 3,4 (the report "
@@ -130,6 +131,7 @@ def downstream_command(
         classical=AugmentConfig.preset_file("classical", classical_config),
         structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
         train_where=train_where,
+        auto_split=auto_split,
     ).checked()
     command = command_line(ctx, "downstream", leave_out=("report_only", "only_seeds"))  # what runs every cell
     path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device,

@@ -12,6 +12,9 @@ from sonosynth.devices import DEVICE_HELP
 
 DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
+AUTO_SPLIT = typer.Option(False, "--auto-split", help="A real dataset without train/val/test splits: accept an "
+                          "automatic subject-wise split (recorded) instead of stopping (better: `sonosynth data "
+                          "split` once).")
 SEED = typer.Option(0, "--seed", help="Seed of all randomness: the same seed gives the same output on one device.")
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Images per forward pass (does not change the images).")
 SAMPLE_STEPS = typer.Option(25, "--steps", help="Denoising steps.")

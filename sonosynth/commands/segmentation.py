@@ -38,6 +38,7 @@ def train_command(
         None, "--classical-config", help="YAML of values that change the classical preset (implies --classical)."
     ),
     seed: int = opt.SEED,
+    auto_split: bool = opt.AUTO_SPLIT,
     device: str = opt.DEVICE,
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
@@ -63,7 +64,7 @@ def train_command(
         classical=classical_settings,
     ).checked()
     path = train_from_folders(dataset, out, config, extra_path=extra, overwrite=overwrite,
-                              device=device)
+                              device=device, auto_split=auto_split)
     typer.echo(f"segmenter written to {path}")
 
 

@@ -31,7 +31,16 @@ import numpy as np
 
 from sonosynth.data.imageio import read_image, read_label_map, write_png
 from sonosynth.errors import DataError
-from sonosynth.files import Inputs, atomic_path, commit_folder, prepare_output, read_json, read_text, temporary_folder
+from sonosynth.files import (
+    Inputs,
+    atomic_path,
+    commit_folder,
+    prepare_output,
+    read_json,
+    read_text,
+    temporary_folder,
+    writing,
+)
 
 DATASET_JSON = "dataset.json"
 MANIFEST_CSV = "manifest.csv"
@@ -212,11 +221,18 @@ class Dataset(Sequence[Sample]):
             records = [r for r in records if r.id in keep]
         return Dataset(self.root, self.info, list(records))
 
-    def select(self, split: str = "auto", what: str = "pairs") -> Dataset:
+    def select(self, split: str = "auto", what: str = "pairs", trains: bool = False) -> Dataset:
         """The pairs a stage works on: `auto` is the `train` split when the dataset is split (even if that
         leaves nothing: val and test pairs are never trained on by default), else every pair; `all` is
-        every pair; any other name is that split. Nothing selected is a `DataError`."""
+        every pair; any other name is that split. Nothing selected is a `DataError`.
+
+        `trains`: a model is trained on the pairs, so `auto` on a dataset without splits is refused: it would
+        train on every pair, and a split made later would put pairs the model saw into val and test."""
         if split == "auto":
+            if trains and not any(r.split for r in self.records):
+                raise DataError(f"{self.root}: has no train/val/test split, so a model trained on it now would see "
+                                f"the pairs a later split tests on: run `sonosynth data split {self.root}` first, or "
+                                "pass --split all to train on every pair")
             split = "train" if any(r.split for r in self.records) else "all"
         chosen = self if split == "all" else self.subset(split=split)
         if not len(chosen):
@@ -438,8 +454,9 @@ class DatasetWriter:
         if image.dtype not in (np.uint8, np.uint16):
             raise DataError(f"{where}: images must be uint8 or uint16, got {image.dtype}")
         image_rel, mask_rel = f"{IMAGES_DIR}/{id}.png", f"{MASKS_DIR}/{id}.png"
-        write_png(self._tmp / image_rel, image)
-        write_png(self._tmp / mask_rel, mask.astype(np.uint8))
+        with writing(self.out, self._tmp):  # a full disk names the file in OUT, not in the temporary folder
+            write_png(self._tmp / image_rel, image)
+            write_png(self._tmp / mask_rel, mask.astype(np.uint8))
         record = Record(
             id=id,
             image=image_rel,
@@ -458,8 +475,9 @@ class DatasetWriter:
 
     def finish(self) -> Path:
         assert self._tmp is not None
-        (self._tmp / DATASET_JSON).write_text(self.info.to_json())
-        write_manifest(self._tmp / MANIFEST_CSV, self.info, self.records)
+        with writing(self.out, self._tmp):
+            (self._tmp / DATASET_JSON).write_text(self.info.to_json())
+            write_manifest(self._tmp / MANIFEST_CSV, self.info, self.records)
         commit_folder(self._tmp, self.out, self.overwrite)
         return self.out
 

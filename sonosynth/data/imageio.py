@@ -95,5 +95,5 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     # zlib level 3 instead of PIL's 6: about 4x faster on speckle images for ~10% larger files.
     try:
         Image.fromarray(array).save(path, format="PNG", compress_level=3)
-    except OSError as exc:  # a full disk or a file-size limit
-        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except OSError as exc:  # a full disk or a file-size limit: the file named, for `files.writing` to report
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None

@@ -202,3 +202,21 @@ def _describe_values(counter: Counter[str], free_form: bool) -> str:
             return text + (f", {missing} empty" if missing else "")
     shown = ", ".join(f"{value or '(empty)'} ({count})" for value, count in counter.most_common(8))
     return shown + (f", ... {len(counter) - 8} more" if len(counter) > 8 else "")
+
+
+def require_separate(held_out: Dataset, other: Dataset, what: str = "extra pairs") -> None:
+    """`other` (synthetic pairs, usually) may hold none of the `held_out` (validation and test) pairs, by id or
+    by image content: training on them would score the segmenter on what it learnt from, without a word."""
+    if not len(held_out):
+        return
+    ids = {r.id for r in held_out.records}
+    hashes = {r.image_sha256 or sha256_of(held_out.path_of(r)) for r in held_out.records}
+    for record in other.records:
+        if record.id in ids:
+            raise DataError(f"{other.root / 'manifest.csv'}: {what} hold '{record.id}', an id of {held_out.root}'s "
+                            "validation or test pairs (they may not be trained on)")
+        path = other.path_of(record)
+        digest = record.image_sha256 or (sha256_of(path) if path.is_file() else "")
+        if digest in hashes:
+            raise DataError(f"{path}: the same image as one of {held_out.root}'s validation or test pairs (they may "
+                            f"not be trained on)")

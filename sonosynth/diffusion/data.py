@@ -151,7 +151,7 @@ def open_training_pairs(config: TrainConfig) -> tuple[Any, str]:
 
     if not config.dataset:
         raise SonosynthError("no dataset given")
-    chosen = Dataset.open(config.dataset).select(config.split, what="pairs to train on")
+    chosen = Dataset.open(config.dataset).select(config.split, what="pairs to train on", trains=True)
     require_valid(chosen, "pairs to train on")  # before any output exists
     try:
         pairs = LetterboxedPairs(chosen, config.image_size, class_attributes=config.class_attributes)

@@ -31,7 +31,7 @@ import numpy as np
 from sonosynth.augment import AugmentConfig
 from sonosynth.data.conditions import Condition
 from sonosynth.data.format import Dataset
-from sonosynth.data.validate import require_valid
+from sonosynth.data.validate import require_separate, require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.generators import GENERATORS_DIR, GeneratorRecipe, ensure_generator, generator_folder
@@ -61,6 +61,8 @@ class DownstreamConfig(Config):
     # A designed distribution shift: only training and validation pairs meeting this condition (e.g. `hc_mm<150`,
     # `view=2CH`; `sonosynth.data.conditions`), the test split whole. Empty: every pair.
     train_where: str = ""
+    # A real dataset without splits is refused unless this accepts an automatic subject-wise split (recorded).
+    auto_split: bool = False
 
     def validate(self, has_synthetic: bool) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
@@ -126,11 +128,12 @@ def plan_cells(config: DownstreamConfig) -> list[Cell]:
     return cells
 
 
-def training_pool(real: Dataset, train_where: str = "") -> tuple[Dataset, Dataset, Dataset]:
+def training_pool(real: Dataset, train_where: str = "", auto_split: bool = False
+                  ) -> tuple[Dataset, Dataset, Dataset]:
     """(train, val, test) of the experiment: with `train_where`, train and val keep only the pairs meeting it."""
     from sonosynth.segmentation.train import real_splits
 
-    train, val, test = real_splits(real, seed=0)
+    train, val, test = real_splits(real, seed=0, auto_split=auto_split)
     if train_where:
         condition = Condition.parse(train_where)
         train, val = condition.keep(train, "training"), condition.keep(val, "validation")
@@ -192,7 +195,9 @@ def run_downstream(
     if synthetic is not None:
         require_valid(synthetic, "synthetic pairs")
         check_compatible_labels(real, synthetic)
-    train, val, test = training_pool(real, config.train_where)
+    train, val, test = training_pool(real, config.train_where, config.auto_split)
+    if synthetic is not None:
+        require_separate(Dataset(real.root, real.info, [*val.records, *test.records]), synthetic, "synthetic pairs")
     if len(test) == 0:
         raise SonosynthError(f"{real.root}: no test split to evaluate on (run `sonosynth data split`)")
     segmentation = replace(config.segmentation, labels=dict(real.info.labels))
@@ -210,6 +215,7 @@ def run_downstream(
         "generator_per_k": None if config.generator is None else config.generator.to_dict(),
         **({"generators": str(Path(config.generators).resolve())} if config.generators else {}),
         **({"train_where": config.train_where} if config.train_where else {}),
+        **({"auto_split": True} if config.auto_split else {}),
         "segmentation": asdict(segmentation),
         "classical": config.classical.to_dict(),
         "structures": structures,

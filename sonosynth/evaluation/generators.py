@@ -191,6 +191,7 @@ def ensure_generator(
         steps = recipe.train_steps
         config = TrainConfig(
             dataset=str(data),
+            split="all",  # the cell's data folder holds the k subjects' training pairs only
             autoencoder=_autoencoder_for(recipe, data, folder / "autoencoder", seed, device, progress),
             model=with_model_size(ModelConfig(kind=recipe.model_kind), recipe.model_size),
             image_size=recipe.image_size,
@@ -250,7 +251,7 @@ def _autoencoder_for(recipe: GeneratorRecipe, data: Path, out: Path, seed: int, 
     from sonosynth.seeds import derive_seed
 
     steps = recipe.autoencoder_steps
-    config = AutoencoderConfig(datasets=[str(data)], init=recipe.autoencoder, image_size=recipe.image_size,
+    config = AutoencoderConfig(datasets=[str(data)], split="all", init=recipe.autoencoder, image_size=recipe.image_size,
                                patch_size=min(64, recipe.image_size // 2), lr=2e-4, max_steps=steps,
                                adversarial_start=steps // 6, checkpoint_every=max(1, steps // 4), sample_every=steps,
                                seed=derive_seed(seed, "autoencoder"))
@@ -265,7 +266,7 @@ def _train_stable_diffusion(recipe: GeneratorRecipe, data: Path, run: Path, seed
 
     steps = recipe.train_steps
     config = StableDiffusionConfig(
-        dataset=str(data), base=str(recipe.base), kind=recipe.model_kind, image_size=recipe.image_size,
+        dataset=str(data), split="all", base=str(recipe.base), kind=recipe.model_kind, image_size=recipe.image_size,
         batch_size=recipe.batch_size, lr=recipe.lr, warmup_steps=min(recipe.warmup_steps, steps), max_steps=steps,
         lora_rank=recipe.lora_rank, checkpoint_every=max(1, steps // 4), sample_every=steps,
         guidance_scale=recipe.guidance_scale, seed=derive_seed(seed, "generator"),

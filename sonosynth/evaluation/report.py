@@ -397,6 +397,9 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
         origin += (f"**Designed shift**: the k subjects are drawn from, and validation uses, only the pairs where "
                    f"`{settings['train_where']}`; the test split is whole, so part of it is unlike every training "
                    "pair.\n")
+    if settings.get("auto_split"):
+        origin += ("**Automatic split**: the real dataset had no train/val/test split; this report's is the automatic "
+                   "subject-wise one (`--auto-split`), not one recorded in the dataset.\n")
     hc = settings.get("classical") or {}
     classical = ", ".join(f"{k}={v}" for k, v in hc.items())
     unconverged = [c for c in cells if not c.get("converged")]

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from sonosynth.augment import Augmentation, AugmentConfig
-from sonosynth.data.format import Dataset
-from sonosynth.data.validate import require_valid
+from sonosynth.data.format import Dataset, DatasetInfo
+from sonosynth.data.validate import require_separate, require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.files import output_folder, prepare_output
@@ -405,15 +405,21 @@ def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[
     return out
 
 
-def real_splits(dataset: Dataset, val_fraction: float = 0.15, seed: int = 0) -> tuple[Dataset, Dataset, Dataset]:
-    """(train, val, test) from the manifest's split column, else a deterministic subject-wise split.
+def real_splits(dataset: Dataset, val_fraction: float = 0.15, seed: int = 0, auto_split: bool = False
+                ) -> tuple[Dataset, Dataset, Dataset]:
+    """(train, val, test) from the manifest's split column, else (with `auto_split`, which the user asked
+    for) a deterministic subject-wise split.
 
-    A dataset without any split is cut subject-wise with `sonosynth.data.splits` (no subject in two
-    parts; `val_fraction` each for validation and test). A dataset with train rows but no val rows
-    gets its validation subjects carved out of train the same way.
+    A dataset without any split is refused unless `auto_split`: then it is cut subject-wise with
+    `sonosynth.data.splits` (no subject in two parts; `val_fraction` each for validation and test). A
+    dataset with train rows but no val rows gets its validation subjects carved out of train the same way.
     """
     from sonosynth.data.splits import SplitConfig, assign_splits
 
+    if {r.split for r in dataset.records} <= {""} and not auto_split:
+        raise DataError(f"{dataset.root}: has no train/val/test split: run `sonosynth data split {dataset.root}` "
+                        "(the split then stays the same for every command), or pass --auto-split to accept an "
+                        "automatic subject-wise split for this command")
     if {r.split for r in dataset.records} <= {""}:
         records = assign_splits(dataset.records, SplitConfig(val=val_fraction, test=val_fraction, seed=seed))
         dataset = Dataset(dataset.root, dataset.info, records)
@@ -426,10 +432,15 @@ def real_splits(dataset: Dataset, val_fraction: float = 0.15, seed: int = 0) -> 
 
 
 def check_compatible_labels(real: Dataset, other: Dataset) -> None:
-    """Synthetic pairs must use the same label values as the real data they are mixed with."""
-    if real.info.num_labels != other.info.num_labels:
+    """Synthetic pairs must use the same label values, with the same names, as the real data they are mixed
+    with: a label 1 that means another structure would teach the segmenter the wrong thing without a word."""
+    def names(info: DatasetInfo) -> dict[str, str]:
+        return {value: name.strip().lower() for value, name in info.labels.items()}
+
+    if names(real.info) != names(other.info):
         raise DataError(
-            f"{other.root}: labels {other.info.labels} do not match {real.root}'s labels {real.info.labels}"
+            f"{other.root}/dataset.json: labels {other.info.labels} do not match {real.root}'s labels "
+            f"{real.info.labels} (same values, same names)"
         )
 
 
@@ -441,12 +452,16 @@ def train_from_folders(
     overwrite: bool = False,
     progress: bool = True,
     device: str = "cpu",
+    auto_split: bool = False,
 ) -> Path:
-    """`sonosynth segment train`: train on DATASET's train split (+ EXTRA), early-stop on its val split."""
+    """`sonosynth segment train`: train on DATASET's train split (+ EXTRA), early-stop on its val split.
+
+    EXTRA (synthetic pairs, usually) must name its labels as DATASET does and may hold none of DATASET's
+    validation or test pairs (`require_separate`); a DATASET without splits needs `auto_split`."""
     out = prepare_output(out, overwrite, inputs=[dataset_path, extra_path])
     resolve_device(device)
     dataset = Dataset.open(dataset_path)
-    train, val, _ = real_splits(dataset, seed=config.seed)
+    train, val, test = real_splits(dataset, seed=config.seed, auto_split=auto_split)
     if len(train) == 0 and extra_path is None:
         raise DataError(f"{dataset.root}: no pairs in split 'train' to train on (give --extra pairs, or split it)")
     extra_ds = Dataset.open(extra_path) if extra_path is not None else None
@@ -458,6 +473,7 @@ def train_from_folders(
     require_valid(val, "validation pairs")
     if extra_ds is not None:
         require_valid(extra_ds, "extra pairs")
+        require_separate(Dataset(dataset.root, dataset.info, [*val.records, *test.records]), extra_ds)
     train_pairs = load_pairs(train, config.size, progress)
     val_pairs = load_pairs(val, config.size, progress)
     extra_pairs = load_pairs(extra_ds, config.size, progress) if extra_ds is not None else None
