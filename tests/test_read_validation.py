@@ -221,7 +221,7 @@ def test_extra_pairs_must_name_their_labels_as_the_real_ones(tmp_path: Path, cap
 
 @pytest.mark.parametrize("args,hint", [
     (["train", "{data}", "--out", "{tmp}/run"], "--split all"),
-    (["autoencoder", "train", "{data}", "--out", "{tmp}/ae"], "--split all"),
+    (["autoencoder", "train", "{data}", "--out", "{tmp}/ae", "--max-steps", "1"], "--split all"),
     (["segment", "train", "{data}", "--out", "{tmp}/seg"], "--auto-split"),
     (["evaluate", "downstream", "--real", "{data}", "--out", "{tmp}/rep", "--arms", "real"], "--auto-split"),
 ], ids=["train", "autoencoder train", "segment train", "evaluate downstream"])

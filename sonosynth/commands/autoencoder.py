@@ -30,6 +30,8 @@ def train_command(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size (default 8)."),
     learning_rate: float | None = opt.learning_rate(None, "Learning rate (default 1e-4)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of everything random (default 0)."),
+    split: str | None = typer.Option(None, "--split", help="Images to train on: auto (each dataset's train split; a "
+                                     "dataset without splits is refused; the default), train, val, test or all."),
     adversarial_start: int | None = typer.Option(None, "--adversarial-start",
                                                  help="Step at which the patch-GAN term starts (default 500)."),
     init: Path | None = typer.Option(None, "--init", help="Start from an earlier autoencoder run's weights."),
@@ -59,6 +61,7 @@ def train_command(
         "batch_size": batch_size,
         "lr": learning_rate,
         "seed": seed,
+        "split": split,
         "adversarial_start": adversarial_start,
         "mixed_precision": mixed_precision,
     }

@@ -68,8 +68,8 @@ def train_command(
         None, "--class-attribute", help="Categorical attribute to condition on (repeatable)."
     ),
     split: str | None = typer.Option(
-        None, "--split", help="Pairs to train on: auto (train when there are splits, else all; the default), "
-        "train, val, test or all."
+        None, "--split", help="Pairs to train on: auto (the train split; a dataset without splits is refused; the "
+        "default), train, val, test or all (every pair)."
     ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of everything random (default 0)."),
     mixed_precision: str | None = opt.MIXED_PRECISION,
