@@ -164,6 +164,18 @@ def prepare_output(out: str | Path, overwrite: bool = False, inputs: Inputs = ()
     return out
 
 
+def require_space(out: Path, needed: int, what: str) -> None:
+    """Refuse before the slow part when the disk holding `out` has less than `needed` bytes free (an upper
+    bound: uncompressed pixels), so `--n 10000000` is one line, not a full disk hours later."""
+    probe = out.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise DataError(f"{out}: {what} need up to {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free on that disk "
+                        "(ask for fewer pairs, or write elsewhere)")
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

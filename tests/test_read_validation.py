@@ -246,3 +246,16 @@ def test_the_app_does_not_start_on_a_dataset_data_check_rejects(tmp_path: Path) 
     first.write_bytes(first.read_bytes()[:40])  # truncated
     with pytest.raises(DataError, match="toy_000.png"):
         AppSession(save_tiny_run(tmp_path / "run"), data, device="cpu")
+
+
+def test_more_pairs_than_the_disk_holds_are_refused_before_any_work(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from factories import save_tiny_run
+
+    data = write_toy_dataset(tmp_path / "data")
+    run = save_tiny_run(tmp_path / "model")
+    line = error_line(*run_cli(["generate", run, "--source", data, "--out", tmp_path / "syn", "--n", 10**9,
+                                "--mask-source", "deform"], capsys, monkeypatch)[::2])
+    assert str(tmp_path / "syn") in line and "GB free" in line, line
+    assert not (tmp_path / "syn").exists()

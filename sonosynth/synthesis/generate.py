@@ -35,7 +35,7 @@ from sonosynth.data.imageio import unit_to_pixels
 from sonosynth.data.validate import require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import DataError, SonosynthError
-from sonosynth.files import prepare_output
+from sonosynth.files import prepare_output, require_space
 from sonosynth.settings import Config
 from sonosynth.synthesis.fidelity import FidelityFilter, Predictor, score_samples
 from sonosynth.synthesis.grid import reduce_mask, reduced_fov, reduced_spacing
@@ -334,6 +334,8 @@ def generate_dataset(
         require_valid(sources, "source pairs")
         pairs = load_source_pairs(sources, model.size, progress, keep_full=config.output_size == "source")
     n = config.n if config.n is not None else len(pairs)
+    side = max([model.size, *(max(p.shape) for p in pairs)]) if config.output_size == "source" else model.size
+    require_space(Path(out), n * 3 * side * side, f"{n} pairs of up to {side} x {side} pixels")  # 16-bit image + mask
     rng = np.random.default_rng(config.seed)
     drawing = config if not config.hc_widen else replace(
         config, hc_widen=0.0, target_hc_mm=widened_hc_range([p.record for p in pairs], config.hc_widen, str(source)))
