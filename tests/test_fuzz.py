@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -81,10 +83,17 @@ def run_on_mutant(root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: p
         assert [p.name for p in out.iterdir()] == [next(out.iterdir()).name] and next(out.iterdir()).is_dir()
 
 
-def mutant_copy(pristine: Path) -> Path:
+@contextmanager
+def mutant(pristine: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh copy of the valid dataset to mutate inside the block; then `data check` and `data export` run on it
+    (`run_on_mutant`), and the copy is removed."""
     root = Path(tempfile.mkdtemp(prefix="fuzz-")) / "data"
     shutil.copytree(pristine, root)
-    return root
+    try:
+        yield root
+        run_on_mutant(root, capsys, monkeypatch)
+    finally:
+        shutil.rmtree(root.parent, ignore_errors=True)
 
 
 @FUZZ
@@ -92,8 +101,7 @@ def mutant_copy(pristine: Path) -> Path:
 def test_mutated_manifests_keep_the_contract(pristine: Path, data: st.DataObject,
                                              capsys: pytest.CaptureFixture[str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    root = mutant_copy(pristine)
-    try:
+    with mutant(pristine, capsys, monkeypatch) as root:
         lines = list(csv.reader(io.StringIO((root / "manifest.csv").read_text())))
         kind = data.draw(st.sampled_from(["cell", "header", "add field", "drop field", "add row", "encoding"]))
         row = data.draw(st.integers(1, len(lines) - 1))
@@ -112,9 +120,6 @@ def test_mutated_manifests_keep_the_contract(pristine: Path, data: st.DataObject
         csv.writer(text, lineterminator="\n").writerows(lines)
         encoding = data.draw(ENCODINGS) if kind == "encoding" else "utf-8"
         (root / "manifest.csv").write_bytes(text.getvalue().encode(encoding, errors="replace"))
-        run_on_mutant(root, capsys, monkeypatch)
-    finally:
-        shutil.rmtree(root.parent, ignore_errors=True)
 
 
 @FUZZ
@@ -122,8 +127,7 @@ def test_mutated_manifests_keep_the_contract(pristine: Path, data: st.DataObject
 def test_mutated_dataset_json_keeps_the_contract(pristine: Path, data: st.DataObject,
                                                  capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    root = mutant_copy(pristine)
-    try:
+    with mutant(pristine, capsys, monkeypatch) as root:
         info: Any = json.loads((root / "dataset.json").read_text())
         where = data.draw(st.sampled_from(["top", "labels", "attributes", "whole"]))
         if where == "whole":
@@ -136,9 +140,6 @@ def test_mutated_dataset_json_keeps_the_contract(pristine: Path, data: st.DataOb
             else:
                 target[key] = data.draw(JSON_VALUES)
         (root / "dataset.json").write_text(json.dumps(info))
-        run_on_mutant(root, capsys, monkeypatch)
-    finally:
-        shutil.rmtree(root.parent, ignore_errors=True)
 
 
 MODES = st.sampled_from(["L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F", "1", "CMYK"])
@@ -152,8 +153,7 @@ def test_mutated_image_files_keep_the_contract(pristine: Path, data: st.DataObje
     import numpy as np
     from PIL import Image
 
-    root = mutant_copy(pristine)
-    try:
+    with mutant(pristine, capsys, monkeypatch) as root:
         kind = data.draw(st.sampled_from(["images", "masks"]))
         victim = sorted((root / kind).iterdir())[data.draw(st.integers(0, 3))]
         how = data.draw(st.sampled_from(["bytes", "truncate", "mode", "size"]))
@@ -175,9 +175,6 @@ def test_mutated_image_files_keep_the_contract(pristine: Path, data: st.DataObje
                 picture.save(victim, format=data.draw(st.sampled_from(["PNG", "TIFF", "BMP"])))
             except (OSError, KeyError):
                 reject()
-        run_on_mutant(root, capsys, monkeypatch)
-    finally:
-        shutil.rmtree(root.parent, ignore_errors=True)
 
 
 def _config_classes() -> list[type]:
