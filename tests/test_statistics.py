@@ -83,3 +83,34 @@ def test_brief_is_the_table_cell_in_points() -> None:
     error = PairedDifference(-1.94, -2.7, -1.1, n_seeds=2, n_images=394, higher_is_better=False)
     assert error.brief() == "-1.9 [-2.7, -1.1] better"
     assert PairedDifference(0.001, -0.002, 0.004, 2, 10, True).brief(100) == "+0.1 [-0.2, +0.4] no diff."
+
+
+def test_worth_in_annotations_reads_the_real_curve_in_log_k() -> None:
+    from sonosynth.evaluation.statistics import equivalent_subjects
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.01, (3, 200))
+    real = {5: 0.80 + noise, 10: 0.85 + noise, 20: 0.90 + noise}
+    worth = equivalent_subjects(real, 0.875 + noise, k=5, n_boot=300)
+    assert worth.subjects == pytest.approx(10 * 2**0.5, rel=1e-6)  # halfway between 10 and 20 in log k
+    assert worth.low < worth.subjects < worth.high and worth.high < 20
+    assert worth.brief().startswith("14.1 [") and worth.brief(per_k=True).startswith("2.83 [")
+    beyond = equivalent_subjects(real, 0.95 + noise, k=5, n_boot=50)
+    assert math.isinf(beyond.subjects) and beyond.brief().startswith("> 20")
+    below = equivalent_subjects(real, 0.70 + noise, k=5, n_boot=50)
+    assert below.subjects == 0 and below.brief().startswith("< 5")
+
+
+def test_worth_in_annotations_is_in_the_report() -> None:
+    from sonosynth.evaluation.report import worth_markdown, worth_rows
+
+    def cell(k: int, arm: str, seed: int, dice: float) -> dict:
+        return {"k": str(k), "arm": arm, "seed": seed,
+                "per_image": [{"id": f"i{i}", "dice": {"1": dice + 0.001 * (i % 7)}, "in_truth": {"1": True}}
+                              for i in range(40)]}
+
+    cells = [cell(k, "real", s, d) for s in (0, 1) for k, d in ((5, 0.80), (10, 0.85), (20, 0.90))]
+    cells += [cell(5, "real+synthetic", s, 0.85) for s in (0, 1)]
+    rows = worth_rows(cells, {"1": [1]}, {"0": "background", "1": "head"})
+    assert len(rows) == 1 and rows[0]["subjects"] == pytest.approx(10.0, rel=1e-3)
+    assert "| 5 | real+synthetic | head | 10.0 [" in worth_markdown(rows) and "| 5,10,20 | 2 |" in worth_markdown(rows)

@@ -182,6 +182,46 @@ def comparison_rows(cells: Sequence[dict[str, Any]], structures: dict[str, list[
     return rows
 
 
+def worth_rows(cells: Sequence[dict[str, Any]], structures: dict[str, list[int]],
+               labels: dict[str, str]) -> list[dict[str, Any]]:
+    """Worth in annotations: for each arm beside `real` at each k, the real subjects the real-only arm needs to
+    reach its Dice (`statistics.equivalent_subjects`), from the real-only curve over every measured k. Needs the
+    real arm at two k or more, on the seeds the compared arm has."""
+    from sonosynth.evaluation.statistics import equivalent_subjects, per_image_matrix
+
+    names = structure_names(structures, labels)
+    by_key: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for cell in cells:
+        by_key.setdefault((str(cell["k"]), cell["arm"]), {})[int(cell["seed"])] = cell
+    real = {int(k): seeds for (k, arm), seeds in by_key.items() if arm == "real" and k.isdigit()}
+    rows = []
+    for (k, arm), arm_cells in sorted(by_key.items(), key=lambda item: (_k_order(item[0][0]), _arm_order(item[0][1]))):
+        if arm == "real" or not k.isdigit():
+            continue
+        seeds = sorted(set(arm_cells).intersection(*(set(c) for c in real.values()))) if len(real) >= 2 else []
+        if not seeds:
+            continue
+        ids = [entry["id"] for entry in arm_cells[seeds[0]]["per_image"]]
+        for key in names:
+            curve = {rk: per_image_matrix([real[rk][s] for s in seeds], ids, "dice", key) for rk in real}
+            worth = equivalent_subjects(curve, per_image_matrix([arm_cells[s] for s in seeds], ids, "dice", key),
+                                        int(k))
+            rows.append({"k": k, "arm": arm, "structure": names[key], "subjects": worth.subjects,
+                         "low": worth.low, "high": worth.high, "brief": worth.brief(),
+                         "per_k": worth.brief(per_k=True), "n_seeds": len(seeds),
+                         "real_k": ",".join(map(str, worth.measured))})
+    return rows
+
+
+def worth_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| k | arm | structure | real subjects for the same Dice [95 % CI] | x k | real-only curve at k | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['k']} | {r['arm']} | {r['structure']} | {r['brief']} | {r['per_k']} | {r['real_k']} | "
+                     f"{r['n_seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
 def verdicts_in_words(rows: list[dict[str, Any]]) -> str:
     """One line per k and synthetic arm: does it beat real, and the classical baseline, on Dice?"""
     lines = []
@@ -321,6 +361,13 @@ def write_downstream_report(
     notes = _protocol_notes(settings, cells, command)
     verdicts = comparisons_markdown(compared) if compared else "No paired comparison (one arm only).\n"
     in_words = verdicts_in_words(compared)
+    worth = worth_rows(cells, structures, real.info.labels)
+    if worth:
+        write_results_csv(out / "worth.csv", worth)
+        in_words += ("\n### Worth in annotations\n\nHow many real subjects the real-only arm needs to reach each arm's "
+                     "Dice: read off the real-only Dice-vs-k curve (made non-decreasing, linear in log k between the "
+                     "measured k; beyond its ends only a bound), with a 95 % interval resampling seeds and test "
+                     "images.\n\n" + worth_markdown(worth))
     if any(r["n_seeds"] < 2 for r in compared):
         in_words += ("\n**One seed**: these intervals cover the test images only, not the choice of the k subjects "
                      "or the training seed; more seeds widen them.\n")

@@ -106,3 +106,74 @@ def per_image_matrix(cells: Sequence[dict], ids: Sequence[str], metric: str, str
                 value = entry[metric].get(structure) if metric != "dice" or in_truth else None
             out[row, column] = np.nan if value is None else float(value)
     return out
+
+
+@dataclass(frozen=True)
+class EquivalentSubjects:
+    """How many real subjects the real-only arm needs to match an arm trained on `k` (its worth in annotations).
+
+    `subjects` is read off the real-only mean-Dice-vs-k curve (made non-decreasing, interpolated linearly in
+    log k between the measured k); `inf` means beyond the largest measured k, 0 below the smallest. The
+    interval resamples seeds and test images as `paired_bootstrap` does."""
+
+    k: int
+    subjects: float
+    low: float
+    high: float
+    measured: tuple[int, ...]
+
+    def brief(self, per_k: bool = False) -> str:
+        """`14.1 [11.0, 19.5]` real subjects (or, `per_k`, as multiples of k: `2.83 [2.20, 3.90]`)."""
+        scale = self.k if per_k else 1
+
+        def say(value: float) -> str:
+            if math.isinf(value):
+                return f"> {self.measured[-1] / scale:.{2 if per_k else 0}f}"
+            if value == 0:
+                return f"< {self.measured[0] / scale:.{2 if per_k else 0}f}"
+            return f"{value / scale:.{2 if per_k else 1}f}"
+        return f"{say(self.subjects)} [{say(self.low)}, {say(self.high)}]"
+
+
+def _equivalent_k(curve: np.ndarray, ks: np.ndarray, target: float) -> float:
+    """The k at which the (non-decreasing) curve reaches `target`, linear in log k between measured points."""
+    curve = np.maximum.accumulate(curve)
+    if target > curve[-1]:
+        return math.inf
+    if target < curve[0]:
+        return 0.0
+    i = int(np.searchsorted(curve, target, side="left"))
+    if i == 0 or curve[i] == curve[i - 1]:
+        return float(ks[i])
+    t = (target - curve[i - 1]) / (curve[i] - curve[i - 1])
+    return float(np.exp(np.log(ks[i - 1]) + t * (np.log(ks[i]) - np.log(ks[i - 1]))))
+
+
+def equivalent_subjects(real: dict[int, np.ndarray], arm: np.ndarray, k: int, n_boot: int = 2000, seed: int = 0
+                        ) -> EquivalentSubjects:
+    """`real` maps each measured k to the real-only arm's (seeds, images) metric (higher is better); `arm` is the
+    compared arm's (seeds, images) at `k`, on the same seeds and images. NaN marks an undefined value."""
+    ks = np.array(sorted(real), dtype=np.float64)
+    stacked = np.stack([np.asarray(real[int(x)], dtype=np.float64) for x in ks])  # (k, seeds, images)
+    arm = np.asarray(arm, dtype=np.float64)
+    if stacked.shape[1:] != arm.shape:
+        raise ValueError(f"the real curve's cells {stacked.shape[1:]} and the arm's {arm.shape} differ")
+    n_seeds, n_images = arm.shape
+
+    def read(weight: np.ndarray) -> float:
+        def mean(values: np.ndarray) -> float:
+            valid = np.isfinite(values)
+            count = (weight * valid).sum()
+            return float((weight * np.where(valid, values, 0.0)).sum() / count) if count else math.nan
+        return _equivalent_k(np.array([mean(v) for v in stacked]), ks, mean(arm))
+
+    point = read(np.ones((n_seeds, n_images)))
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        seeds = np.bincount(rng.integers(0, n_seeds, n_seeds), minlength=n_seeds)
+        images = np.bincount(rng.integers(0, n_images, n_images), minlength=n_images)
+        draws[b] = read(seeds[:, None] * images[None, :])
+    # Order statistics, not interpolation: a draw beyond the largest k is `inf`, and stays so.
+    low, high = np.percentile(draws, 2.5, method="lower"), np.percentile(draws, 97.5, method="higher")
+    return EquivalentSubjects(k, point, float(low), float(high), tuple(int(x) for x in ks))
