@@ -129,6 +129,27 @@ def test_changed_settings_refuse_to_resume(datasets: tuple[Path, Path], tmp_path
         run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"], segmentation=pretrain), progress=False)
 
 
+def test_a_report_resumes_wherever_its_data_now_lies(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    """The data's location is no setting (committed cells continue on any machine); the data itself is."""
+    import shutil
+
+    from sonosynth.data.format import update_records
+
+    real, _ = datasets
+    out = tmp_path / "report"
+    run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"]), progress=False)
+    cell = json.loads((out / "cells" / "k1__real__seed0.json").read_text())
+    assert cell["code"].startswith("0.") and "Code that made the cells: " + cell["code"] in (
+        out / "results.md").read_text()
+    moved = shutil.copytree(real, tmp_path / "elsewhere" / "real")
+    run_downstream(moved, out, config(ks=["1"], seeds=1, arms=["real"]), progress=False, report_only=True)
+    records = Dataset.open(moved).records
+    records[0].subject = "someone else"  # other data at that place
+    update_records(moved, records)
+    with pytest.raises(SonosynthError, match="different settings.*real_manifest_sha256"):
+        run_downstream(moved, out, config(ks=["1"], seeds=1, arms=["real"]), progress=False, report_only=True)
+
+
 def test_bad_requests_fail_with_a_clear_message(datasets: tuple[Path, Path], tmp_path: Path) -> None:
     real, _ = datasets
     with pytest.raises(SonosynthError, match="need --generator-per-k RECIPE or --synthetic SYNTH"):

@@ -30,7 +30,7 @@ import numpy as np
 
 from sonosynth.augment import AugmentConfig
 from sonosynth.data.conditions import Condition
-from sonosynth.data.format import Dataset
+from sonosynth.data.format import MANIFEST_CSV, Dataset, sha256_of
 from sonosynth.data.validate import require_separate, require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
@@ -38,6 +38,7 @@ from sonosynth.evaluation.generators import GENERATORS_DIR, GeneratorRecipe, ens
 from sonosynth.files import guard_output, write_json_atomic
 from sonosynth.segmentation.train import SegmentationConfig
 from sonosynth.settings import Config, without_new_defaults
+from sonosynth.version import code_version
 
 ARMS = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
 CELLS_DIR = "cells"
@@ -212,6 +213,8 @@ def run_downstream(
     settings = {
         "real": str(Path(real_path).resolve()),
         "synthetic": None if synthetic_path is None else str(Path(synthetic_path).resolve()),
+        "real_manifest_sha256": sha256_of(real.root / MANIFEST_CSV),
+        **({"synthetic_manifest_sha256": sha256_of(synthetic.root / MANIFEST_CSV)} if synthetic is not None else {}),
         "generator_per_k": None if config.generator is None else config.generator.to_dict(),
         **({"generators": str(Path(config.generators).resolve())} if config.generators else {}),
         **({"train_where": config.train_where} if config.train_where else {}),
@@ -257,6 +260,7 @@ def run_downstream(
                 n_real_subjects=len({subject_of[i] for i in real_index}),
                 n_real_images=len(real_index),
                 generator=generator,
+                code=code_version(),
             )
             write_json_atomic(cells_dir / f"{cell.name}.json", record)
 
@@ -328,11 +332,19 @@ def converged(history: list[dict[str, float]], patience: int) -> bool:
     return bool(dice) and dice.index(max(dice)) < len(dice) - patience
 
 
+# Where the data lay when the report began: a location, not a setting. A report (or its committed cells) resumes
+# wherever the same data is now; the data itself is compared by its manifest's hash where the report recorded it.
+LOCATIONS = ("real", "synthetic", "generators")
+
+
 def _check_or_write_settings(path: Path, settings: dict[str, Any]) -> None:
     """Resuming is only honest with the same data and training settings; refuse otherwise."""
     if path.is_file():
-        previous = json.loads(path.read_text())
-        current = json.loads(json.dumps(settings))
+        previous = {k: v for k, v in json.loads(path.read_text()).items() if k not in LOCATIONS}
+        current = {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in LOCATIONS}
+        for key in ("real_manifest_sha256", "synthetic_manifest_sha256"):  # reports before these: not recorded
+            if key not in previous:
+                current.pop(key, None)
         # a setting added since the report began, at its default, is how that report ran
         defaults = {"segmentation": asdict(SegmentationConfig()), "generator_per_k": GeneratorRecipe().to_dict()}
         for key, default in defaults.items():

@@ -471,6 +471,8 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
     )
     if command:
         notes += f"\nCommand: `{command}`\n"
+    versions = sorted({c.get("code") or "unrecorded (before 2026-12-07)" for c in cells})
+    notes += f"\nCode that made the cells: {', '.join(versions)}.\n"
     return notes
 
 
