@@ -118,8 +118,8 @@ _NON_NEGATIVE = ("warmup_steps", "weight_decay", "latent_views", "num_workers", 
                  "margin_px", "hc_widen", "size_widen", "hc_range_widen", "size_range_widen", "adversarial_start",
                  "n_deform", "n_shape", "conditioning_scale", "autoencoder_steps", "autoencoder_decoder_steps",
                  "filter_segmenter_steps", "max_grad_norm")
-_UNIT = ("probability", "ema_decay", "val", "test", "synthetic_ratio", "strength", "cond_drop_prob", "variance_kept",
-         "filter_dice", "eta")
+_UNIT = ("probability", "ema_decay", "val", "test", "selection", "synthetic_ratio", "strength", "cond_drop_prob",
+         "variance_kept", "filter_dice", "eta")
 FIELD_RANGES: dict[str, tuple[float, float, str]] = {
     **{name: (1, 10**9, "a count of at least 1") for name in _COUNTS},
     **{name: (8, 8192, "a size in pixels, 8 to 8192") for name in _PIXELS},

@@ -435,3 +435,27 @@ def test_filter_and_widened_head_sizes_use_the_k_subjects_only(tmp_path: Path) -
     assert resized.info.provenance["config"]["shape"]["size_widen"] == 0.3 and len(resized) == 6
     with pytest.raises(SonosynthError, match="filter_dice"):
         replace(TINY_RECIPE, filter_dice=1.5)
+
+
+def test_a_selection_split_is_set_aside_from_the_reported_test_images(tmp_path: Path) -> None:
+    from sonosynth.evaluation.selection import restrict, selection_ids
+
+    real = write_toy_dataset(tmp_path / "real", n=40, seed=5)  # 20 subjects: 3 in test
+    out = run_downstream(real, tmp_path / "report", config(ks=["1"], seeds=1, arms=["real", "real+classical"],
+                                                           selection=0.5), progress=False)
+    test = real_splits(Dataset.open(real), auto_split=True)[2].records
+    chosen = selection_ids(test, 0.5)
+    assert 0 < len(chosen) < len(test)
+    assert {(r.subject, r.id in chosen) for r in test} == {(r.subject, r.subject in {t.subject for t in test
+                                                                                      if t.id in chosen}) for r in test}
+    cell = json.loads((out / "cells" / "k1__real__seed0.json").read_text())
+    assert len(cell["per_image"]) == len(test)  # cells score every test image; reports cut them
+    with open(out / "results.csv", newline="") as fh:
+        results = list(csv.DictReader(fh))
+    kept = {r.id for r in test} - chosen
+    assert {int(r["n_test_images"]) for r in results} == {len(kept)}
+    assert float(results[0]["dice_1_mean"]) == pytest.approx(restrict(cell, kept)["metrics"]["dice_1"])
+    assert "Selection split" in (out / "results.md").read_text()
+    assert (out / "selection.csv").is_file() and f"{len(chosen)} test images" in (out / "selection.md").read_text()
+    with pytest.raises(SonosynthError, match="selection"):
+        run_downstream(real, tmp_path / "r2", config(ks=["1"], seeds=1, arms=["real"], selection=1.5), progress=False)

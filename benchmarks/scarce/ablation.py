@@ -1,6 +1,7 @@
 """The ablation table of `benchmarks/run_ablation.sh`: every lever's synthetic arm against the base report's arms.
 
     .venv/bin/python benchmarks/scarce/ablation.py ABLATION_DIR [--markdown OUT.md]
+    .venv/bin/python benchmarks/scarce/ablation.py ABLATION_DIR --selection 0.25 --real DATASET [--markdown OUT.md]
 
 ABLATION_DIR holds one downstream report per lever (`base` and the levers, each with `cells/`), or one folder
 of cell files per lever (docs/results/hc18-ablation/cells). For every lever,
@@ -85,12 +86,69 @@ def table(ablation: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def choose_on_selection(ablation: Path, real: Path, fraction: float, arm: str = "real+synthetic+classical",
+                        baseline: str = "real+classical") -> str:
+    """Each lever's `arm` against base's `baseline` on the selection split only (`sonosynth.evaluation.selection`);
+    the lever with the best mean selection difference over every k is chosen, and only its difference on the
+    other test images is reported: the choice reads the selection split, the claim the rest, once."""
+    from sonosynth.data.format import Dataset
+    from sonosynth.evaluation.selection import restrict, selection_ids
+
+    test = Dataset.open(real).subset("test").records
+    chosen_ids = selection_ids(test, fraction)
+    rest = {r.id for r in test} - chosen_ids
+    reports = {p.name: cells for p in sorted(ablation.iterdir()) if p.is_dir() and (cells := load_cells(p))}
+    base = reports["base"]
+    lines = [f"Selection split: {len(chosen_ids)} of {len(test)} test images ({100 * fraction:g} % of the test "
+             f"subjects, `evaluation.selection`). `{arm}` - base `{baseline}`, Dice points, on the selection split:",
+             "", "| lever | " + " | ".join(f"k = {k}" for k in sorted({k for k, _, _ in base}, key=int)) + " | mean |",
+             "|---|" + "---|" * (len({k for k, _, _ in base}) + 1)]
+    ks = sorted({k for k, _, _ in base}, key=int)
+    score: dict[str, float] = {}
+    for lever, cells in reports.items():
+        cols, means = [], []
+        for k in ks:
+            seeds = sorted(s for kk, a, s in cells if kk == k and a == arm and (k, baseline, s) in base)
+            if not seeds:
+                cols.append("–")
+                continue
+            mine = [restrict(cells[(k, arm, s)], chosen_ids) for s in seeds]
+            theirs = [restrict(base[(k, baseline, s)], chosen_ids) for s in seeds]
+            ids = [e["id"] for e in mine[0]["per_image"]]
+            d = paired_bootstrap(per_image_matrix(mine, ids, "dice", "1") * 100,
+                                 per_image_matrix(theirs, ids, "dice", "1") * 100, n_boot=500)
+            cols.append(f"{d.brief()} ({len(seeds)} seeds)")
+            means.append(d.mean)
+        if len(means) == len(ks):
+            score[lever] = float(np.mean(means))
+        lines.append(f"| {lever} | " + " | ".join(cols) + f" | {score.get(lever, float('nan')):+.2f} |")
+    winner = max(score, key=score.get)
+    lines += ["", f"Chosen on the selection split: **{winner}** (mean {score[winner]:+.2f} points over k). "
+              "On the other test images, once:", ""]
+    for k in ks:
+        cells = reports[winner]
+        seeds = sorted(s for kk, a, s in cells if kk == k and a == arm and (k, baseline, s) in base)
+        mine = [restrict(cells[(k, arm, s)], rest) for s in seeds]
+        theirs = [restrict(base[(k, baseline, s)], rest) for s in seeds]
+        ids = [e["id"] for e in mine[0]["per_image"]]
+        d = paired_bootstrap(per_image_matrix(mine, ids, "dice", "1") * 100,
+                             per_image_matrix(theirs, ids, "dice", "1") * 100)
+        lines.append(f"- k = {k}: `{arm}` - `{baseline}` = {d.mean:+.2f} Dice points [{d.low:+.2f}, {d.high:+.2f}], "
+                     f"{d.verdict} ({len(seeds)} seeds x {d.n_images} images)")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ablation", type=Path)
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
+    parser.add_argument("--selection", type=float, default=0.0,
+                        help="choose the lever on this fraction of the test subjects; report the rest once")
+    parser.add_argument("--real", type=Path, default=None, help="with --selection: the real dataset (its test split)")
     args = parser.parse_args()
-    text = table(args.ablation)
+    if args.selection and args.real is None:
+        raise SystemExit("--selection needs --real DATASET (the test split's subjects)")
+    text = choose_on_selection(args.ablation, args.real, args.selection) if args.selection else table(args.ablation)
     print(text, end="")
     if args.markdown:
         args.markdown.write_text(text)

@@ -53,6 +53,10 @@ def downstream_command(
         "(hc_mm<150, view=2CH, spacing_mm>=0.2); the test split stays whole.",
     ),
     auto_split: bool = opt.AUTO_SPLIT,
+    selection: float = typer.Option(
+        0.0, "--selection", help="Set this fraction of the test subjects aside as the selection split: choose levers "
+        "and defaults on its comparisons (selection.md); every reported number is on the other test subjects."
+    ),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per cell (mean ± std over them)."),
     only_seeds: str | None = typer.Option(
         None, "--only-seeds", help="Run only these seeds' missing cells now, comma separated, e.g. 3,4 (the report "
@@ -132,6 +136,7 @@ def downstream_command(
         structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
         train_where=train_where,
         auto_split=auto_split,
+        selection=selection,
     ).checked()
     command = command_line(ctx, "downstream", leave_out=("report_only", "only_seeds"))  # what runs every cell
     path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device,

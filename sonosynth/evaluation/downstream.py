@@ -35,6 +35,7 @@ from sonosynth.data.validate import require_separate, require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.generators import GENERATORS_DIR, GeneratorRecipe, ensure_generator, generator_folder
+from sonosynth.evaluation.selection import selection_ids
 from sonosynth.files import guard_output, write_json_atomic
 from sonosynth.segmentation.train import SegmentationConfig
 from sonosynth.settings import Config, without_new_defaults
@@ -64,6 +65,9 @@ class DownstreamConfig(Config):
     train_where: str = ""
     # A real dataset without splits is refused unless this accepts an automatic subject-wise split (recorded).
     auto_split: bool = False
+    # This fraction of the test subjects is the selection split (`evaluation.selection`): its comparisons are for
+    # choosing levers and defaults, and the report's results are on the remaining test subjects only. 0: none.
+    selection: float = 0.0
 
     def validate(self, has_synthetic: bool) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
@@ -85,6 +89,8 @@ class DownstreamConfig(Config):
             raise SonosynthError("--seeds must be at least 1")
         if self.train_where:
             Condition.parse(self.train_where)
+        if not 0 <= self.selection < 1:
+            raise SonosynthError(f"--selection {self.selection}: a fraction of the test subjects in [0, 1)")
         if self.segmentation.net != "unet" and any(uses_classical(a) for a in self.arms):
             raise SonosynthError(f"the +classical arms are for --net unet: drop them with --net {self.segmentation.net}"
                                  " (nnU-Net brings its own augmentation)")
@@ -219,6 +225,7 @@ def run_downstream(
         **({"generators": str(Path(config.generators).resolve())} if config.generators else {}),
         **({"train_where": config.train_where} if config.train_where else {}),
         **({"auto_split": True} if config.auto_split else {}),
+        **({"selection": config.selection} if config.selection else {}),
         "segmentation": asdict(segmentation),
         "classical": config.classical.to_dict(),
         "structures": structures,
@@ -268,7 +275,8 @@ def run_downstream(
     if not finished:
         raise SonosynthError(f"{out}: no finished cell to report yet")
     write_downstream_report(out, finished, real, synthetic, {**settings, "planned_cells": len(cells)},
-                            command=command)
+                            command=command,
+                            selection=selection_ids(test.records, config.selection) if config.selection else None)
     return out
 
 

@@ -350,11 +350,29 @@ def write_downstream_report(
     synthetic: Dataset | None,
     settings: dict[str, Any],
     command: str = "",
+    selection: set[str] | None = None,
 ) -> None:
-    """results.csv, comparisons.csv, results.md (tables, protocol in words, verdicts), dice_vs_k.png, report.html."""
+    """results.csv, comparisons.csv, results.md (tables, protocol in words, verdicts), dice_vs_k.png, report.html.
+
+    With `selection` (the ids of the selection split's test images), every table is on the other test images, and
+    selection.csv / selection.md hold the comparisons on the selection split (for choosing, not for claims)."""
+    structures = settings.get("structures") or {v: [int(v)] for v in real.info.labels if v != "0"}
+    if selection:
+        from sonosynth.evaluation.selection import restrict
+
+        chosen = selection
+        kept = {e["id"] for e in cells[0]["per_image"]} - chosen
+        on_selection = comparison_rows([restrict(c, chosen) for c in cells], structures, real.info.labels)
+        write_results_csv(out / "selection.csv", on_selection)
+        selection = (f"# Selection split\n\n{len(chosen)} test images of {100 * float(settings['selection']):g} % of "
+                     "the test subjects, set aside (`evaluation.selection`, fixed seed): choose levers, recipes "
+                     "and defaults on these comparisons; the report's results are on the other "
+                     f"{len(kept)} test images only, read once for the claim.\n\n"
+                     + (comparisons_markdown(on_selection) if on_selection else "No paired comparison.\n"))
+        write_text_atomic(out / "selection.md", selection)
+        cells = [restrict(c, kept) for c in cells]
     rows = aggregate_cells(cells)
     write_results_csv(out / "results.csv", rows)
-    structures = settings.get("structures") or {v: [int(v)] for v in real.info.labels if v != "0"}
     table = results_markdown(rows, real.info.labels, structures)
     compared = comparison_rows(cells, structures, real.info.labels)
     write_results_csv(out / "comparisons.csv", compared)
@@ -471,6 +489,9 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
     )
     if command:
         notes += f"\nCommand: `{command}`\n"
+    if settings.get("selection"):
+        notes += (f"\n**Selection split**: {100 * float(settings['selection']):g} % of the test subjects are set "
+                  "aside for choosing (selection.md); every number here is on the other test subjects.\n")
     versions = sorted({c.get("code") or "unrecorded (before 2026-12-07)" for c in cells})
     notes += f"\nCode that made the cells: {', '.join(versions)}.\n"
     return notes
