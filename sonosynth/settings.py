@@ -117,7 +117,7 @@ _PIXELS = ("size", "image_size", "patch_size", "stage2_size", "memorisation_size
 _NON_NEGATIVE = ("warmup_steps", "weight_decay", "latent_views", "num_workers", "keep_checkpoints", "num_samples",
                  "margin_px", "hc_widen", "size_widen", "hc_range_widen", "size_range_widen", "adversarial_start",
                  "n_deform", "n_shape", "conditioning_scale", "autoencoder_steps", "autoencoder_decoder_steps",
-                 "filter_segmenter_steps", "max_grad_norm")
+                 "filter_segmenter_steps", "max_grad_norm", "min_steps")
 _UNIT = ("probability", "ema_decay", "val", "test", "selection", "synthetic_ratio", "strength", "cond_drop_prob",
          "variance_kept", "filter_dice", "eta")
 FIELD_RANGES: dict[str, tuple[float, float, str]] = {

@@ -209,3 +209,19 @@ def test_the_deep_preset_reaches_a_256_px_head() -> None:
     net = build_unet("deep", 3)
     assert net(torch.zeros(1, 1, 128, 128)).shape == (1, 3, 128, 128)
     assert 1e6 < sum(p.numel() for p in net.parameters()) < 2e6
+
+
+def test_min_steps_keeps_a_noisy_validation_from_stopping_at_once() -> None:
+    from sonosynth.evaluation.downstream import converged
+    from sonosynth.segmentation.train import EarlyStopping
+
+    stopping = EarlyStopping(patience=2, snapshot=dict, min_steps=50)
+    for step, score in ((10, 0.9), (20, 0.5), (30, 0.5)):
+        stopping.steps = step
+        stopping.check(step, 0.1, score)
+    assert not stopping.stop  # two checks without improvement, but only 30 of 50 steps
+    stopping.steps = 50
+    assert stopping.stop
+    # the best at the very first check is luck, not convergence; later, with patience behind it, it is
+    assert not converged([{"val_dice": d} for d in (0.9, 0.5, 0.5, 0.5)], patience=2)
+    assert converged([{"val_dice": d} for d in (0.5, 0.9, 0.5, 0.5)], patience=2)

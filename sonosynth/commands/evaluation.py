@@ -84,6 +84,7 @@ def downstream_command(
     learning_rate: float = opt.learning_rate(1e-3),
     val_every: int = typer.Option(100, help="Validate every N steps."),
     patience: int = typer.Option(5, help="Stop after N validations without improvement."),
+    min_steps: int = opt.MIN_STEPS,
     synthetic_ratio: float = typer.Option(0.5, help="Fraction of each real+synthetic batch that is synthetic."),
     synthetic_schedule: str = opt.synthetic_schedule(),
     device: str = opt.DEVICE,
@@ -117,6 +118,7 @@ def downstream_command(
         learning_rate=learning_rate,
         val_every=val_every,
         patience=patience,
+        min_steps=min_steps,
         synthetic_ratio=synthetic_ratio,
         synthetic_schedule=synthetic_schedule,
     ).checked()

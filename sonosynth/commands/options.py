@@ -12,6 +12,8 @@ from sonosynth.devices import DEVICE_HELP
 
 DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
+MIN_STEPS = typer.Option(0, "--min-steps", help="No early stop before this many training steps (a small, noisy "
+                         "validation set can peak at its first check by luck).")
 AUTO_SPLIT = typer.Option(False, "--auto-split", help="A real dataset without train/val/test splits: accept an "
                           "automatic subject-wise split (recorded) instead of stopping (better: `sonosynth data "
                           "split` once).")

@@ -29,6 +29,7 @@ def train_command(
     learning_rate: float = opt.learning_rate(1e-3),
     val_every: int = typer.Option(100, help="Validate every N steps."),
     patience: int = typer.Option(5, help="Stop after N validations without improvement."),
+    min_steps: int = opt.MIN_STEPS,
     augment: bool = typer.Option(True, help="Augmentation on or off (light affine + gain/gamma unless --classical)."),
     flip: bool = typer.Option(False, help="Also flip left-right (off: fans have an orientation)."),
     classical: bool = typer.Option(
@@ -56,6 +57,7 @@ def train_command(
         learning_rate=learning_rate,
         val_every=val_every,
         patience=patience,
+        min_steps=min_steps,
         synthetic_ratio=synthetic_ratio,
         synthetic_schedule=synthetic_schedule,
         augment=augment,

@@ -335,9 +335,11 @@ def _relative(path: Path, report: Path) -> str:
 
 
 def converged(history: list[dict[str, float]], patience: int) -> bool:
-    """Validation stopped improving: the last `patience` validations were all below the best one."""
+    """Validation stopped improving: the last `patience` validations were all below the best one, and the best is
+    not the very first check (a model best before it trained is a noisy validation set's luck, not convergence:
+    give such a set `--min-steps`)."""
     dice = [h["val_dice"] for h in history if "val_dice" in h]
-    return bool(dice) and dice.index(max(dice)) < len(dice) - patience
+    return bool(dice) and 0 < dice.index(max(dice)) < len(dice) - patience
 
 
 # Where the data lay when the report began: a location, not a setting. A report (or its committed cells) resumes

@@ -285,6 +285,7 @@ def _train(config: SegmentationConfig, preprocessed: Path, n_val: int, device: t
         trainer.num_iterations_per_epoch = config.val_every
         trainer.num_epochs = math.ceil(config.max_steps / config.val_every)
         trainer.patience = config.patience
+        trainer.min_epochs = math.ceil(config.min_steps / config.val_every)
         trainer.initialize()
         trainer.num_val_iterations_per_epoch = min(50, max(1, math.ceil(n_val / trainer.batch_size)))
         trainer.run_training()
@@ -329,6 +330,7 @@ def _early_stopping_trainer() -> type:
 
     class EarlyStoppingTrainer(nnUNetTrainer):
         patience: int = 5
+        min_epochs: int = 0
         best_state: dict[str, torch.Tensor] | None = None
         best_epoch: int = -1
 
@@ -355,7 +357,7 @@ def _early_stopping_trainer() -> type:
                                for _ in range(self.num_val_iterations_per_epoch)]
                     self.on_validation_epoch_end(outputs)
                 self.on_epoch_end()
-                if self.current_epoch - 1 - self.best_epoch >= self.patience:
+                if self.current_epoch - 1 - self.best_epoch >= self.patience and self.current_epoch >= self.min_epochs:
                     break
             self.on_train_end()
 

@@ -163,7 +163,7 @@ def train_sam(
     loss_fn = DiceCELoss(sigmoid=True)
     generator = torch.Generator().manual_seed(config.seed)
     jitter = config.box_jitter * config.size / parts.input_size  # in letterboxed pixels
-    stopping = EarlyStopping(config.patience, lambda: _decoder_state(model))
+    stopping = EarlyStopping(config.patience, lambda: _decoder_state(model), config.min_steps)
     validate = (lambda: _validation_dice(parts, val, config.num_labels)) if val is not None and len(val) else None
     bar = progress_bar(total=config.max_steps, desc="SAM decoder", disable=not progress, leave=False)
     step = 0

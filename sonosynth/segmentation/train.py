@@ -66,6 +66,7 @@ class SegmentationConfig(Config):
     weight_decay: float = 1e-5
     val_every: int = 100
     patience: int = 5  # validations without improvement before stopping
+    min_steps: int = 0  # no early stop before this many steps (a small, noisy validation set peaks early by luck)
     synthetic_ratio: float = 0.5  # fraction of each batch drawn from the --extra pairs
     # mix: every batch holds both (synthetic_ratio); pretrain: train on the --extra pairs alone until validation
     # stops improving, then fine-tune those weights on the real pairs alone (net unet)
@@ -206,6 +207,7 @@ class EarlyStopping:
 
     patience: int
     snapshot: Callable[[], dict[str, torch.Tensor]]
+    min_steps: int = 0  # `stop` waits for this many steps whatever the checks say
     best: float = -1.0
     best_step: int = 0
     bad_checks: int = 0
@@ -243,7 +245,7 @@ class EarlyStopping:
 
     @property
     def stop(self) -> bool:
-        return self.bad_checks >= self.patience
+        return self.bad_checks >= self.patience and self.steps >= self.min_steps
 
     def result(self, model: Any, config: SegmentationConfig, steps: int, seconds: float, **more: Any) -> TrainingResult:
         return TrainingResult(model=model, config=config, steps=steps, best_step=self.best_step,
@@ -358,7 +360,8 @@ def _fit(model: torch.nn.Module, config: SegmentationConfig, train: PairTensors,
     n_real, n_extra = batch_composition(
         config.batch_size, config.synthetic_ratio, len(train), 0 if extra is None else len(extra)
     )
-    stopping = EarlyStopping(config.patience, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})
+    stopping = EarlyStopping(config.patience, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()},
+                             config.min_steps)
     bar = progress_bar(total=config.max_steps, desc=phase, disable=not progress, leave=False)
     model.train()
     for step in range(1, config.max_steps + 1):
