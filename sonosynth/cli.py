@@ -55,6 +55,10 @@ def main() -> None:
     except SonosynthError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except MemoryError:
+        typer.echo("error: not enough memory for this request (ask for smaller images, fewer pairs or a smaller "
+                   "batch); nothing half-written was left behind", err=True)
+        sys.exit(1)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         typer.echo(f"error: {where}{exc.strerror or exc} (nothing half-written was left behind)", err=True)

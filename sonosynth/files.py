@@ -132,11 +132,14 @@ def guard_output(out: str | Path, inputs: Inputs = (), file: bool = False) -> Pa
     out = Path(out)
     if out.exists() and not out.is_dir() and not file:
         raise DataError(f"{out}: is a file, not an output folder (choose another output)")
-    target = out.resolve()
+    target = _resolved(out)
+    if target == _resolved(Path.cwd()) or target in _resolved(Path.cwd()).parents or target == target.parent:
+        raise DataError(f"{out}: is the current folder, holds it, or is a file system's root: no output replaces "
+                        "that (choose a new folder for the output)")
     for source in inputs:
         if source is None or str(source) == "":
             continue
-        src = Path(source).resolve()
+        src = _resolved(Path(source))
         if target == src:
             problem = "is an input of this command"
         elif src in target.parents:
@@ -148,6 +151,13 @@ def guard_output(out: str | Path, inputs: Inputs = (), file: bool = False) -> Pa
         raise DataError(f"{out}: {problem} ({source}); outputs never go into what a command reads, "
                         "--overwrite included: choose another output")
     return out
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise DataError(f"{path}: cannot be resolved ({exc})") from None
 
 
 def prepare_output(out: str | Path, overwrite: bool = False, inputs: Inputs = ()) -> Path:

@@ -197,3 +197,23 @@ def test_a_transparent_or_palette_mask_is_never_read_silently(tmp_path: Path) ->
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # label 1 shown red
     palette.save(tmp_path / "palette.png")
     assert np.array_equal(read_label_map(tmp_path / "palette.png"), labels)
+
+
+@pytest.mark.parametrize("out", [".", "..", "/"])
+def test_no_output_replaces_the_current_folder_or_a_root(out: str, world: dict[str, Path],
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    (world["tmp"] / "here").mkdir()
+    monkeypatch.chdir(world["tmp"] / "here")
+    before = snapshot(world["tmp"])
+    line = refused(["data", "phantom", out, "--n", 1, "--overwrite"], capsys, monkeypatch)
+    assert "current folder" in line
+    assert snapshot(world["tmp"]) == before
+
+
+def test_a_symlink_loop_is_one_line(world: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = world["tmp"] / "loop"
+    loop.symlink_to(loop)
+    line = refused(["data", "phantom", loop / "out", "--n", 1], capsys, monkeypatch)
+    assert str(loop) in line and "cannot be resolved" in line

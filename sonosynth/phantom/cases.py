@@ -13,6 +13,7 @@ from sonosynth.phantom.acoustics import AcousticConfig, Tissue, polar_points, si
 from sonosynth.phantom.anatomy import DEFAULT_TISSUES, DOMAINS, GENERATORS, Scene
 
 MIN_SIZE = 16
+MAX_SIZE = 4096  # a simulated scan's side; larger ones need more memory than a workstation has
 
 
 @dataclass
@@ -67,8 +68,8 @@ def parse_size(size: int | str | tuple[int, int]) -> tuple[int, int]:
             height = width = int(size)
     except (TypeError, ValueError):
         raise SonosynthError(f"size must be an integer or WIDTHxHEIGHT (e.g. 256 or 96x64), got '{size}'") from None
-    if min(height, width) < MIN_SIZE:
-        raise SonosynthError(f"size must be at least {MIN_SIZE} pixels per side, got {width}x{height}")
+    if min(height, width) < MIN_SIZE or max(height, width) > MAX_SIZE:
+        raise SonosynthError(f"size must be {MIN_SIZE} to {MAX_SIZE} pixels per side, got {width}x{height}")
     return height, width
 
 
