@@ -58,6 +58,8 @@ def _cases(w: dict[str, Path]) -> list[tuple[str, list[object]]]:
         ("generate inside its source", ["generate", run, "--source", data, "--out", data / "synthetic",
                                         "--overwrite", "--steps", 2, "--n", 2]),
         ("generate into its model", ["generate", run, "--source", data, "--out", run, "--overwrite", "--n", 2]),
+        ("generate into its segmenter", ["generate", run, "--source", data, "--segmenter", w["tmp"] / "seg",
+                                         "--out", w["tmp"] / "seg" / "synthetic", "--n", 2]),
         ("predict into its images", ["segment", "predict", w["tmp"] / "seg", data, "--out", data, "--overwrite"]),
         ("predict into the segmenter", ["segment", "predict", run, data, "--out", run / "predictions"]),
         ("train into its dataset", ["train", data, "--out", data, "--max-steps", 1, "--device", "cpu"]),

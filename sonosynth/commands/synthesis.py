@@ -86,6 +86,7 @@ def generate_command(
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Write a synthetic dataset (images, masks, manifest with provenance) from a trained model."""
+    from sonosynth.files import guard_output
     from sonosynth.synthesis.fidelity import segmenter_predictor
     from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset, generate_from_sources
     from sonosynth.synthesis.masks import ShapeModelConfig
@@ -103,6 +104,7 @@ def generate_command(
         attributes=AttributePolicy.parse(attr, attr_dist),
         prompt=prompt, conditioning_scale=conditioning_scale, device=device,
     ).checked()
+    guard_output(out, [run, source, segmenter])  # the segmenter is read too
     predictor = None
     if segmenter is not None:
         predictor, _ = segmenter_predictor(segmenter, device=device)
