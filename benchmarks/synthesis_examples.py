@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from sonosynth.data.ellipse import head_circumference_mm
 from sonosynth.data.format import Dataset
-from sonosynth.synthesis.generate import GenerateConfig, MaskSource, load_source_pairs, source_records
+from sonosynth.synthesis.generate import GenerateConfig, MaskSource, load_source_pairs
 
 
 def tile(arrays: list[np.ndarray], label: str, cell: int) -> Image.Image:
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--stats", type=int, default=0, help="no model: validate N draws per source")
     args = parser.parse_args()
 
-    dataset = source_records(Dataset.open(args.source), "auto")
+    dataset = Dataset.open(args.source).select("auto", what="pairs to take masks from")
     rows: list[Image.Image] = []
     cell = 140
     if args.run:
