@@ -229,3 +229,32 @@ def test_overview_rows_pair_each_generated_image_with_its_real_source(tmp_path):
     assert picture.shape[0] == 18 + 2 * 40 + 4 and picture.shape[2] == 3
     with pytest.raises(SonosynthError, match="fewer than 3"):
         overview.rows_from_synthetic(tmp_path / "synth", real, n=3)
+
+
+def _commands(command, path=()):
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, (*path, name))
+    else:
+        yield " ".join(path), command
+
+
+def test_every_option_is_described_and_its_brackets_survive_the_help() -> None:
+    """Each visible option has help text, and a `[...]` in it (pip extras) is shown, not eaten as markup."""
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+
+    from sonosynth.cli import app
+
+    undescribed, eaten = [], []
+    for name, command in _commands(typer.main.get_command(app)):
+        options = [p for p in command.params if getattr(p, "param_type_name", "") == "option" and not p.hidden]
+        undescribed += [f"{name} {p.opts[0]}" for p in options if not (p.help or "").strip()]
+        bracketed = [m for p in options for m in re.findall(r"\w+\\?\[\w+\]", p.help or "")]
+        if bracketed:
+            shown = CliRunner().invoke(app, [*name.split(), "--help"], env={"COLUMNS": "400"}).output
+            eaten += [f"{name}: {b}" for b in bracketed if b.replace("\\", "") not in shown]
+    assert not undescribed, undescribed
+    assert not eaten, eaten

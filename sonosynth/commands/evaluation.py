@@ -80,7 +80,7 @@ def downstream_command(
     sam_box: str = opt.sam_box(),
     max_steps: int = opt.max_steps(4000, "Maximum training steps per cell (early stopping usually ends sooner)."),
     steps: int | None = opt.old_spelling("--steps", "--max-steps"),
-    batch_size: int = typer.Option(8),
+    batch_size: int = opt.SEGMENTER_BATCH_SIZE,
     learning_rate: float = opt.learning_rate(1e-3),
     val_every: int = typer.Option(100, help="Validate every N steps."),
     patience: int = typer.Option(5, help="Stop after N validations without improvement."),

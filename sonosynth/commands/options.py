@@ -12,6 +12,8 @@ from sonosynth.devices import DEVICE_HELP
 
 DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")
+SEGMENTER_BATCH_SIZE = typer.Option(8, "--batch-size", help="Training images per step of the U-Net (nnU-Net plans "
+                                    "its own batch).")
 MIN_STEPS = typer.Option(0, "--min-steps", help="No early stop before this many training steps (a small, noisy "
                          "validation set can peak at its first check by luck).")
 AUTO_SPLIT = typer.Option(False, "--auto-split", help="A real dataset without train/val/test splits: accept an "
@@ -39,7 +41,7 @@ def segmenter_net() -> typer.models.OptionInfo:
     return typer.Option(
         "unet", "--net",
         help="Segmenter: unet (a MONAI U-Net of --net-size), nnunet (nnU-Net v2 2d with its own training recipe; "
-        "pip install 'sonosynth[nnunet]') or sam (Segment Anything from --weights, mask decoder fine-tuned).",
+        "pip install 'sonosynth\\[nnunet]') or sam (Segment Anything from --weights, mask decoder fine-tuned).",
     )
 
 
