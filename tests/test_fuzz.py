@@ -210,3 +210,43 @@ def test_mutated_configs_load_or_name_their_file(data: st.DataObject) -> None:
             assert value_problems(config) == []
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from factories import save_tiny_run
+
+    return save_tiny_run(tmp_path_factory.mktemp("fuzz-run") / "run")
+
+
+@settings(FUZZ, max_examples=int(os.environ.get("SONOSYNTH_FUZZ_EXAMPLES", "25")))
+@given(data=st.data())
+def test_mutated_model_folders_keep_the_contract(pristine: Path, tiny_run: Path, data: st.DataObject,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run folder's JSON files (model_index.json, the network's and the scheduler's configs) mutated: `sample`
+    loads it and generates, or refuses in one line naming the file or the model folder."""
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-run-"))
+    try:
+        run = shutil.copytree(tiny_run, folder / "run")
+        victim = run / "model" / data.draw(st.sampled_from(["model_index.json", "unet/config.json",
+                                                            "scheduler/scheduler_config.json"]))
+        values: Any = json.loads(victim.read_text())
+        if data.draw(st.booleans()):
+            values = data.draw(JSON_VALUES)
+        else:
+            key = data.draw(st.sampled_from(sorted(values)) | NASTY)
+            values[key] = data.draw(JSON_VALUES)
+        victim.write_text(json.dumps(values))
+        before = snapshot(run)
+        out = folder / "synthetic"
+        code, _, err = run_cli(["sample", run, "--source", pristine, "--out", out, "--steps", 2, "--split", "all",
+                                "--device", "cpu"], capsys, monkeypatch)
+        assert "Traceback" not in err and code in (0, 1), err
+        if code == 1:
+            errors = [line for line in err.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and str(run) in errors[0], err
+            assert not out.exists()
+        assert snapshot(run) == before
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

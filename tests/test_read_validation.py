@@ -259,3 +259,32 @@ def test_more_pairs_than_the_disk_holds_are_refused_before_any_work(tmp_path: Pa
                                 "--mask-source", "deform"], capsys, monkeypatch)[::2])
     assert str(tmp_path / "syn") in line and "GB free" in line, line
     assert not (tmp_path / "syn").exists()
+
+
+MODEL_FOLDER_FAULTS = {
+    "model_index.json a list": ("model_index.json", None, [], "model_index.json: must be a JSON object"),
+    "sample_size a word": ("model_index.json", "sample_size", "big", "'sample_size' must be an integer"),
+    "class name a list": ("model_index.json", "_class_name", [], "'_class_name' must be a string"),
+    "no train timesteps": ("scheduler/scheduler_config.json", "num_train_timesteps", 0, "num_train_timesteps"),
+    "empty betas": ("scheduler/scheduler_config.json", "trained_betas", [], "noise schedule cannot sample"),
+    "spacing none": ("scheduler/scheduler_config.json", "timestep_spacing", None, "noise schedule cannot sample"),
+    "network option none": ("unet/config.json", "condition_encoder", None, "cannot load the model"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_FOLDER_FAULTS))
+def test_a_model_folder_with_a_wrong_config_is_one_line(case: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from factories import save_tiny_run
+
+    name, key, value, words = MODEL_FOLDER_FAULTS[case]
+    data = write_toy_dataset(tmp_path / "data")
+    run = save_tiny_run(tmp_path / "run")
+    path = run / "model" / name
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps(value if key is None else {**saved, key: value}))
+    line = error_line(*run_cli(["sample", run, "--source", data, "--out", tmp_path / "syn", "--steps", 2,
+                                "--split", "all"], capsys, monkeypatch)[::2])
+    assert str(run) in line and words in line, line
+    assert not (tmp_path / "syn").exists()

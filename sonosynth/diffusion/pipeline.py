@@ -25,6 +25,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from sonosynth.diffusion.schedulers import probe_scheduler
 from sonosynth.errors import SonosynthError
 from sonosynth.models.denoiser import ConditionalDenoiser
 
@@ -52,6 +53,34 @@ class Guidance:
     @property
     def guided(self) -> bool:
         return self.scale != 1.0
+
+
+def _check_saved_configs(folder: Path) -> None:
+    """The saved JSON files have the documented shapes before diffusers reads them: model_index.json an object with
+    an integer `sample_size` (8 or more) and `training_step`, each component's config an object; a wrong shape is
+    one line naming the file, not a traceback from deep inside the loader."""
+    from sonosynth.files import read_json
+
+    index_path = folder / "model_index.json"
+    index = read_json(index_path, "model_index.json")
+    if not isinstance(index, dict):
+        raise SonosynthError(f"{index_path}: must be a JSON object")
+    for key, low in (("sample_size", 8), ("training_step", 0)):
+        value = index.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise SonosynthError(f"{index_path}: '{key}' must be an integer of at least {low}, got {value!r}")
+    if not isinstance(index.get("_class_name", ""), str):
+        raise SonosynthError(f"{index_path}: '_class_name' must be a string")
+    if not isinstance(index.get("class_values", []), list | type(None)):
+        raise SonosynthError(f"{index_path}: 'class_values' must be a list")
+    for component in ("unet", "scheduler", "vae"):
+        for config in (folder / component).glob("*config.json"):
+            values = read_json(config, "component config")
+            if not isinstance(values, dict):
+                raise SonosynthError(f"{config}: must be a JSON object")
+            steps = values.get("num_train_timesteps", 1)
+            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+                raise SonosynthError(f"{config}: 'num_train_timesteps' must be an integer of at least 1, got {steps!r}")
 
 
 class MaskToUltrasoundPipeline(DiffusionPipeline):
@@ -92,10 +121,20 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
             return PromptedMaskPipeline.from_pretrained(folder, **kwargs)
         kwargs.setdefault("local_files_only", True)
         kwargs["use_safetensors"] = True  # a pickle (.bin) file is never unpickled
+        _check_saved_configs(folder)
         try:
-            return super().from_pretrained(folder, **kwargs)
+            pipe = super().from_pretrained(folder, **kwargs)
         except OSError as exc:  # diffusers' "no file named ..." for missing weights
             raise SonosynthError(f"{folder}: cannot load the model ({str(exc).strip()})") from None
+        except SonosynthError as exc:  # the network's own config check (ModelConfig)
+            raise SonosynthError(f"{folder}: cannot load the model ({exc})") from None
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as exc:  # a config that
+            # does not fit the network: diffusers raises these from deep inside its loader
+            reason = " ".join(str(exc).split())[:300]
+            raise SonosynthError(f"{folder}: cannot load the model (its saved configuration does not fit: "
+                                 f"{reason})") from None
+        probe_scheduler(pipe.scheduler, str(folder / "scheduler" / "scheduler_config.json"))
+        return pipe
 
     def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
         """diffusers' denoising bar, as readable log lines when there is no terminal (`sonosynth.progress`)."""

@@ -62,6 +62,31 @@ def make_scheduler(
     return cls(**overrides)
 
 
+def probe_scheduler(scheduler: Any, where: str) -> None:
+    """A few sampling steps of a copy of `scheduler` on a tiny zero sample: a saved noise schedule that cannot
+    sample (no timesteps, betas of the wrong length, a field of the wrong type) is one line naming `where`
+    when the model is loaded, not a traceback mid-generation."""
+    import copy
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = copy.deepcopy(scheduler)
+            probe.set_timesteps(4)
+            sample = torch.zeros(1, 1, 8, 8)
+            for t in probe.timesteps[:2]:
+                sample = probe.step(torch.zeros_like(sample), t, sample).prev_sample
+        finite = bool(torch.isfinite(sample).all())
+    except Exception as exc:  # diffusers raises many kinds for a malformed schedule: all are this one problem
+        raise SonosynthError(f"{where}: the saved noise schedule cannot sample ({' '.join(str(exc).split())[:200]})") \
+            from None
+    if not finite:
+        raise SonosynthError(f"{where}: the saved noise schedule gives non-finite values")
+
+
 def scheduler_name(scheduler: Any) -> str:
     """The short name of a scheduler instance (for provenance columns), or its class name."""
     config = getattr(scheduler, "config", {})

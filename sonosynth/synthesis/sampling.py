@@ -81,7 +81,7 @@ def load_synthesis_model(run: str | Path, scheduler: str | None = None, device: 
     cuda), optionally switching its sampler (`dpm++`, `ddim`, `unipc`, `ddpm`) on the same noise schedule."""
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
     from sonosynth.diffusion.run import legacy_class_values
-    from sonosynth.diffusion.schedulers import make_scheduler
+    from sonosynth.diffusion.schedulers import make_scheduler, probe_scheduler
 
     run = Path(run)
     torch_device = resolve_device(device)  # before the slow load
@@ -90,6 +90,7 @@ def load_synthesis_model(run: str | Path, scheduler: str | None = None, device: 
     pipe.set_progress_bar_config(disable=True)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, config=pipe.scheduler.config)
+        probe_scheduler(pipe.scheduler, f"{run}: --scheduler {scheduler} on the saved noise schedule")
     class_values = pipe.class_attributes
     if class_values is None:
         class_values = legacy_class_values(run, list(pipe.unet.model_config.class_cardinalities))
