@@ -329,3 +329,18 @@ def test_mixed_precision_trains(tmp_path: Path, sd_base: Path, toy: Path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "model" / "base.json").is_file()
+
+
+def test_sampling_defaults_to_the_guidance_the_run_saved(tmp_path: Path, sd_base: Path, toy: Path, monkeypatch,
+                                                         capsys):
+    """`generate` without --guidance samples a Stable Diffusion run at its own saved guidance, not sonosynth's 1.5."""
+    import csv
+
+    train_stable_diffusion(tiny_stable_diffusion_config(toy, sd_base, guidance_scale=3.0, max_steps=2),
+                           tmp_path / "run", progress=False, device="cpu")
+    out = tmp_path / "synthetic"
+    code, text = run_cli(["generate", tmp_path / "run", "--source", toy, "--n", "1", "--steps", "2", "--out", out,
+                          "--mask-source", "train", "--device", "cpu", "--split", "all"], monkeypatch, capsys)
+    assert code == 0, text
+    with open(out / "manifest.csv", newline="") as fh:
+        assert {float(row["guidance"]) for row in csv.DictReader(fh)} == {3.0}

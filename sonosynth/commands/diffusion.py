@@ -24,7 +24,7 @@ def sample(
     split: str = opt.SPLIT,
     steps: int = opt.SAMPLE_STEPS,
     scheduler: Optional[str] = opt.SCHEDULER,  # noqa: UP045
-    guidance: float = opt.GUIDANCE,
+    guidance: float | None = opt.GUIDANCE,
     seed: int = opt.SEED,
     batch_size: int = opt.BATCH_SIZE,
     output_size: str = opt.OUTPUT_SIZE,

@@ -22,7 +22,8 @@ AUTO_SPLIT = typer.Option(False, "--auto-split", help="A real dataset without tr
 SEED = typer.Option(0, "--seed", help="Seed of all randomness: the same seed gives the same output on one device.")
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Images per forward pass (does not change the images).")
 SAMPLE_STEPS = typer.Option(25, "--steps", help="Denoising steps.")
-GUIDANCE = typer.Option(1.5, "--guidance", help="Classifier-free guidance scale (1 = none).")
+GUIDANCE = typer.Option(None, "--guidance", help="Classifier-free guidance scale (1 = none; default: the run's own, "
+                        "1.5 for sonosynth models, the fine-tune's for Stable Diffusion runs).")
 PROMPT = typer.Option(None, "--prompt", help="Stable Diffusion runs: this text instead of the run's prompt template.")
 SCHEDULER = typer.Option(None, "--scheduler", help="Sampler: dpm++, dpm++sde, unipc, ddim or ddpm (default: saved).")
 SPLIT = typer.Option("auto", "--split",

@@ -93,6 +93,8 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet->vae"
+    # The guidance sampling uses when none is asked for (`generate`, `edit`): a Stable Diffusion run has its own.
+    default_guidance_scale = 1.5
     _optional_components = ["vae"]
 
     def __init__(

@@ -127,6 +127,7 @@ class PromptedMaskPipeline(MaskToUltrasoundPipeline, StableDiffusionLoraLoaderMi
                    organ=saved.get("organ", ""), sample_size=saved.get("sample_size"),
                    training_step=saved.get("training_step"), class_values=saved.get("class_values") or [],
                    conditioning_scale=float(saved.get("conditioning_scale", 1.0)))
+        pipe.default_guidance_scale = float(saved.get("guidance_scale", 4.0))  # runs before it was saved: the default
         if (folder / LORA_FILE).is_file():
             pipe.load_lora_weights(str(folder), weight_name=LORA_FILE)
         pipe.register_to_config(_name_or_path=str(folder))

@@ -330,6 +330,7 @@ def save_trained_parts(pipe: Any, out: Path, config: StableDiffusionConfig, base
             "base": str(Path(config.base).resolve()), "base_hash": base_hash, "kind": config.kind,
             "num_labels": pipe.num_labels, "prompt_template": config.prompt_template, "organ": pipe.config.organ,
             "sample_size": config.image_size, "training_step": pipe.config.training_step,
+            "guidance_scale": config.guidance_scale,
             "class_values": pipe.config.class_values, "conditioning_scale": config.conditioning_scale,
             "lora_rank": config.lora_rank,
         })

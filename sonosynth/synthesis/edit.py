@@ -45,7 +45,7 @@ class EditConfig(Config):
     jump_length: int = 5
     jump_n_sample: int = 3
     margin_px: int = 8
-    guidance_scale: float = 1.5
+    guidance_scale: float | None = None  # None: the run's own default
     eta: float = 0.0
     seed: int = 0
     prompt: str | None = None  # a Stable Diffusion run: this text instead of its template's prompt
@@ -129,7 +129,8 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
     scheduler = repaint_scheduler(model.pipe.scheduler, config.eta)
     scheduler.set_timesteps(config.steps, config.jump_length, config.jump_n_sample, device=device)
     model.steer(config.prompt)
-    guidance = model.pipe.prepare_guidance(labels.to(device), fov=fov.to(device), guidance_scale=config.guidance_scale,
+    scale = model.default_guidance if config.guidance_scale is None else config.guidance_scale
+    guidance = model.pipe.prepare_guidance(labels.to(device), fov=fov.to(device), guidance_scale=scale,
                                            class_labels=None if class_labels is None else class_labels.to(device),
                                            prompt=config.prompt)
     prediction_type = model.pipe.scheduler.config.prediction_type

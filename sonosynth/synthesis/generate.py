@@ -128,7 +128,7 @@ class GenerateConfig(Config):
     mask_source: str = "train"
     n: int | None = 16  # None: one pair per source pair (train masks)
     steps: int = 25
-    guidance_scale: float = 1.5
+    guidance_scale: float | None = None  # None: the run's own default (1.5; a Stable Diffusion run's saved one)
     scheduler: str | None = None  # None: the sampler saved with the model
     seed: int = 0
     batch_size: int = 8
@@ -313,6 +313,8 @@ def generate_dataset(
         config.attributes.validate(dataset.info, str(source))
     model = load_synthesis_model(run, config.scheduler, config.device)
     model.steer(config.prompt, config.conditioning_scale)
+    if config.guidance_scale is None:  # the run's own default, recorded as such in the provenance
+        config = replace(config, guidance_scale=model.default_guidance)
     joint = not model.conditioned_on_masks  # it makes its own mask (joint; an all-background one for lora)
     if joint:
         _check_joint_request(model, config)

@@ -49,6 +49,11 @@ class SynthesisModel:
     def num_labels(self) -> int:
         return self.pipe.num_labels
 
+    @property
+    def default_guidance(self) -> float:
+        """The guidance scale this run samples with unless told otherwise (what its training saved)."""
+        return float(self.pipe.default_guidance_scale)
+
     def steer(self, prompt: str | None = None, conditioning_scale: float | None = None) -> None:
         """Check that text and the ControlNet weight can steer this model; set the weight."""
         if (prompt is not None or conditioning_scale is not None) and not self.prompted:
