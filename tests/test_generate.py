@@ -341,3 +341,13 @@ def test_models_saved_before_class_values_read_them_from_their_run(tmp_path, toy
     shutil.copytree(run / "model", tmp_path / "alone")
     with pytest.raises(SonosynthError, match="no .*config.yaml"):
         load_synthesis_model(tmp_path / "alone")
+
+
+def test_flag_then_unflag_leaves_the_manifest_as_it_was(tmp_path: Path) -> None:
+    from sonosynth.app.session import set_flag
+
+    data = write_toy_dataset(tmp_path / "toy")
+    set_flag(data, ["toy_001"], True)
+    assert Dataset.open(data).subset(ids=["toy_001"]).records[0].extra["flagged"] == "1"
+    set_flag(data, ["toy_001"], False)
+    assert {r.extra.get("flagged", "") for r in Dataset.open(data).records} == {""}  # not 0 where it was empty

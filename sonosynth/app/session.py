@@ -283,7 +283,8 @@ def review_picture(dataset: Dataset, pair_id: str, style: LabelStyle) -> np.ndar
 
 
 def set_flag(dataset: str | Path, pair_ids: Sequence[str], flagged: bool) -> None:
-    """Write `flagged` = 1 (or 0) for these pairs into the manifest, atomically; nothing else changes."""
+    """Write `flagged` = 1 for these pairs into the manifest (unflagging: 0 in a dataset whose fidelity filter marks
+    every pair 0/1, else empty, as it was), atomically; nothing else changes."""
     from sonosynth.data.format import update_records
 
     opened = Dataset.open(dataset)
@@ -291,7 +292,8 @@ def set_flag(dataset: str | Path, pair_ids: Sequence[str], flagged: bool) -> Non
     missing = wanted - {r.id for r in opened.records}
     if missing:
         raise SonosynthError(f"{dataset}: no pairs {sorted(missing)}")
+    unflagged = "0" if any(r.extra.get("flagged") == "0" for r in opened.records) else ""
     for record in opened.records:
         if record.id in wanted:
-            record.extra["flagged"] = "1" if flagged else "0"
+            record.extra["flagged"] = "1" if flagged else unflagged
     update_records(dataset, opened.records)
