@@ -492,7 +492,7 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
     if settings.get("selection"):
         notes += (f"\n**Selection split**: {100 * float(settings['selection']):g} % of the test subjects are set "
                   "aside for choosing (selection.md); every number here is on the other test subjects.\n")
-    versions = sorted({c.get("code") or "unrecorded (before 2026-12-07)" for c in cells})
+    versions = sorted({c.get("code") or "not recorded (cells made before cells recorded it)" for c in cells})
     notes += f"\nCode that made the cells: {', '.join(versions)}.\n"
     return notes
 
