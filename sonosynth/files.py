@@ -104,6 +104,15 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise DataError(f"{path}: invalid JSON ({exc})") from None
 
 
+def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
+    """`read_json` of a file whose documented shape is a JSON object (a record sonosynth wrote, maybe since edited
+    or damaged): anything else is one line naming the file."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: {what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

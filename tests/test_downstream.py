@@ -459,3 +459,16 @@ def test_a_selection_split_is_set_aside_from_the_reported_test_images(tmp_path: 
     assert (out / "selection.csv").is_file() and f"{len(chosen)} test images" in (out / "selection.md").read_text()
     with pytest.raises(SonosynthError, match="selection"):
         run_downstream(real, tmp_path / "r2", config(ks=["1"], seeds=1, arms=["real"], selection=1.5), progress=False)
+
+
+def test_a_damaged_report_record_is_one_line_naming_it(datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    real, _ = datasets
+    out = tmp_path / "report"
+    run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"]), progress=False)
+    cell = out / "cells" / "k1__real__seed0.json"
+    cell.write_text("{")
+    with pytest.raises(SonosynthError, match=f"{cell}: invalid JSON"):
+        run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"]), progress=False, report_only=True)
+    (out / "settings.json").write_text("[]")
+    with pytest.raises(SonosynthError, match="settings.json: report settings must be a JSON object"):
+        run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"]), progress=False, report_only=True)

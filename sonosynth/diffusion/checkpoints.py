@@ -14,7 +14,6 @@ writing leaves at most a `.tmp` folder, which is ignored and cleaned up by the n
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -30,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from sonosynth.diffusion.config import MUST_MATCH_ON_RESUME
 from sonosynth.diffusion.run import CHECKPOINTS_DIR
 from sonosynth.errors import SonosynthError
-from sonosynth.files import Inputs, guard_output, write_json_atomic, writing
+from sonosynth.files import Inputs, guard_output, read_json_object, write_json_atomic, writing
 
 STATE_JSON = "state.json"
 T = TypeVar("T")
@@ -90,10 +89,7 @@ def rotate_checkpoints(run_dir: str | Path, keep: int) -> None:
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:
-    try:
-        return json.loads((checkpoint / STATE_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SonosynthError(f"{checkpoint / STATE_JSON}: unreadable checkpoint state ({exc})") from None
+    return read_json_object(checkpoint / STATE_JSON, "checkpoint state")
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

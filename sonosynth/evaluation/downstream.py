@@ -36,7 +36,7 @@ from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.generators import GENERATORS_DIR, GeneratorRecipe, ensure_generator, generator_folder
 from sonosynth.evaluation.selection import selection_ids
-from sonosynth.files import guard_output, write_json_atomic
+from sonosynth.files import guard_output, read_json_object, write_json_atomic
 from sonosynth.segmentation.train import SegmentationConfig
 from sonosynth.settings import Config, without_new_defaults
 from sonosynth.version import code_version
@@ -271,7 +271,8 @@ def run_downstream(
             )
             write_json_atomic(cells_dir / f"{cell.name}.json", record)
 
-    finished = [json.loads(path.read_text()) for c in cells if (path := cells_dir / f"{c.name}.json").is_file()]
+    finished = [read_json_object(path, "cell record")
+                for c in cells if (path := cells_dir / f"{c.name}.json").is_file()]
     if not finished:
         raise SonosynthError(f"{out}: no finished cell to report yet")
     write_downstream_report(out, finished, real, synthetic, {**settings, "planned_cells": len(cells)},
@@ -350,7 +351,7 @@ LOCATIONS = ("real", "synthetic", "generators")
 def _check_or_write_settings(path: Path, settings: dict[str, Any]) -> None:
     """Resuming is only honest with the same data and training settings; refuse otherwise."""
     if path.is_file():
-        previous = {k: v for k, v in json.loads(path.read_text()).items() if k not in LOCATIONS}
+        previous = {k: v for k, v in read_json_object(path, "report settings").items() if k not in LOCATIONS}
         current = {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in LOCATIONS}
         for key in ("real_manifest_sha256", "synthetic_manifest_sha256"):  # reports before these: not recorded
             if key not in previous:

@@ -24,7 +24,7 @@ from typing import ClassVar
 from sonosynth.data.format import Dataset, DatasetWriter, copy_pairs
 from sonosynth.diffusion.run import RunFolder
 from sonosynth.errors import SonosynthError
-from sonosynth.files import write_json_atomic
+from sonosynth.files import read_json_object, write_json_atomic
 from sonosynth.settings import Config, without_new_defaults
 
 GENERATORS_DIR = "generators"
@@ -146,7 +146,7 @@ def check_training_fields(folder: Path, recipe: GeneratorRecipe) -> None:
     if not path.is_file():
         write_json_atomic(path, wanted)
         return
-    recorded = json.loads(path.read_text())
+    recorded = read_json_object(path, "generator training record")
     wanted = without_new_defaults(wanted, recorded, json.loads(json.dumps(GeneratorRecipe().training_fields())))
     if recorded != wanted:
         changed = sorted(k for k in {**recorded, **wanted} if recorded.get(k) != wanted.get(k))

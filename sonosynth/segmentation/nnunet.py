@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from sonosynth.errors import SonosynthError
+from sonosynth.files import read_json_object
 
 if TYPE_CHECKING:
     from sonosynth.segmentation.train import PairTensors, SegmentationConfig
@@ -114,9 +115,10 @@ class NnUNetModel:
         for name in (PLANS_FILE, DATASET_FILE):
             if not (folder / name).is_file():
                 raise SonosynthError(f"{folder / name}: missing; not an nnU-Net segmenter run folder")
-        dataset = json.loads((folder / DATASET_FILE).read_text())
+        dataset = read_json_object(folder / DATASET_FILE, "nnU-Net dataset record")
         axes = dataset.pop("sonosynth_mirror_axes", None)
-        return cls(json.loads((folder / PLANS_FILE).read_text()), dataset, None if axes is None else tuple(axes))
+        plans = read_json_object(folder / PLANS_FILE, "nnU-Net plans")
+        return cls(plans, dataset, None if axes is None else tuple(axes))
 
 
 def nnunet_probabilities(predictor: Any, batch: torch.Tensor) -> torch.Tensor:

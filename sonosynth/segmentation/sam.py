@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from sonosynth.errors import SonosynthError
+from sonosynth.files import read_json_object
 
 if TYPE_CHECKING:
     from sonosynth.segmentation.predict import Segmenter
@@ -231,7 +232,6 @@ def save_sam(folder: Path, result: TrainingResult) -> None:
 
 
 def load_sam_run(folder: Path, config: SegmentationConfig, device: torch.device) -> SamParts:
-    import json
 
     from safetensors.torch import load_file
 
@@ -239,7 +239,7 @@ def load_sam_run(folder: Path, config: SegmentationConfig, device: torch.device)
     from sonosynth.segmentation.train import MODEL_FILE
 
     weights = require_sam(config.weights)
-    recorded = json.loads((folder / "sam_base.json").read_text()) if (folder / "sam_base.json").is_file() else {}
+    recorded = read_json_object(folder / "sam_base.json", "base record") if (folder / "sam_base.json").is_file() else {}
     if recorded.get("config_sha256") != base_hash(weights):
         raise SonosynthError(f"{weights}: not the Segment Anything base this run was trained on "
                              f"({folder / 'sam_base.json'} records another)")

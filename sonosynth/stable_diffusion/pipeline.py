@@ -20,7 +20,6 @@ a `lora` run has no mask and returns an all-background one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from sonosynth.diffusion.pipeline import Guidance, MaskToUltrasoundPipeline
 from sonosynth.diffusion.run import BASE_JSON
 from sonosynth.errors import SonosynthError
+from sonosynth.files import read_json_object
 from sonosynth.stable_diffusion.prompts import prompts_for
 
 CONTROLNET_DIR = "controlnet"
@@ -277,10 +277,7 @@ def encode_images(vae: Any, gray: torch.Tensor, sample: torch.Generator | None =
 
 def read_base_json(folder: Path) -> dict[str, Any]:
     path = Path(folder) / BASE_JSON
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SonosynthError(f"{path}: cannot read the run's base record ({exc})") from None
+    saved = read_json_object(path, "the run's base record")
     missing = [k for k in ("base", "base_hash", "kind", "num_labels", "prompt_template") if k not in saved]
     if missing:
         raise SonosynthError(f"{path}: missing {', '.join(missing)}")
