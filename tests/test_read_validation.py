@@ -288,3 +288,23 @@ def test_a_model_folder_with_a_wrong_config_is_one_line(case: str, tmp_path: Pat
                                 "--split", "all"], capsys, monkeypatch)[::2])
     assert str(run) in line and words in line, line
     assert not (tmp_path / "syn").exists()
+
+
+@pytest.mark.parametrize("row", ["001_HC.png,-0.1,30", "001_HC.png,0.1,nan", "001_HC.png,0.1,30\n001_HC.png,0.2,31"])
+def test_impossible_hc18_metadata_is_refused_on_import(row: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from sonosynth.data.imageio import write_png
+
+    src = tmp_path / "hc18"
+    (src / "training_set").mkdir(parents=True)
+    write_png(src / "training_set" / "001_HC.png", np.full((120, 160), 90, np.uint8))
+    outline = np.zeros((120, 160), np.uint8)
+    outline[30:90, 40] = outline[30:90, 120] = outline[30, 40:121] = outline[90, 40:121] = 255
+    write_png(src / "training_set" / "001_HC_Annotation.png", outline)
+    csv_file = src / "training_set_pixel_size_and_HC.csv"
+    csv_file.write_text(f"filename,pixel size(mm),head circumference (mm)\n{row}\n")
+    line = error_line(*run_cli(["data", "import", "hc18", src, tmp_path / "out"], capsys, monkeypatch)[::2])
+    assert str(csv_file) in line and ("not physically possible" in line or "listed twice" in line), line
+    assert not (tmp_path / "out").exists()

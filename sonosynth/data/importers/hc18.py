@@ -10,6 +10,7 @@ challenge defines the head circumference on that ellipse.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from contextlib import closing
@@ -30,6 +31,7 @@ from sonosynth.data.importers.pairing import (
     require_source_folder,
 )
 from sonosynth.errors import DataError
+from sonosynth.files import read_text
 
 IMAGE_NAME = re.compile(r"^(?P<subject>\d+)_(?P<repeat>\d*)HC\.png$")
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
@@ -110,7 +112,7 @@ def read_pixel_size_table(path: Path) -> dict[str, tuple[float, float]]:
     if not path.is_file():
         raise DataError(f"{path}: pixel-size CSV not found")
     table: dict[str, tuple[float, float]] = {}
-    with open(path, newline="") as fh:
+    with io.StringIO(read_text(path, "pixel-size CSV"), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if not header or len(header) < 3:
@@ -119,9 +121,17 @@ def read_pixel_size_table(path: Path) -> dict[str, tuple[float, float]]:
             if not row:
                 continue
             try:
-                table[row[0].strip()] = (float(row[1]), float(row[2]))
+                pixel, circumference = float(row[1]), float(row[2])
             except (IndexError, ValueError):
                 raise DataError(f"{path}: line {line}: expected filename, pixel size, circumference") from None
+            # Physically possible: a pixel of (0, 5] mm and a head circumference of (0, 1000] mm.
+            if not (math.isfinite(pixel) and 0 < pixel <= 5 and math.isfinite(circumference)
+                    and 0 < circumference <= 1000):
+                raise DataError(f"{path}: line {line}: pixel size {row[1]} mm or head circumference {row[2]} mm "
+                                "is not physically possible")
+            if row[0].strip() in table:
+                raise DataError(f"{path}: line {line}: {row[0].strip()} is listed twice")
+            table[row[0].strip()] = (pixel, circumference)
     return table
 
 
