@@ -273,6 +273,9 @@ def test_nnunet_import_reads_cases_and_refuses_what_does_not_map(tmp_path: Path)
     multi = _write_nnunet(tmp_path / "Dataset014_M", {"background": 0, "x": 1}, channels=2)
     with pytest.raises(DataError, match="2 input channels"):
         import_dataset("nnunet", multi, tmp_path / "out3")
+    shared = _write_nnunet(tmp_path / "Dataset015_S", {"background": 0, "head": 1, "skull": 1})
+    with pytest.raises(DataError, match="'head' and 'skull' share the value 1"):
+        import_dataset("nnunet", shared, tmp_path / "out4")
 
 
 def test_unknown_format_is_a_clear_error(tmp_path: Path):

@@ -40,8 +40,11 @@ def read_nnunet_json(src: Path) -> tuple[dict[str, Any], DatasetInfo]:
         raise DataError(f"{path}: {len(data['channel_names'])} input channels; only single-channel data is supported")
     labels: dict[str, str] = {}
     for label_name, value in data["labels"].items():
-        if not isinstance(value, int):
+        if not isinstance(value, int) or isinstance(value, bool):
             raise DataError(f"{path}: label '{label_name}' is region-based ({value}); only integer labels supported")
+        if str(value) in labels:
+            raise DataError(f"{path}: labels '{labels[str(value)]}' and '{label_name}' share the value {value} "
+                            "(which one does a mask mean?)")
         labels[str(value)] = str(label_name)
     folder_match = FOLDER_NAME.match(src.name)
     name = str(data.get("name") or (folder_match["name"] if folder_match else src.name))
