@@ -308,3 +308,27 @@ def test_impossible_hc18_metadata_is_refused_on_import(row: str, tmp_path: Path,
     line = error_line(*run_cli(["data", "import", "hc18", src, tmp_path / "out"], capsys, monkeypatch)[::2])
     assert str(csv_file) in line and ("not physically possible" in line or "listed twice" in line), line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("options,words", [
+    (["--label-map", "255:1", "--label-map", "255:2"], "mapped to both 1 and 2"),
+    (["--label-map", "255:1", "--spacing-mm", "-1"], "--spacing-mm -1"),
+    (["--label-map", "255:1", "--spacing-mm", "nan"], "--spacing-mm nan"),
+])
+def test_contradictory_or_impossible_folder_import_options(options: list[str], words: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from sonosynth.data.imageio import write_png
+
+    for folder in ("img", "lbl"):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:10] = 255
+    write_png(tmp_path / "src" / "img" / "case_0.png", np.full((20, 30), 100, np.uint8))
+    write_png(tmp_path / "src" / "lbl" / "case_0_mask.png", mask)
+    line = error_line(*run_cli(["data", "import", "folder", tmp_path / "src", tmp_path / "out", "--images",
+                                "img/*.png", "--masks", "lbl/{stem}_mask.png", *options], capsys, monkeypatch)[::2])
+    assert words in line, line
+    assert not (tmp_path / "out").exists()

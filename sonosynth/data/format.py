@@ -442,6 +442,8 @@ class DatasetWriter:
             raise DataError(f"{where}: image size {image.shape[::-1]} differs from mask size {mask.shape[::-1]}")
         if split not in SPLITS:
             raise DataError(f"{where}: split must be one of train/val/test, got '{split}'")
+        if spacing_mm is not None and not (math.isfinite(float(spacing_mm)) and float(spacing_mm) > 0):
+            raise DataError(f"{where}: pixel spacing {spacing_mm} mm is not a length (finite and positive)")
         if self.validate_labels:
             check_label_values(mask, self.info, where)
         unknown = [k for k in attributes if k not in self.info.attributes]

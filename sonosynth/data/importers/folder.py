@@ -17,6 +17,7 @@ Without either, or without a `subject` group, each image is its own subject.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,9 +39,12 @@ def parse_label_map(items: Sequence[str]) -> dict[int, int]:
             try:
                 if not sep:
                     raise ValueError
-                mapping[int(source)] = int(target)
+                value, label = int(source), int(target)
             except ValueError:
                 raise DataError(f"--label-map: '{pair}' is not SOURCE:TARGET with integers") from None
+            if mapping.get(value, label) != label:
+                raise DataError(f"--label-map: {value} is mapped to both {mapping[value]} and {label}")
+            mapping[value] = label
     for source, target in mapping.items():
         if not (0 <= source <= 65535 and 0 <= target <= 255):
             raise DataError(f"--label-map: {source}:{target} out of range (source 0..65535, target 0..255)")
@@ -84,6 +88,8 @@ def import_folder(
 ) -> pairing.ImportSummary:
     """Import pairs found by an image glob and a mask template (see the module docstring)."""
     src = pairing.require_source_folder(src)
+    if spacing_mm is not None and not (math.isfinite(spacing_mm) and 0 < spacing_mm <= 5):
+        raise DataError(f"--spacing-mm {spacing_mm}: a pixel size in mm, more than 0 and at most 5")
     label_map = dict(label_map or {})
     if subject_pattern and name_pattern:
         raise DataError("--subject-pattern and --name-pattern: give one of them (name the subject group in the other)")
