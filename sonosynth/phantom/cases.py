@@ -68,8 +68,10 @@ def parse_size(size: int | str | tuple[int, int]) -> tuple[int, int]:
             height = width = int(size)
     except (TypeError, ValueError):
         raise SonosynthError(f"size must be an integer or WIDTHxHEIGHT (e.g. 256 or 96x64), got '{size}'") from None
-    if min(height, width) < MIN_SIZE or max(height, width) > MAX_SIZE:
-        raise SonosynthError(f"size must be {MIN_SIZE} to {MAX_SIZE} pixels per side, got {width}x{height}")
+    if min(height, width) < MIN_SIZE:
+        raise SonosynthError(f"size must be at least {MIN_SIZE} pixels per side, got {width}x{height}")
+    if max(height, width) > MAX_SIZE:
+        raise SonosynthError(f"size must be at most {MAX_SIZE} pixels per side, got {width}x{height}")
     return height, width
 
 
