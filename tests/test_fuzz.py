@@ -250,3 +250,40 @@ def test_mutated_model_folders_keep_the_contract(pristine: Path, tiny_run: Path,
         assert snapshot(run) == before
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+OPTION_VALUES = st.one_of(st.integers(-(2**40), 2**40).map(str), st.floats().map(str), NASTY,
+                          st.sampled_from(["0", "-1", "1e9", "0.5", "1.5", "", "x", "96x64", "0x0", "1,2"]))
+
+
+@FUZZ
+@given(data=st.data())
+def test_option_values_keep_the_contract(pristine: Path, data: st.DataObject, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fast commands with one option given a random value: they run, or refuse it (exit 1 with one `error:` line,
+    or a usage error, exit 2), never a traceback; the input is untouched and a refused output is absent."""
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-options-"))
+    try:
+        root = shutil.copytree(pristine, folder / "data")
+        out = folder / "out"
+        command, option = data.draw(st.sampled_from([
+            (["data", "phantom", out, "--n", "2"], "--size"), (["data", "phantom", out, "--size", "32"], "--n"),
+            (["data", "phantom", out, "--n", "2", "--size", "32"], "--seed"),
+            (["data", "split", root], "--val"), (["data", "split", root], "--test"),
+            (["data", "split", root], "--seed"), (["data", "split", root], "--by"),
+            (["data", "export", "nnunet", root, out], "--id"), (["data", "export", "nnunet", root, out], "--splits"),
+            (["data", "check", root], "--no-hashes"),
+        ]))
+        value = data.draw(OPTION_VALUES)
+        before = snapshot(root) if command[1] != "split" else None
+        code, _, err = run_cli([*command, option, value], capsys, monkeypatch)
+        assert "Traceback" not in err and code in (0, 1, 2), f"exit {code}: {err}"
+        if code == 1:
+            assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err
+            assert not out.exists() or not any(out.iterdir())
+        if before is not None:
+            assert snapshot(root) == before
+        if command[1] == "split" and code != 0:  # a refused split leaves the manifest as it was
+            assert (root / "manifest.csv").read_bytes() == (pristine / "manifest.csv").read_bytes()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

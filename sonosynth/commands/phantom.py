@@ -26,7 +26,7 @@ def phantom(
 ) -> None:
     """Simulate ultrasound image/mask pairs (fetal head, apical 4-chamber heart, breast lesion)."""
     from sonosynth.errors import SonosynthError
-    from sonosynth.files import prepare_output
+    from sonosynth.files import prepare_output, require_space
     from sonosynth.phantom.cases import check_domain, parse_size
     from sonosynth.phantom.dataset import write_phantom_dataset
     from sonosynth.progress import progress_bar
@@ -35,7 +35,10 @@ def phantom(
     parsed = parse_size(size)
     if n < 1:
         raise SonosynthError(f"--n must be at least 1, got {n}")
+    if seed < 0:
+        raise SonosynthError(f"--seed must not be negative, got {seed}")
     prepare_output(out, overwrite)
+    require_space(Path(out), n * 3 * parsed[0] * parsed[1], f"{n} pairs of {parsed[1]} x {parsed[0]} pixels")
     phantom_config = _load_config(config) if config is not None else None
     with progress_bar(total=n, desc=f"phantom {domain}", unit="img") as bar:
         path = write_phantom_dataset(
