@@ -280,6 +280,10 @@ def test_review_and_flag_a_pair(page, world, tmp_path):
 
 
 def test_bad_input_is_a_message_in_the_page(page, world, tmp_path):
+    # A fresh page: the module's tests share one, and a scan another test put in the Edit tab replaces the file input
+    # this test uploads through (in the order xdist chose on 2026-12-07, the input never appeared).
+    page.reload()
+    page.wait_for_selector("#mask-canvas canvas")
     open_tab(page, "Edit", "#edit-button")
     record = Dataset.open(world["toy"]).records[0]
     bad = np.full((48, 64), 7, np.uint8)
