@@ -142,15 +142,21 @@ def results_markdown(rows: list[dict[str, Any]], labels: dict[str, str],
     return "\n".join(lines) + "\n"
 
 
+def cells_by_k_and_arm(cells: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """{(k, arm): {seed: cell}}: how the comparisons and the worth table pair cells."""
+    by_key: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for cell in cells:
+        by_key.setdefault((str(cell["k"]), cell["arm"]), {})[int(cell["seed"])] = cell
+    return by_key
+
+
 def comparison_rows(cells: Sequence[dict[str, Any]], structures: dict[str, list[int]],
                     labels: dict[str, str]) -> list[dict[str, Any]]:
     """Paired differences (arm - baseline) per k and metric, with bootstrap intervals and verdicts."""
     from sonosynth.evaluation.statistics import paired_bootstrap, per_image_matrix
 
     names = structure_names(structures, labels)
-    by_key: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    for cell in cells:
-        by_key.setdefault((str(cell["k"]), cell["arm"]), {})[int(cell["seed"])] = cell
+    by_key = cells_by_k_and_arm(cells)
     ks = sorted({k for k, _ in by_key if k != "-"}, key=_k_order)
     rows = []
     for k in ks:
@@ -190,9 +196,7 @@ def worth_rows(cells: Sequence[dict[str, Any]], structures: dict[str, list[int]]
     from sonosynth.evaluation.statistics import equivalent_subjects, per_image_matrix
 
     names = structure_names(structures, labels)
-    by_key: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    for cell in cells:
-        by_key.setdefault((str(cell["k"]), cell["arm"]), {})[int(cell["seed"])] = cell
+    by_key = cells_by_k_and_arm(cells)
     real = {int(k): seeds for (k, arm), seeds in by_key.items() if arm == "real" and k.isdigit()}
     rows = []
     for (k, arm), arm_cells in sorted(by_key.items(), key=lambda item: (_k_order(item[0][0]), _arm_order(item[0][1]))):
@@ -360,16 +364,15 @@ def write_downstream_report(
     if selection:
         from sonosynth.evaluation.selection import restrict
 
-        chosen = selection
-        kept = {e["id"] for e in cells[0]["per_image"]} - chosen
-        on_selection = comparison_rows([restrict(c, chosen) for c in cells], structures, real.info.labels)
+        kept = {e["id"] for e in cells[0]["per_image"]} - selection
+        on_selection = comparison_rows([restrict(c, selection) for c in cells], structures, real.info.labels)
         write_results_csv(out / "selection.csv", on_selection)
-        selection = (f"# Selection split\n\n{len(chosen)} test images of {100 * float(settings['selection']):g} % of "
-                     "the test subjects, set aside (`evaluation.selection`, fixed seed): choose levers, recipes "
-                     "and defaults on these comparisons; the report's results are on the other "
-                     f"{len(kept)} test images only, read once for the claim.\n\n"
-                     + (comparisons_markdown(on_selection) if on_selection else "No paired comparison.\n"))
-        write_text_atomic(out / "selection.md", selection)
+        page = (f"# Selection split\n\n{len(selection)} test images of {100 * float(settings['selection']):g} % of "
+                "the test subjects, set aside (`evaluation.selection`, fixed seed): choose levers, recipes "
+                "and defaults on these comparisons; the report's results are on the other "
+                f"{len(kept)} test images only, read once for the claim.\n\n"
+                + (comparisons_markdown(on_selection) if on_selection else "No paired comparison.\n"))
+        write_text_atomic(out / "selection.md", page)
         cells = [restrict(c, kept) for c in cells]
     rows = aggregate_cells(cells)
     write_results_csv(out / "results.csv", rows)
