@@ -58,11 +58,11 @@ def evaluate(args: argparse.Namespace, run: Path) -> list[dict]:
 
     from sonosynth.data.format import Dataset
     from sonosynth.data.torch_dataset import LetterboxedPairs
-    from sonosynth.diffusion import checkpoints as ckpt
     from sonosynth.diffusion.config import TrainConfig
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
     from sonosynth.diffusion.samples import sample_batch
     from sonosynth.synthesis.fidelity import score_samples, segmenter_predictor
+    from sonosynth.training import checkpoints as ckpt
 
     config = TrainConfig.from_yaml(run / "config.yaml")
     config.sample_steps = args.sample_steps

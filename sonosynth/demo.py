@@ -25,8 +25,8 @@ from typing import ClassVar
 
 from sonosynth.data.format import Dataset
 from sonosynth.devices import resolve_device
-from sonosynth.diffusion.run import RunFolder
 from sonosynth.settings import Config
+from sonosynth.training.run import RunFolder
 
 DATA, AUTOENCODER, RUN, SYNTH, REPORT = "data", "autoencoder", "model-run", "synthetic", "report"
 

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from sonosynth.augment import PRESETS, Augmentation, AugmentConfig
 from sonosynth.cli import app
 from sonosynth.diffusion.config import TrainConfig
-from sonosynth.diffusion.data import random_crop
 from sonosynth.errors import SonosynthError
 from sonosynth.models.denoiser import coordinate_channels
 from sonosynth.segmentation.train import SegmentationConfig
+from sonosynth.training.stream import random_crop
 
 SIZE = 32
 GEOMETRY = ("affine_prob", "elastic_prob")

@@ -14,8 +14,8 @@ from sonosynth.autoencoder.config import AutoencoderConfig
 from sonosynth.autoencoder.model import build_autoencoder, frequency_loss
 from sonosynth.autoencoder.train import train_autoencoder
 from sonosynth.cli import app
-from sonosynth.diffusion import checkpoints as ckpt
 from sonosynth.errors import SonosynthError
+from sonosynth.training import checkpoints as ckpt
 
 
 def tiny(datasets: list[Path], **changes) -> AutoencoderConfig:

@@ -309,8 +309,8 @@ def test_a_generator_per_k_fine_tunes_from_the_recipes_init_run(datasets: tuple[
     from safetensors.torch import load_file
 
     from sonosynth.diffusion.config import TrainConfig
-    from sonosynth.diffusion.run import model_folder
     from sonosynth.evaluation.generators import ensure_generator
+    from sonosynth.training.run import model_folder
 
     real, _ = datasets
     train = real_splits(Dataset.open(real), auto_split=True)[0]

@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sonosynth.cli import app
-from sonosynth.diffusion import checkpoints as ckpt
 from sonosynth.diffusion.train import train
 from sonosynth.errors import SonosynthError
+from sonosynth.training import checkpoints as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted_weights(
     # SIGKILL once the step-4 checkpoint's weights are on disk but before its state.json: mid-write.
     die = """
         import os, signal
-        from sonosynth.diffusion import checkpoints
+        from sonosynth.training import checkpoints
         finish = checkpoints.finish_checkpoint
         def finish_or_die(tmp, state, keep):
             if state["step"] == 4:

@@ -107,7 +107,8 @@ def test_latent_training_saves_a_pipeline_that_samples_images(autoencoder: Path,
 
 def test_latent_training_encodes_each_augmented_view_once(autoencoder: Path) -> None:
     from sonosynth.autoencoder.model import load_autoencoder
-    from sonosynth.diffusion.data import LatentCache, StreamBatchSampler, encode_latents
+    from sonosynth.diffusion.data import LatentCache, encode_latents
+    from sonosynth.training.stream import StreamBatchSampler
 
     stream = StreamBatchSampler(3, 4, seed=5, views=2)
     keys = [key for batch, _ in zip(stream, range(30), strict=False) for key in batch]

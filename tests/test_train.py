@@ -15,12 +15,12 @@ from factories import Killed, kill_at, tiny_train_config, write_toy_dataset
 from safetensors.torch import load_file
 
 from sonosynth.augment import AugmentConfig
-from sonosynth.diffusion import checkpoints as ckpt
 from sonosynth.diffusion.config import TrainConfig, with_model_size
-from sonosynth.diffusion.data import StreamBatchSampler
 from sonosynth.diffusion.train import train
 from sonosynth.errors import SonosynthError
 from sonosynth.models.configs import ModelConfig
+from sonosynth.training import checkpoints as ckpt
+from sonosynth.training.stream import StreamBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
 

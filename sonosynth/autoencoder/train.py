@@ -1,6 +1,6 @@
 """Training the ultrasound autoencoder: the same machinery as `sonosynth train`, for images without masks.
 
-The run folder has the layout of `sonosynth.diffusion.run` (config.yaml, checkpoints/, samples/,
+The run folder has the layout of `sonosynth.training.run` (config.yaml, checkpoints/, samples/,
 loss.csv, model/); model/ is a diffusers `AutoencoderKL` folder holding the EMA weights. Resume is
 exact in one process (tested), as for the denoiser: the data order comes from
 `StreamBatchSampler` (a function of the position), each item's augmentation and patch from its own
@@ -10,34 +10,41 @@ optimizers, the global RNG states) is checkpointed in safetensors + JSON.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sonosynth.autoencoder.config import AutoencoderConfig
-from sonosynth.diffusion import checkpoints as ckpt
-from sonosynth.diffusion.run import RunFolder
 from sonosynth.errors import SonosynthError
 from sonosynth.files import build_folder
 from sonosynth.seeds import derive_seed
+from sonosynth.training import checkpoints as ckpt
+from sonosynth.training.loop import (
+    Cadence,
+    OnStep,
+    TrainingHooks,
+    TrainResult,
+    open_run,
+    refuse_existing_run,
+    run_loop,
+)
+from sonosynth.training.run import RunFolder
+from sonosynth.training.stream import StreamBatchSampler, random_crop
 
 LOSS_COLUMNS = ("step", "loss", "l1", "frequency", "kl", "adversarial", "discriminator")
 
 
-@dataclass
-class AutoencoderResult:
-    run_dir: Path
-    step: int
-    losses: list[dict[str, float]]
-    model_dir: Path
-    seconds: float
+class AutoencoderResult(TrainResult):
+    """A `TrainResult` whose `losses` are the rows of loss terms (l1, frequency, kl, adversarial, ...), not one
+    number per step."""
+
+    @property
+    def losses(self) -> list[dict[str, float]]:  # type: ignore[override]
+        return self.history
 
 
 class ImagePatches:
@@ -70,8 +77,6 @@ class ImagePatches:
         return self.images[index]["image"]
 
     def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
-        from sonosynth.diffusion.data import random_crop
-
         index, seed = key
         item = self.images[index]
         image, fov = self.augmentation(item["image"], item["fov"], seed)
@@ -85,7 +90,7 @@ def train_autoencoder(
     config: AutoencoderConfig,
     run_dir: str | Path,
     resume: bool = False,
-    on_step: Callable[[int, float], bool | None] | None = None,
+    on_step: OnStep | None = None,
     progress: bool = True,
     device: str = "auto",
 ) -> AutoencoderResult:
@@ -116,28 +121,17 @@ def train_patches_then_whole(config: AutoencoderConfig, out: str | Path, decoder
     return out
 
 
-def _train(config: AutoencoderConfig, run_dir: Path, resume: bool, on_step: Callable[[int, float], bool | None] | None,
+def _train(config: AutoencoderConfig, run_dir: Path, resume: bool, on_step: OnStep | None,
            progress: bool, device: str, looping: list[bool]) -> AutoencoderResult:
-    from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
     from monai.losses import PatchAdversarialLoss
 
     from sonosynth.autoencoder.model import build_autoencoder, build_discriminator, frequency_loss
-    from sonosynth.devices import resolve_device
-    from sonosynth.diffusion.data import StreamBatchSampler
-    from sonosynth.diffusion.train import mixed_precision_for
-    from sonosynth.progress import progress_bar
-
     started = time.perf_counter()
     images = ImagePatches(config)
-    folder = RunFolder(run_dir)
     checkpoint = _checkpoint_to_resume(run_dir, config, images.fingerprint) if resume else None
-    if not resume and (ckpt.list_checkpoints(run_dir) or folder.model.exists()):
-        raise SonosynthError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
-    resolve_device(device)
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision_for(config.mixed_precision))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(folder.config_yaml)
+    refuse_existing_run(run_dir, resume)
+    accelerator = open_run(run_dir, config, device)
 
     with torch.random.fork_rng(devices=[]):  # weight init draws from the global generator; leave it as it was
         torch.manual_seed(derive_seed(config.seed, "init"))
@@ -168,21 +162,16 @@ def _train(config: AutoencoderConfig, run_dir: Path, resume: bool, on_step: Call
     batches = iter(torch.utils.data.DataLoader(images, batch_sampler=sampler))
     adversarial = PatchAdversarialLoss(criterion="least_squares")
     grid_items = [images.whole(i) for i in range(min(config.num_samples, len(images)))]
-    history: list[dict[str, float]] = []
-    _reset_loss_log(folder.loss_csv, step)
-    bar = progress_bar(total=config.max_steps, initial=step, desc="autoencoder", unit="step",
-                       disable=not progress)
-    last_checkpoint = step if checkpoint is not None else -1
-    looping.append(True)
-    while step < config.max_steps:
+
+    def one_step(at: int) -> dict[str, float]:
         x = next(batches).to(accelerator.device)
-        generator = torch.Generator(device=accelerator.device).manual_seed(derive_seed(config.seed, "latent", step))
+        generator = torch.Generator(device=accelerator.device).manual_seed(derive_seed(config.seed, "latent", at))
         with accelerator.autocast():
             posterior = autoencoder.encode(x).latent_dist
             reconstruction = autoencoder.decode(posterior.sample(generator=generator)).sample
         terms = {"l1": (reconstruction.float() - x).abs().mean(), "frequency": frequency_loss(reconstruction, x),
                  "kl": posterior.kl().mean()}
-        use_gan = config.adversarial_weight > 0 and step >= config.adversarial_start
+        use_gan = config.adversarial_weight > 0 and at >= config.adversarial_start
         if use_gan:
             terms["adversarial"] = adversarial(discriminator(reconstruction.float())[-1], target_is_real=True,
                                                for_discriminator=False)
@@ -200,29 +189,20 @@ def _train(config: AutoencoderConfig, run_dir: Path, resume: bool, on_step: Call
             accelerator.backward(terms["discriminator"])
             optimizers["discriminator"].step()
         ema.step(networks["autoencoder"].parameters())
-        step += 1
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
 
-        row = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
-        if not math.isfinite(row["loss"]):
-            raise SonosynthError(f"{run_dir}: the loss became {row['loss']} at step {step}; lower the learning rate")
-        history.append(row)
-        _log_loss(folder.loss_csv, row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", l1=f"{row['l1']:.4f}")
-        if step % config.checkpoint_every == 0:
-            _save(run_dir, step, networks, ema, optimizers, config, images.fingerprint)
-            last_checkpoint = step
-        if step % config.sample_every == 0:
-            averaged = ckpt.ema_copy(networks["autoencoder"], ema)
-            _write_grid(averaged, grid_items, folder.samples / f"step-{step:06d}.png")
-        if on_step is not None and on_step(step, row["loss"]):
-            break
-    bar.close()
-    if last_checkpoint != step:
-        _save(run_dir, step, networks, ema, optimizers, config, images.fingerprint)
+    def write_grid(at: int) -> None:
+        _write_grid(ckpt.ema_copy(networks["autoencoder"], ema), grid_items,
+                    RunFolder(run_dir).samples / f"step-{at:06d}.png")
+
+    hooks = TrainingHooks(
+        one_step, lambda at: _save(run_dir, at, networks, ema, optimizers, config, images.fingerprint), write_grid,
+        postfix=("loss", "l1"))
+    cadence = Cadence(config.max_steps, config.checkpoint_every, config.sample_every, columns=LOSS_COLUMNS)
+    step, history = run_loop(accelerator, run_dir, hooks, cadence, step, checkpoint is not None, looping, on_step,
+                             progress, desc="autoencoder")
     averaged = ckpt.ema_copy(networks["autoencoder"], ema)
-    _write_grid(averaged, grid_items, folder.samples / f"step-{step:06d}.png")
-    model_dir = build_folder(folder.model, lambda tmp: averaged.save_pretrained(str(tmp)))
+    model_dir = build_folder(RunFolder(run_dir).model, lambda tmp: averaged.save_pretrained(str(tmp)))
     return AutoencoderResult(run_dir, step, history, model_dir, time.perf_counter() - started)
 
 
@@ -290,21 +270,3 @@ def _write_grid(model: Any, images: list[torch.Tensor], path: Path) -> None:
     batch = torch.stack(images).to(model.device)
     reconstruction = model.decode(model.encode(batch).latent_dist.mode()).sample.clamp(-1, 1).cpu()
     write_grid([[(a[0] + 1) / 2, (b[0] + 1) / 2] for a, b in zip(batch.cpu(), reconstruction, strict=True)], path)
-
-
-def _reset_loss_log(path: Path, start: int) -> None:
-    """Keep the rows up to `start` (a run killed after its checkpoint wrote a few more)."""
-    rows = []
-    if path.is_file():
-        with open(path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= start]
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOSS_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _log_loss(path: Path, row: dict[str, float]) -> None:
-    with open(path, "a", newline="") as fh:
-        csv.DictWriter(fh, fieldnames=LOSS_COLUMNS).writerow(
-            {k: (int(v) if k == "step" else f"{v:.6g}") for k, v in row.items()})

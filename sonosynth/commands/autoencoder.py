@@ -44,8 +44,8 @@ def train_command(
     """Train a KL autoencoder (loads with diffusers' AutoencoderKL.from_pretrained(AE/model))."""
     from sonosynth.autoencoder.config import AutoencoderConfig
     from sonosynth.autoencoder.train import train_autoencoder
-    from sonosynth.diffusion.run import RunFolder
     from sonosynth.settings import read_yaml_mapping
+    from sonosynth.training.run import RunFolder
 
     base = AutoencoderConfig()
     if resume and RunFolder(out).config_yaml.is_file():

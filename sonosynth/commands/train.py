@@ -80,9 +80,9 @@ def train_command(
 ) -> None:
     """Train a mask-to-ultrasound diffusion model (loads with MaskToUltrasoundPipeline.from_pretrained(RUN))."""
     from sonosynth.diffusion.config import TrainConfig, with_model_size
-    from sonosynth.diffusion.run import RunFolder
     from sonosynth.diffusion.train import train
     from sonosynth.settings import read_yaml_mapping
+    from sonosynth.training.run import RunFolder
 
     saved = read_yaml_mapping(RunFolder(out).config_yaml) if resume and RunFolder(out).config_yaml.is_file() else {}
     from_file = read_yaml_mapping(config_file) if config_file is not None else {}

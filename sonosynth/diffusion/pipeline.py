@@ -114,7 +114,7 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> MaskToUltrasoundPipeline:
         """Load from a saved pipeline folder, or from a run folder holding one in `model/`; a Stable
         Diffusion run comes back as its `PromptedMaskPipeline`."""
-        from sonosynth.diffusion.run import BASE_JSON, model_folder
+        from sonosynth.training.run import BASE_JSON, model_folder
 
         folder = model_folder(pretrained_model_name_or_path)
         if (folder / BASE_JSON).is_file():

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from sonosynth.data.format import Dataset, DatasetWriter, copy_pairs
-from sonosynth.diffusion.run import RunFolder
 from sonosynth.errors import SonosynthError
 from sonosynth.files import read_json_object, write_json_atomic
 from sonosynth.settings import Config, without_new_defaults
+from sonosynth.training.run import RunFolder
 
 GENERATORS_DIR = "generators"
 TRAINING_FILE = "training.json"

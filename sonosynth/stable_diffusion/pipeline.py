@@ -29,10 +29,10 @@ from diffusers import DiffusionPipeline
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
 from sonosynth.diffusion.pipeline import Guidance, MaskToUltrasoundPipeline
-from sonosynth.diffusion.run import BASE_JSON
 from sonosynth.errors import SonosynthError
 from sonosynth.files import read_json_object
 from sonosynth.stable_diffusion.prompts import prompts_for
+from sonosynth.training.run import BASE_JSON
 
 CONTROLNET_DIR = "controlnet"
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name (save_lora_weights)
@@ -103,9 +103,9 @@ class PromptedMaskPipeline(MaskToUltrasoundPipeline, StableDiffusionLoraLoaderMi
         of that base (its configs must hash the same)."""
         from diffusers import ControlNetModel
 
-        from sonosynth.diffusion.run import model_folder
         from sonosynth.diffusion.schedulers import make_scheduler
         from sonosynth.stable_diffusion.base import base_fingerprint, load_base
+        from sonosynth.training.run import model_folder
 
         folder = model_folder(pretrained_model_name_or_path)
         saved = read_base_json(folder)

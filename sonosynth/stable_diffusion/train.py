@@ -16,20 +16,27 @@ trained, sample grids, loss.csv and a run folder that `sonosynth generate / edit
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from sonosynth.devices import resolve_device
-from sonosynth.diffusion import checkpoints as ckpt
-from sonosynth.diffusion.run import RunFolder
-from sonosynth.diffusion.train import LossLog, TrainResult, mixed_precision_for
 from sonosynth.errors import SonosynthError
 from sonosynth.seeds import derive_seed
 from sonosynth.stable_diffusion.config import MUST_MATCH_ON_RESUME, StableDiffusionConfig
+from sonosynth.training import checkpoints as ckpt
+from sonosynth.training.denoising import noised
+from sonosynth.training.loop import (
+    Cadence,
+    OnStep,
+    TrainingHooks,
+    TrainResult,
+    accumulated_step,
+    open_run,
+    refuse_existing_run,
+    run_loop,
+)
+from sonosynth.training.run import RunFolder
+from sonosynth.training.stream import StreamBatchSampler
 
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # as diffusers' LoRA examples
 CONDITIONING_CHANNELS = (16, 32, 96, 256)  # diffusers' ControlNet conditioning encoder (for 8x latents)
@@ -69,7 +76,7 @@ def train_stable_diffusion(
     config: StableDiffusionConfig,
     run_dir: str | Path,
     resume: bool = False,
-    on_step: Callable[[int, float], bool | None] | None = None,
+    on_step: OnStep | None = None,
     progress: bool = True,
     device: str = "auto",
 ) -> TrainResult:
@@ -80,16 +87,14 @@ def train_stable_diffusion(
 
 
 def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
-           on_step: Callable[[int, float], bool | None] | None, progress: bool, device: str,
+           on_step: OnStep | None, progress: bool, device: str,
            looping: list[bool]) -> TrainResult:
     import torch
     import torch.nn.functional as F
-    from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
     from sonosynth.data.format import Dataset
-    from sonosynth.diffusion.data import StreamBatchSampler, TrainingItems, open_training_pairs
-    from sonosynth.progress import progress_bar
+    from sonosynth.diffusion.data import TrainingItems, open_training_pairs
     from sonosynth.stable_diffusion.base import base_fingerprint, load_base
     from sonosynth.stable_diffusion.pipeline import control_image, encode_images, mask_to_gray, predict_noise
     from sonosynth.stable_diffusion.prompts import dataset_organ, prompt_attributes, prompts_for
@@ -105,24 +110,14 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
     num_labels, organ = pairs.dataset.info.num_labels, dataset_organ(pairs.dataset.info)
 
     checkpoint = ckpt.checkpoint_to_resume(run_dir, config, fingerprint, MUST_MATCH_ON_RESUME) if resume else None
-    folder = RunFolder(run_dir)
-    if not resume and (ckpt.list_checkpoints(run_dir) or folder.model.exists()):
-        raise SonosynthError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
+    refuse_existing_run(run_dir, resume)
     parts = load_base(config.base)
     factor = parts.latent_factor * 2 ** (len(parts.unet.config.block_out_channels) - 1)
     if config.image_size % factor:
         raise SonosynthError(f"image_size={config.image_size} must be a multiple of {factor} for {config.base}")
 
-    resolve_device(device)
-    accelerator = Accelerator(
-        cpu=device == "cpu" or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1),
-        mixed_precision=mixed_precision_for(config.mixed_precision),
-        project_dir=str(run_dir),
-    )
+    accelerator = open_run(run_dir, config, device)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(folder.config_yaml)
 
     vae, text_encoder, unet, tokenizer = parts.vae, parts.text_encoder, parts.unet, parts.tokenizer
     for frozen in (vae, text_encoder, unet):
@@ -179,101 +174,55 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
     def pipeline(at_step: int | None = None) -> Any:
         return _pipeline(parts, controlnet, config, num_labels, organ, class_values, at_step)
 
-    def write_checkpoint(at_step: int) -> None:
-        ckpt.save_training_state(accelerator, run_dir, at_step, trainable, None, optimizer, lr_scheduler, config,
-                                 fingerprint)
+    def micro_loss(micro_batch: int) -> Any:
+        batch = next(batches)
+        generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "noise", micro_batch, rank))
+        labels, fov = batch["label"].to(device), batch["fov"].to(device)
+        picture = batch["image"].to(device)
+        if config.kind == "joint":
+            picture = torch.cat([picture, mask_to_gray(labels, num_labels)], dim=-1)
+        with torch.no_grad():
+            latents = encode_images(vae, picture, sample=generator).float()
+            prompts = prompts_for(config.prompt_template, organ, class_values, batch.get("classes"), labels.shape[0])
+            dropped = torch.rand(len(prompts), generator=generator, device=device) < config.cond_drop_prob
+            prompts = ["" if drop else p for p, drop in zip(prompts, dropped.tolist(), strict=True)]
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids.to(device)
+            text = text_encoder(ids, return_dict=False)[0]
+        noisy, timesteps, target = noised(noise_scheduler, latents, generator,
+                                          noise_scheduler.config.prediction_type)
+        control = None if controlnet is None else control_image(labels, fov, num_labels).to(device)
+        with accelerator.autocast():
+            prediction = predict_noise(train_unet, train_controlnet, noisy.to(weight_dtype), timesteps, text, control)
+        return F.mse_loss(prediction.float(), target.float())
 
-    last_grid = -1
-
-    def write_grid(at_step: int) -> None:
-        nonlocal last_grid
-        with accelerator.autocast():  # frozen parts may be half precision, trained ones float32
-            _write_sample_grid(pipeline(), grid_items, config,
-                               folder.samples / f"{ckpt.checkpoint_name(at_step)}.png")
-        last_grid = at_step
-
-    losses: list[float] = []
-    bar = progress_bar(total=config.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                       disable=not (progress and accelerator.is_main_process))
-    loss_log = LossLog(folder.loss_csv, step) if accelerator.is_main_process else None
-    last_checkpoint = step if checkpoint is not None else -1
-    looping.append(True)
-    while step < config.max_steps:
+    def one_step(at: int) -> dict[str, float]:
         for module in trainable.modules.values():
             module.train()
-        total = torch.zeros((), device=device)
-        for micro in range(config.grad_accumulation):
-            micro_batch = step * config.grad_accumulation + micro
-            batch = next(batches)
-            generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "noise", micro_batch,
-                                                                               rank))
-            labels, fov = batch["label"].to(device), batch["fov"].to(device)
-            picture = batch["image"].to(device)
-            if config.kind == "joint":
-                picture = torch.cat([picture, mask_to_gray(labels, num_labels)], dim=-1)
-            with torch.no_grad():
-                latents = encode_images(vae, picture, sample=generator).float()
-                prompts = prompts_for(config.prompt_template, organ, class_values, batch.get("classes"),
-                                      labels.shape[0])
-                dropped = torch.rand(len(prompts), generator=generator, device=device) < config.cond_drop_prob
-                prompts = ["" if drop else p for p, drop in zip(prompts, dropped.tolist(), strict=True)]
-                ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").input_ids.to(device)
-                text = text_encoder(ids, return_dict=False)[0]
-            noise = torch.randn(latents.shape, generator=generator, device=device)
-            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                      generator=generator, device=device)
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
-                noise_scheduler.get_velocity(latents, noise, timesteps)
-            control = None
-            if controlnet is not None:
-                control = control_image(labels, fov, num_labels).to(device)
-            sync = nullcontext() if micro == config.grad_accumulation - 1 else \
-                accelerator.no_sync(train_controlnet or train_unet)
-            with sync:
-                with accelerator.autocast():
-                    prediction = predict_noise(train_unet, train_controlnet, noisy.to(weight_dtype), timesteps,
-                                               text, control)
-                loss = F.mse_loss(prediction.float(), target.float())
-                accelerator.backward(loss / config.grad_accumulation)
-            total += loss.detach() / config.grad_accumulation
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(trainable.parameters(), config.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+        first = at * config.grad_accumulation
+        loss = accumulated_step(accelerator, train_controlnet or train_unet, optimizer, lr_scheduler,
+                                trainable.parameters(), config.grad_accumulation, config.max_grad_norm,
+                                lambda micro: micro_loss(first + micro))
+        return {"loss": loss, "lr": lr_scheduler.get_last_lr()[0]}
 
-        loss_value = float(accelerator.reduce(total, reduction="mean"))
-        if not math.isfinite(loss_value):
-            raise SonosynthError(f"{run_dir}: the loss became {loss_value} at step {step}; lower the learning rate")
-        losses.append(loss_value)
-        lr = lr_scheduler.get_last_lr()[0]
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        if loss_log is not None:
-            loss_log.add(step, loss_value, lr)
-        if step % config.checkpoint_every == 0:
-            write_checkpoint(step)
-            last_checkpoint = step
-        if step % config.sample_every == 0 and accelerator.is_main_process:
-            write_grid(step)
-        accelerator.wait_for_everyone()
-        if on_step is not None:
-            stop = torch.tensor(float(bool(on_step(step, loss_value))), device=device)
-            if float(accelerator.reduce(stop, reduction="sum")) > 0:
-                break
-    bar.close()
-    if last_checkpoint != step:
-        write_checkpoint(step)
-    if last_grid != step and accelerator.is_main_process:
-        write_grid(step)
+    def write_checkpoint(at: int) -> None:
+        ckpt.save_training_state(accelerator, run_dir, at, trainable, None, optimizer, lr_scheduler, config,
+                                 fingerprint)
+
+    def write_grid(at: int) -> None:
+        with accelerator.autocast():  # frozen parts may be half precision, trained ones float32
+            _write_sample_grid(pipeline(), grid_items, config,
+                               RunFolder(run_dir).samples / f"{ckpt.checkpoint_name(at)}.png")
+
+    hooks = TrainingHooks(one_step, write_checkpoint, write_grid, postfix=("loss", "lr"))
+    cadence = Cadence(config.max_steps, config.checkpoint_every, config.sample_every)
+    step, history = run_loop(accelerator, run_dir, hooks, cadence, step, checkpoint is not None, looping, on_step,
+                             progress)
     model_dir = None
     if accelerator.is_main_process:
-        model_dir = save_trained_parts(pipeline(step), folder.model, config, base_hash)
+        model_dir = save_trained_parts(pipeline(step), RunFolder(run_dir).model, config, base_hash)
     accelerator.wait_for_everyone()
-    return TrainResult(run_dir, step, losses, model_dir, time.perf_counter() - started, controlnet or unet)
+    return TrainResult(run_dir, step, history, model_dir, time.perf_counter() - started, controlnet or unet)
 
 
 def _controlnet_from(unet: Any, channels: int, latent_factor: int) -> Any:

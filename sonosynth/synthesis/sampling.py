@@ -85,8 +85,8 @@ def load_synthesis_model(run: str | Path, scheduler: str | None = None, device: 
     """Load a run folder (or saved model folder) written by `sonosynth train` onto `device` (auto, cpu,
     cuda), optionally switching its sampler (`dpm++`, `ddim`, `unipc`, `ddpm`) on the same noise schedule."""
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
-    from sonosynth.diffusion.run import legacy_class_values
     from sonosynth.diffusion.schedulers import make_scheduler, probe_scheduler
+    from sonosynth.training.run import legacy_class_values
 
     run = Path(run)
     torch_device = resolve_device(device)  # before the slow load

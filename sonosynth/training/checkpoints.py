@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from sonosynth.diffusion.config import MUST_MATCH_ON_RESUME
-from sonosynth.diffusion.run import CHECKPOINTS_DIR
 from sonosynth.errors import SonosynthError
 from sonosynth.files import Inputs, guard_output, read_json_object, write_json_atomic, writing
+from sonosynth.training.run import CHECKPOINTS_DIR
 
 STATE_JSON = "state.json"
 T = TypeVar("T")
@@ -172,10 +171,9 @@ def jsonable(value: Any) -> Any:
     return None  # e.g. the LR lambdas, which are rebuilt from the config
 
 
-def checkpoint_to_resume(run_dir: Path, config: Any, fingerprint: str,
-                         must_match: tuple[str, ...] = MUST_MATCH_ON_RESUME) -> Path | None:
-    """The latest complete checkpoint, after checking that `config` (a TrainConfig, or another training
-    config with its own `must_match` fields) and the training pairs are those it was written with."""
+def checkpoint_to_resume(run_dir: Path, config: Any, fingerprint: str, must_match: tuple[str, ...]) -> Path | None:
+    """The latest complete checkpoint, after checking that `config` (a training config; `must_match` names its
+    fields that may not change on resume) and the training pairs are those it was written with."""
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         return None
