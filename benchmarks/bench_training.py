@@ -43,7 +43,8 @@ def measure(dataset: Path, model: str, size: int, steps: int, warmup: int, batch
 
     from sonosynth.diffusion.config import TrainConfig
     from sonosynth.diffusion.train import train
-    from sonosynth.models.configs import ModelConfig, build_model
+    from sonosynth.models.configs import ModelConfig
+    from sonosynth.models.denoiser import build_model
 
     stamps: dict[int, float] = {}
     cpu_stamps: dict[int, float] = {}

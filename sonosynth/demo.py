@@ -144,7 +144,7 @@ def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = p
 
     with _stage("evaluate", config, log):
         from sonosynth.evaluation.downstream import DownstreamConfig, run_downstream
-        from sonosynth.segmentation.train import SegmentationConfig
+        from sonosynth.segmentation.common import SegmentationConfig
 
         downstream = DownstreamConfig(
             ks=[str(config.k)],

@@ -24,6 +24,8 @@ from sonosynth.files import read_text, write_text_atomic
 T = TypeVar("T")
 C = TypeVar("C", bound="Config")
 
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # every training config's `mixed_precision` (accelerate's names)
+
 
 class Config:
     """Base of sonosynth's config dataclasses: strict `from_dict`/`from_yaml`, `to_dict`/`to_yaml`, `save`."""

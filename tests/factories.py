@@ -18,8 +18,9 @@ from sonosynth.data.imageio import write_png
 from sonosynth.diffusion.config import TrainConfig
 from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
 from sonosynth.diffusion.schedulers import make_scheduler
-from sonosynth.models.configs import ModelConfig, build_model
-from sonosynth.segmentation.train import PairTensors
+from sonosynth.models.configs import ModelConfig
+from sonosynth.models.denoiser import build_model
+from sonosynth.segmentation.common import PairTensors
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

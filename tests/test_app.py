@@ -122,6 +122,25 @@ def test_review_sorts_by_fidelity(world):
     assert [d for _, d, _ in review_rows(world["synthetic"], SORTS[1])] == sorted(dice, reverse=True)
 
 
+def test_review_without_fidelity_dice_is_ordered_by_id(world, tmp_path):
+    """A dataset generated without a segmenter has no Dice to sort by: the pairs come by id, whatever the order."""
+    unscored = generate_dataset(world["run"], world["toy"], tmp_path / "unscored",
+                                GenerateConfig(n=3, steps=2, device="cpu", seed=5), progress=False)
+    ids = sorted(r.id for r in Dataset.open(unscored).records)
+    for order in SORTS:
+        assert [pid for pid, _, _ in review_rows(unscored, order)] == ids
+
+
+def test_a_cleared_canvas_keeps_the_datasets_field_of_view(session, world):
+    """A hand-drawn mask is placed in the dataset's fan (its first pair's), not over the whole square."""
+    fov = session.default_fov()
+    first = session.source_pairs()[0]
+    assert fov is not None and fov.shape == (session.size, session.size)
+    np.testing.assert_array_equal(fov, session.square(first.fov))
+    assert 0 < fov.mean() < 1  # a fan, not the whole square
+    assert AppSession(world["run"], device="cpu").default_fov() is None  # no dataset: the whole square
+
+
 def test_flagging_changes_only_the_flag(world, tmp_path):
     folder = shutil.copytree(world["synthetic"], tmp_path / "copy")
     before = (folder / "manifest.csv").read_text().splitlines()

@@ -18,7 +18,7 @@ from sonosynth.cli import app
 from sonosynth.diffusion.config import TrainConfig
 from sonosynth.errors import SonosynthError
 from sonosynth.models.denoiser import coordinate_channels
-from sonosynth.segmentation.train import SegmentationConfig
+from sonosynth.segmentation.common import SegmentationConfig
 from sonosynth.training.stream import random_crop
 
 SIZE = 32

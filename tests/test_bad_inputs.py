@@ -196,7 +196,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_segmenter(valid_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sonosynth.segmentation.train import SegmentationConfig, train_from_folders
+    from sonosynth.segmentation.common import SegmentationConfig
+    from sonosynth.segmentation.train import train_from_folders
 
     config = SegmentationConfig(size=32, net="tiny", max_steps=1, val_every=1, batch_size=2)
     return train_from_folders(valid_dataset, tmp_path_factory.mktemp("seg") / "seg", config, progress=False)

@@ -65,3 +65,23 @@ def test_old_spellings_still_work(monkeypatch, tmp_path):
     old = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--model", "tiny", "--lr", "0.01"])
     assert old.exit_code == 0, old.output
     assert (seen["train"].model.size, seen["train"].lr) == ("tiny", 0.01)
+
+
+def test_an_old_spelling_says_so_in_one_line(monkeypatch, tmp_path):
+    import sonosynth.segmentation.train as segmentation_train
+
+    seen = {}
+    monkeypatch.setattr(segmentation_train, "train_from_folders",
+                        lambda data, out, config, **kw: seen.update(kw) or out)
+    runner = CliRunner()
+    for flag in ("--synthetic", "--extra"):
+        seen.clear()
+        result = runner.invoke(app, ["segment", "train", str(tmp_path), "--out", str(tmp_path / "s"), flag,
+                                     str(tmp_path / "synth")])
+        assert result.exit_code == 0, result.output
+        assert seen["extra_path"] == tmp_path / "synth"
+        notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+        assert notes == ([] if flag == "--synthetic" else
+                         ["note: --extra is the old spelling of --synthetic, which it will give way to in the next "
+                          "release"])
+    assert "--extra" not in help_of("segment", "train") and "--synthetic" in help_of("segment", "train")

@@ -127,7 +127,8 @@ def write_tiny_run(run: Path, size: int = 32) -> Path:
     """An untrained tiny model saved as `sonosynth train` saves a run (enough to run the README's code)."""
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
     from sonosynth.diffusion.schedulers import make_scheduler
-    from sonosynth.models.configs import ModelConfig, build_model
+    from sonosynth.models.configs import ModelConfig
+    from sonosynth.models.denoiser import build_model
 
     torch.manual_seed(0)
     unet = build_model(ModelConfig(kind="spade", size="tiny", num_labels=2))
@@ -258,3 +259,12 @@ def test_every_option_is_described_and_its_brackets_survive_the_help() -> None:
             eaten += [f"{name}: {b}" for b in bracketed if b.replace("\\", "") not in shown]
     assert not undescribed, undescribed
     assert not eaten, eaten
+
+
+def test_options_show_readable_metavars() -> None:
+    """A repeatable option says what one value looks like (`--attr NAME=VALUE`), not a Python type."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    python_types = re.findall(r"`(--[\w-]+) <(?:list|dict|tuple)\[", text)
+    assert not python_types, python_types

@@ -24,7 +24,8 @@ from sonosynth.evaluation.downstream import (
 )
 from sonosynth.evaluation.generators import GeneratorRecipe
 from sonosynth.evaluation.report import aggregate_cells
-from sonosynth.segmentation.train import SegmentationConfig, real_splits
+from sonosynth.segmentation.common import SegmentationConfig
+from sonosynth.segmentation.train import real_splits
 
 TINY = SegmentationConfig(size=32, net="tiny", max_steps=4, val_every=2, batch_size=4)
 
@@ -394,7 +395,7 @@ def test_filter_and_widened_head_sizes_use_the_k_subjects_only(tmp_path: Path) -
     from sonosynth.data.ellipse import head_circumference_mm
     from sonosynth.data.format import DatasetInfo, DatasetWriter
     from sonosynth.evaluation.generators import ensure_generator
-    from sonosynth.segmentation.train import SegmentationConfig as Seg
+    from sonosynth.segmentation.common import SegmentationConfig as Seg
     from sonosynth.synthesis.generate import widened_hc_range
 
     real = tmp_path / "heads"

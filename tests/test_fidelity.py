@@ -75,7 +75,8 @@ def test_segmenter_run_as_predictor(tmp_path):
 
 
     from sonosynth.data.format import Dataset
-    from sonosynth.segmentation.train import SegmentationConfig, train_from_folders
+    from sonosynth.segmentation.common import SegmentationConfig
+    from sonosynth.segmentation.train import train_from_folders
     from sonosynth.synthesis.fidelity import segmenter_predictor
 
     data = write_toy_dataset(tmp_path / "toy", n=6)

@@ -181,7 +181,7 @@ def _config_classes() -> list[type]:
     from sonosynth.augment import AugmentConfig
     from sonosynth.diffusion.config import TrainConfig
     from sonosynth.evaluation.generators import GeneratorRecipe
-    from sonosynth.segmentation.train import SegmentationConfig
+    from sonosynth.segmentation.common import SegmentationConfig
     from sonosynth.synthesis.generate import GenerateConfig
 
     return [TrainConfig, GeneratorRecipe, SegmentationConfig, AugmentConfig, GenerateConfig]

@@ -33,7 +33,7 @@ def unet_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_the_condition_is_area_resized_to_the_latent_grid() -> None:
-    from sonosynth.models.configs import build_model
+    from sonosynth.models.denoiser import build_model
 
     model = build_model(ModelConfig(size="tiny", latent_channels=2, latent_factor=2))
     labels = torch.zeros(1, 8, 8, dtype=torch.long)
@@ -50,7 +50,7 @@ def test_the_condition_is_area_resized_to_the_latent_grid() -> None:
 
 def test_a_learned_condition_encoder_starts_as_the_area_resize_and_learns_what_it_cannot_see(
         autoencoder: Path, tmp_path: Path) -> None:
-    from sonosynth.models.configs import build_model
+    from sonosynth.models.denoiser import build_model
 
     model = build_model(ModelConfig(size="tiny", latent_channels=2, latent_factor=4, condition_encoder="learned"))
     left, right = torch.zeros(2, 1, 8, 8, dtype=torch.long).unbind(0)

@@ -9,7 +9,7 @@ import pytest
 
 from sonosynth.data.ellipse import Ellipse
 from sonosynth.errors import SonosynthError
-from sonosynth.evaluation.metrics import (
+from sonosynth.metrics import (
     dice_per_label,
     hd95_per_label,
     head_circumference_error_mm,

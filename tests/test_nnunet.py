@@ -13,9 +13,10 @@ from sonosynth.cli import app
 from sonosynth.data.export import export_nnunet
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.downstream import DownstreamConfig
+from sonosynth.segmentation.common import SegmentationConfig, save_segmenter
 from sonosynth.segmentation.nnunet import batch_planned_on_real, case_multiplicities, free_dataset_id, nnunet_folders
 from sonosynth.segmentation.predict import load_segmenter, predict_masks
-from sonosynth.segmentation.train import SegmentationConfig, save_segmenter, train_segmenter
+from sonosynth.segmentation.train import train_segmenter
 
 pytest.importorskip("nnunetv2", reason="nnU-Net tests need the nnunetv2 package (pip install 'sonosynth[nnunet]')")
 

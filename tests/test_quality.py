@@ -25,7 +25,8 @@ from sonosynth.evaluation.quality import (
     texture_features,
 )
 from sonosynth.phantom.dataset import write_phantom_dataset
-from sonosynth.segmentation.train import SegmentationConfig, train_from_folders
+from sonosynth.segmentation.common import SegmentationConfig
+from sonosynth.segmentation.train import train_from_folders
 
 SMALL = QualityConfig(size=32, memorisation_size=16, max_pairs=20, kid_subsets=5, kid_subset_size=8)
 

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from sonosynth.cli import app
 from sonosynth.errors import SonosynthError
+from sonosynth.segmentation.common import SegmentationConfig, save_segmenter
 from sonosynth.segmentation.predict import load_segmenter, predict_masks
 from sonosynth.segmentation.sam import bounding_box, jittered
-from sonosynth.segmentation.train import SegmentationConfig, save_segmenter, train_segmenter
+from sonosynth.segmentation.train import train_segmenter
 
 pytest.importorskip("transformers", reason="SAM tests need transformers (pip install 'sonosynth[sam]')")
 

@@ -18,16 +18,9 @@ from sonosynth.cli import app
 from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
 from sonosynth.data.imageio import read_label_map
 from sonosynth.errors import DataError, SonosynthError
+from sonosynth.segmentation.common import PairTensors, SegmentationConfig, batch_composition, load_pairs
 from sonosynth.segmentation.predict import image_to_model, load_segmenter, predict_masks
-from sonosynth.segmentation.train import (
-    PairTensors,
-    SegmentationConfig,
-    batch_composition,
-    load_pairs,
-    real_splits,
-    train_from_folders,
-    train_segmenter,
-)
+from sonosynth.segmentation.train import real_splits, train_from_folders, train_segmenter
 
 TINY = {"size": 32, "net": "tiny", "batch_size": 4, "val_every": 20}
 
@@ -213,7 +206,7 @@ def test_the_deep_preset_reaches_a_256_px_head() -> None:
 
 def test_min_steps_keeps_a_noisy_validation_from_stopping_at_once() -> None:
     from sonosynth.evaluation.downstream import converged
-    from sonosynth.segmentation.train import EarlyStopping
+    from sonosynth.segmentation.common import EarlyStopping
 
     stopping = EarlyStopping(patience=2, snapshot=dict, min_steps=50)
     for step, score in ((10, 0.9), (20, 0.5), (30, 0.5)):

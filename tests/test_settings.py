@@ -50,7 +50,7 @@ def test_defaults_round_trip_through_yaml(cls, tmp_path):
 def test_unknown_keys_nested_configs_and_tuples(tmp_path):
     from sonosynth.augment import AugmentConfig
     from sonosynth.diffusion.config import TrainConfig
-    from sonosynth.segmentation.train import SegmentationConfig
+    from sonosynth.segmentation.common import SegmentationConfig
 
     config = TrainConfig.from_dict({"model": {"kind": "concat", "size": "tiny"},
                                     "augment": {"preset": "gentle", "flip_prob": 0.5}})

@@ -256,7 +256,7 @@ def test_tiny_model_overfits_two_pairs(tmp_path):
     from sonosynth.data.format import Dataset
     from sonosynth.data.torch_dataset import LetterboxedPairs
     from sonosynth.diffusion.samples import sample_batch
-    from sonosynth.models.configs import build_model
+    from sonosynth.models.denoiser import build_model
 
     dataset = write_toy_dataset(tmp_path / "two", n=2, seed=3)
     config = tiny_train_config(

@@ -156,6 +156,14 @@ class AppSession:
             raise SonosynthError(f"no pair '{pair_id}' in {self.dataset.root}")
         return self.square(pair.mask), self.square(pair.fov)
 
+    def default_fov(self) -> np.ndarray | None:
+        """The field of view a hand-drawn mask gets: the dataset's (its first pair's fan), so a drawing is placed as
+        dataset masks are; None (the whole square) without a dataset."""
+        if self.dataset is None:
+            return None
+        pairs = self.source_pairs()
+        return self.square(pairs[0].fov) if pairs else None
+
     def square(self, array: np.ndarray) -> np.ndarray:
         from sonosynth.synthesis.grid import to_square
 
@@ -261,7 +269,7 @@ def review_rows(dataset: str | Path, sort: str = SORTS[0]) -> list[tuple[str, fl
     for r in records:
         value = r.extra.get("fidelity_dice", "")
         rows.append((r.id, float(value) if value not in ("", None) else None, r.extra.get("flagged", "") == "1"))
-    if sort == SORTS[2]:
+    if sort == SORTS[2] or all(row[1] is None for row in rows):  # no Dice to order by: by id
         return sorted(rows, key=lambda row: row[0])
     if sort not in SORTS:
         raise SonosynthError(f"sort must be one of {list(SORTS)}")

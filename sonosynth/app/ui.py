@@ -29,7 +29,11 @@ from sonosynth.app.session import (
 from sonosynth.errors import SonosynthError
 
 # Model-resolution pictures (32-256 px) shown large, with visible pixels rather than blur.
-CSS = ".pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+CSS = (".pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }\n"
+       "#review-grid .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: none; }")
+NO_SEGMENTER = "no fidelity Dice: start the app with `--segmenter SEGRUN` to score each pair against its mask"
+NO_DICE = ("click a pair; this dataset has no fidelity Dice (generate it with `--segmenter SEGRUN`), so it is "
+           "shown by id")
 
 
 def shown_in_page(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -91,7 +95,8 @@ def build_app(session: AppSession, review: str | Path | None = None) -> Any:
                         eraser=gr.Eraser(default_size=max(2, size // 12)), format="png", image_mode="RGB",
                         layers=False, transforms=(), sources=(), label=f"mask ({size} x {size})", height=420,
                         elem_id="mask-canvas")
-                    gr.HTML(legend(style) + "<br>The eraser removes strokes; paint background to clear a label.")
+                    gr.HTML(legend(style) + "<br>The eraser removes strokes; paint background to clear a label. "
+                            "`clear` keeps the dataset's field of view (its fan) for a drawing.")
                     with gr.Row():
                         pick = gr.Dropdown(pair_ids, value=first, label="mask from the dataset",
                                            interactive=bool(pair_ids))
@@ -164,14 +169,15 @@ def build_app(session: AppSession, review: str | Path | None = None) -> Any:
                 folder = Path(tempfile.mkdtemp(prefix="sonosynth-app-"))
                 write_png(folder / "image.png", pair.image)
                 write_png(folder / "mask.png", pair.mask)
-                note = "" if pair.dice is None else f"fidelity Dice (segmenter vs mask): **{pair.dice:.3f}**"
+                note = f"fidelity Dice (segmenter vs mask): **{pair.dice:.3f}**" if pair.dice is not None else \
+                    NO_SEGMENTER
                 return pair.image, mask_to_rgb(pair.mask, style), note, [str(folder / "image.png"),
                                                                           str(folder / "mask.png")]
 
             load.click(on_load, pick, [canvas, fov])
             deform.click(on_deform, [canvas, seed], canvas)
             shape.click(on_shape, [seed, *attrs], [canvas, fov])
-            clear.click(lambda: (editor_value(blank, style), None), None, [canvas, fov])
+            clear.click(lambda: (editor_value(blank, style), session.default_fov()), None, [canvas, fov])
             ellipse.click(on_ellipse, [canvas, e_label, e_row, e_col, e_rows, e_cols, e_angle], canvas)
             generate.click(on_generate, [canvas, fov, steps, guidance, seed, prompt, *attrs],
                            [out_image, out_mask, dice, files])
@@ -267,7 +273,8 @@ def build_app(session: AppSession, review: str | Path | None = None) -> Any:
                 rows = review_rows(path, order)
                 dataset = Dataset.open(path)
                 items = [(review_picture(dataset, pid, style), caption(pid, dice, f)) for pid, dice, f in rows]
-                return items, [pid for pid, _, _ in rows], None, None, "click a pair"
+                note = "click a pair" if any(dice is not None for _, dice, _ in rows) else NO_DICE
+                return items, [pid for pid, _, _ in rows], None, None, note
 
             @shown_in_page
             def on_select(path: str, ids: list[str], event: gr.SelectData) -> tuple:

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sonosynth.augment import AugmentConfig
-from sonosynth.diffusion.config import MIXED_PRECISION
 from sonosynth.errors import SonosynthError
-from sonosynth.settings import Config, at_least_one, patch_problems
+from sonosynth.settings import MIXED_PRECISION, Config, at_least_one, patch_problems
 
 # Settings a resumed run may change (the rest must match the checkpoint's).
 MAY_CHANGE_ON_RESUME = (

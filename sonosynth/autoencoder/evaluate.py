@@ -46,7 +46,7 @@ def evaluate_autoencoder(autoencoder: str | Path, dataset: str | Path, split: st
     from sonosynth.data.torch_dataset import LetterboxedPairs
     from sonosynth.data.validate import require_valid
     from sonosynth.devices import resolve_device
-    from sonosynth.evaluation.metrics import dice_per_label
+    from sonosynth.metrics import dice_per_label
     from sonosynth.progress import progress_bar
 
     torch_device = resolve_device(device)

@@ -263,7 +263,7 @@ def _restore(checkpoint: Path, autoencoder: Any, discriminator: Any, ema: Any, o
 @torch.no_grad()
 def _write_grid(model: Any, images: list[torch.Tensor], path: Path) -> None:
     """PNG rows of input | reconstruction (the posterior's mode), whole images."""
-    from sonosynth.diffusion.samples import write_grid
+    from sonosynth.training.grids import write_grid
 
     if not images:
         return

@@ -27,7 +27,8 @@ def import_command(
         None, "--masks", help="folder: mask path template relative to SRC, e.g. 'lbl/{stem}_mask.png'."
     ),
     label_map: list[str] = typer.Option(
-        [], "--label-map", help="folder: mask value translation SOURCE:TARGET, e.g. 255:1 (repeatable)."
+        [], "--label-map", metavar="SOURCE:TARGET",
+        help="folder: mask value translation SOURCE:TARGET, e.g. 255:1 (repeatable)."
     ),
     labels: str | None = typer.Option(None, "--labels", help="folder: names of labels 1..K, comma separated."),
     subject_pattern: str | None = typer.Option(

@@ -68,7 +68,8 @@ def downstream_command(
         "(auto: all, or real,real+classical without synthetic data; no +classical arms with --net nnunet).",
     ),
     structure: list[str] = typer.Option(
-        [], "--structure", help="Score a union of labels as one structure, NAME=1+2 (repeatable; default: each label)."
+        [], "--structure", metavar="NAME=1+2",
+        help="Score a union of labels as one structure, NAME=1+2 (repeatable; default: each label).",
     ),
     classical_config: Path | None = typer.Option(
         None, "--classical-config", help="YAML of values that change the classical preset of the +classical arms."
@@ -96,50 +97,20 @@ def downstream_command(
     ),
 ) -> None:
     """Segmenters for each k x arm x seed: Dice, HD95, HC error and paired differences on the real test split."""
-    from sonosynth.augment import AugmentConfig
-    from sonosynth.data.format import Dataset
-    from sonosynth.evaluation.downstream import (
-        ARMS,
-        DownstreamConfig,
-        parse_ks,
-        run_downstream,
-        uses_classical,
-        uses_synthetic,
-    )
-    from sonosynth.evaluation.generators import GeneratorRecipe
-    from sonosynth.evaluation.metrics import parse_structures
-    from sonosynth.segmentation.train import SegmentationConfig
+    from sonosynth.evaluation.downstream import downstream_config, run_downstream
+    from sonosynth.segmentation.common import SegmentationConfig
 
     segmentation = SegmentationConfig(
-        size=size,
-        **opt.segmenter_choice(net, net_size, weights, sam_box),
-        max_steps=opt.either(max_steps, steps),
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        val_every=val_every,
-        patience=patience,
-        min_steps=min_steps,
-        synthetic_ratio=synthetic_ratio,
-        synthetic_schedule=synthetic_schedule,
+        size=size, **opt.segmenter_choice(net, net_size, weights, sam_box), max_steps=opt.either(max_steps, steps),
+        batch_size=batch_size, learning_rate=learning_rate, val_every=val_every, patience=patience,
+        min_steps=min_steps, synthetic_ratio=synthetic_ratio, synthetic_schedule=synthetic_schedule,
     ).checked()
-    if arms == "auto":
-        chosen = [a for a in ARMS if (synthetic or generator_per_k or not uses_synthetic(a))
-                  and not (segmentation.net != "unet" and uses_classical(a))]  # +classical arms are the U-Net's
-        arms = ",".join(chosen)
-    config = DownstreamConfig(
-        ks=parse_ks(k),
-        seeds=seeds,
-        arms=[a.strip() for a in arms.split(",") if a.strip()],
-        segmentation=segmentation,
-        head_circumference=head_circumference,
-        generator=None if generator_per_k is None else GeneratorRecipe.from_yaml(generator_per_k),
-        generators=None if generators is None else str(generators),
-        classical=AugmentConfig.preset_file("classical", classical_config),
-        structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
-        train_where=train_where,
-        auto_split=auto_split,
+    config = downstream_config(
+        real, segmentation, k=k, seeds=seeds, arms=arms, has_synthetic=synthetic is not None,
+        generator_per_k=generator_per_k, generators=generators, classical_config=classical_config,
+        structure=structure, head_circumference=head_circumference, train_where=train_where, auto_split=auto_split,
         selection=selection,
-    ).checked()
+    )
     command = command_line(ctx, "downstream", leave_out=("report_only", "only_seeds"))  # what runs every cell
     path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device,
                           report_only=report_only, only_seeds=opt.int_list(only_seeds, "--only-seeds"))

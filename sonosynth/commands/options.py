@@ -81,8 +81,15 @@ def learning_rate(default: float | None, help: str = "Learning rate.") -> typer.
 
 
 def old_spelling(name: str, new: str) -> typer.models.OptionInfo:
-    """A hidden option that keeps an old flag working for one release (see docs/cli.md)."""
-    return typer.Option(None, name, hidden=True, help=f"Old spelling of {new}.")
+    """A hidden option that keeps an old flag working for one release (CHANGELOG lists them), saying so in one
+    line on stderr when used."""
+    def note(value: object) -> object:
+        if value is not None:
+            typer.echo(f"note: {name} is the old spelling of {new}, which it will give way to in the next release",
+                       err=True)
+        return value
+
+    return typer.Option(None, name, hidden=True, help=f"Old spelling of {new}.", callback=note)
 
 
 def name_list(text: str | None) -> list[str] | None:

@@ -15,8 +15,11 @@ segment_app = typer.Typer(help="Train and apply segmentation networks (MONAI U-N
 def train_command(
     dataset: Path = typer.Argument(..., help="Real dataset folder (train/val splits from its manifest)."),
     out: Path = typer.Option(..., "--out", help="Output run folder (SEGRUN)."),
-    extra: Path | None = typer.Option(None, "--extra", help="Synthetic dataset folder mixed into each batch."),
-    synthetic_ratio: float = typer.Option(0.5, help="Fraction of each batch drawn from --extra pairs."),
+    synthetic: Path | None = typer.Option(
+        None, "--synthetic", help="Synthetic dataset folder mixed into each batch (as `evaluate downstream`'s)."
+    ),
+    extra: Path | None = opt.old_spelling("--extra", "--synthetic"),
+    synthetic_ratio: float = typer.Option(0.5, help="Fraction of each batch drawn from --synthetic pairs."),
     synthetic_schedule: str = opt.synthetic_schedule(),
     size: int = typer.Option(64, help="Training size in pixels (images are letterboxed to size x size)."),
     net_size: str = opt.net_size("small"),
@@ -45,7 +48,8 @@ def train_command(
 ) -> None:
     """Train a segmenter with Dice + cross-entropy and early stopping on the validation split."""
     from sonosynth.augment import AugmentConfig
-    from sonosynth.segmentation.train import SegmentationConfig, train_from_folders
+    from sonosynth.segmentation.common import SegmentationConfig
+    from sonosynth.segmentation.train import train_from_folders
 
     use_classical = classical or classical_config is not None
     classical_settings = AugmentConfig.preset_file("classical", classical_config) if use_classical else None
@@ -65,7 +69,7 @@ def train_command(
         seed=seed,
         classical=classical_settings,
     ).checked()
-    path = train_from_folders(dataset, out, config, extra_path=extra, overwrite=overwrite,
+    path = train_from_folders(dataset, out, config, extra_path=opt.either(synthetic, extra), overwrite=overwrite,
                               device=device, auto_split=auto_split)
     typer.echo(f"segmenter written to {path}")
 

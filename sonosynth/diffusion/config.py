@@ -8,11 +8,10 @@ from typing import ClassVar
 from sonosynth.augment import AugmentConfig
 from sonosynth.errors import SonosynthError
 from sonosynth.models.configs import SIZE_PRESETS, ModelConfig
-from sonosynth.settings import Config, at_least_one, patch_problems
+from sonosynth.settings import MIXED_PRECISION, Config, at_least_one, patch_problems
 
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 LR_SCHEDULES = ("cosine", "constant")
-MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 
 # Changing these makes a checkpoint unloadable or changes what the next batches are.
 MUST_MATCH_ON_RESUME = (

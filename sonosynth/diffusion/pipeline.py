@@ -114,13 +114,12 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> MaskToUltrasoundPipeline:
         """Load from a saved pipeline folder, or from a run folder holding one in `model/`; a Stable
         Diffusion run comes back as its `PromptedMaskPipeline`."""
-        from sonosynth.training.run import BASE_JSON, model_folder
+        from sonosynth.training.run import model_folder, pipeline_class
 
         folder = model_folder(pretrained_model_name_or_path)
-        if (folder / BASE_JSON).is_file():
-            from sonosynth.stable_diffusion.pipeline import PromptedMaskPipeline
-
-            return PromptedMaskPipeline.from_pretrained(folder, **kwargs)
+        loader = pipeline_class(folder)
+        if loader is not cls and issubclass(loader, cls):  # another family's folder, e.g. a Stable Diffusion run
+            return loader.from_pretrained(folder, **kwargs)
         kwargs.setdefault("local_files_only", True)
         kwargs["use_safetensors"] = True  # a pickle (.bin) file is never unpickled
         _check_saved_configs(folder)

@@ -6,11 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sonosynth.diffusion.config import TrainConfig
-from sonosynth.files import atomic_path
 from sonosynth.seeds import derive_seed
+from sonosynth.training.grids import write_grid
 
 
 def make_pipeline(model: Any, config: TrainConfig, step: int | None = None,
@@ -79,18 +77,6 @@ def write_sample_grid(model: Any, items: list[dict[str, Any]], config: TrainConf
         label = masks[i] if masks is not None else item["label"]
         rows.append([label.float().cpu() / k, images[i, 0], (item["image"][0] + 1.0) / 2.0])
     write_grid(rows, path)
-
-
-def write_grid(rows: Sequence[Sequence[Any]], path: Path) -> None:
-    """A PNG of panels ((H, W) tensors in [0, 1]) in rows, each framed in grey, written atomically."""
-    import torch
-    from PIL import Image
-
-    lines = [torch.cat([torch.nn.functional.pad(c, (1, 1, 1, 1), value=0.5) for c in row], dim=1) for row in rows]
-    grid = (torch.cat(lines, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        Image.fromarray(grid).save(tmp)
 
 
 def _as_unit_range(images: Any) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from sonosynth.diffusion.config import MUST_MATCH_ON_RESUME, TrainConfig
 from sonosynth.diffusion.data import (
@@ -38,6 +39,7 @@ from sonosynth.training.loop import (
     TrainingHooks,
     TrainResult,
     accumulated_step,
+    make_optimization,
     open_run,
     refuse_existing_run,
     run_loop,
@@ -85,22 +87,11 @@ def _train(
 ) -> TrainResult:
     import torch
     import torch.nn.functional as F
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
-
-    from sonosynth.diffusion.schedulers import make_scheduler
-    from sonosynth.models.configs import build_model
 
     started = time.perf_counter()
     pairs, fingerprint = open_training_pairs(config)
-    vae = None
-    if config.autoencoder:
-        from sonosynth.autoencoder.model import calibrate_scaling, load_autoencoder
-
-        vae = load_autoencoder(config.autoencoder)
-        first = torch.stack([pairs[i]["image"] for i in range(min(64, len(pairs)))])
-        vae.register_to_config(scaling_factor=calibrate_scaling(vae, first))
+    vae = _latent_autoencoder(config, pairs)
     config = resolve_model_config(config, pairs, vae)
 
     checkpoint = ckpt.checkpoint_to_resume(run_dir, config, fingerprint, MUST_MATCH_ON_RESUME) if resume else None
@@ -108,23 +99,10 @@ def _train(
     accelerator = open_run(run_dir, config, device, config.log_with)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
 
-    with torch.random.fork_rng(devices=[]):  # weight init draws from the global generator; leave it as it was
-        torch.manual_seed(derive_seed(config.seed, "init"))
-        model = build_model(config.model)
-    if config.init and checkpoint is None:  # fine-tuning: the earlier run's (EMA) weights, then this config
-        unet_dir = model_folder(config.init) / "unet"
-        ckpt.load_init_weights(model, unet_dir / "diffusion_pytorch_model.safetensors", config.init)
+    model = _denoiser(config, fine_tune=checkpoint is None)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    lr_scheduler = get_scheduler(
-        config.lr_schedule if config.lr_schedule == "cosine" else "constant_with_warmup",
-        optimizer,
-        num_warmup_steps=config.warmup_steps,
-        num_training_steps=config.max_steps,
-    )
-    noise_scheduler = make_scheduler("ddpm", config.prediction_type, config.num_train_timesteps)
-    if not isinstance(noise_scheduler, DDPMScheduler):
-        noise_scheduler = DDPMScheduler.from_config(noise_scheduler.config)
+    optimizer, lr_scheduler = make_optimization(model.parameters(), config)
+    noise_scheduler = _training_noise_scheduler(config)
 
     step = 0
     if checkpoint is not None:
@@ -195,3 +173,43 @@ def _train(
     if config.log_with:
         accelerator.end_training()
     return TrainResult(run_dir, step, history, model_dir, time.perf_counter() - started, unwrapped)
+
+
+def _latent_autoencoder(config: TrainConfig, pairs: Any) -> Any:
+    """A latent run's autoencoder, its latent scale calibrated on the first training images (None: pixel space)."""
+    if not config.autoencoder:
+        return None
+    import torch
+
+    from sonosynth.autoencoder.model import calibrate_scaling, load_autoencoder
+
+    vae = load_autoencoder(config.autoencoder)
+    first = torch.stack([pairs[i]["image"] for i in range(min(64, len(pairs)))])
+    vae.register_to_config(scaling_factor=calibrate_scaling(vae, first))
+    return vae
+
+
+def _denoiser(config: TrainConfig, fine_tune: bool) -> Any:
+    """The network, initialised from (seed, "init") without touching the global generator; with `init` set and
+    `fine_tune` (not resuming), the earlier run's (EMA) weights."""
+    import torch
+
+    from sonosynth.models.denoiser import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        model = build_model(config.model)
+    if config.init and fine_tune:
+        unet_dir = model_folder(config.init) / "unet"
+        ckpt.load_init_weights(model, unet_dir / "diffusion_pytorch_model.safetensors", config.init)
+    return model
+
+
+def _training_noise_scheduler(config: TrainConfig) -> Any:
+    """DDPM's forward process for `prediction_type` (whatever sampler the run will use later)."""
+    from diffusers import DDPMScheduler
+
+    from sonosynth.diffusion.schedulers import make_scheduler
+
+    scheduler = make_scheduler("ddpm", config.prediction_type, config.num_train_timesteps)
+    return scheduler if isinstance(scheduler, DDPMScheduler) else DDPMScheduler.from_config(scheduler.config)

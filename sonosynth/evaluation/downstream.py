@@ -37,7 +37,7 @@ from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.generators import GENERATORS_DIR, GeneratorRecipe, ensure_generator, generator_folder
 from sonosynth.evaluation.selection import selection_ids
 from sonosynth.files import guard_output, read_json_object, write_json_atomic
-from sonosynth.segmentation.train import SegmentationConfig
+from sonosynth.segmentation.common import SegmentationConfig
 from sonosynth.settings import Config, without_new_defaults
 from sonosynth.version import code_version
 
@@ -158,6 +158,39 @@ def nested_subjects(subjects: list[str], k: str, seed: int) -> list[str]:
     return ordered[: int(k)]
 
 
+def parse_arms(text: str, has_synthetic: bool, net: str) -> list[str]:
+    """`--arms`: comma separated names; `auto` is every arm the data allows (no synthetic arms without synthetic
+    data), the +classical arms only for the U-Net (nnU-Net and SAM bring their own augmentation)."""
+    if text != "auto":
+        return [a.strip() for a in text.split(",") if a.strip()]
+    return [a for a in ARMS if (has_synthetic or not uses_synthetic(a)) and not (net != "unet" and uses_classical(a))]
+
+
+def downstream_config(real: str | Path, segmentation: SegmentationConfig, *, k: str = "5,10,20,all", seeds: int = 3,
+                      arms: str = "auto", has_synthetic: bool = False, generator_per_k: str | Path | None = None,
+                      generators: str | Path | None = None, classical_config: str | Path | None = None,
+                      structure: list[str] | None = None, head_circumference: bool | None = None,
+                      train_where: str = "", auto_split: bool = False, selection: float = 0.0) -> DownstreamConfig:
+    """The experiment `evaluate downstream` describes in options (files named by path are read here), checked."""
+    from sonosynth.metrics import parse_structures
+
+    recipe = None if generator_per_k is None else GeneratorRecipe.from_yaml(generator_per_k)
+    return DownstreamConfig(
+        ks=parse_ks(k),
+        seeds=seeds,
+        arms=parse_arms(arms, has_synthetic or recipe is not None, segmentation.net),
+        segmentation=segmentation,
+        head_circumference=head_circumference,
+        generator=recipe,
+        generators=None if generators is None else str(generators),
+        classical=AugmentConfig.preset_file("classical", classical_config),
+        structures=parse_structures(structure, Dataset.open(real).info.num_labels) if structure else {},
+        train_where=train_where,
+        auto_split=auto_split,
+        selection=selection,
+    ).checked()
+
+
 def uses_head_circumference(dataset: Dataset, flag: bool | None) -> bool:
     return flag if flag is not None else dataset.info.labels.get("1", "").lower() == "head"
 
@@ -180,10 +213,9 @@ def run_downstream(
     `only_seeds`: run only the missing cells of these seeds now (add seeds to a report whose earlier seeds'
     generators are gone, or share seeds among machines); the report still covers every finished cell.
     """
-    from sonosynth.evaluation.metrics import label_structures
     from sonosynth.evaluation.report import write_downstream_report
-    from sonosynth.progress import progress_bar
-    from sonosynth.segmentation.train import check_compatible_labels, load_pairs
+    from sonosynth.metrics import label_structures
+    from sonosynth.segmentation.train import check_compatible_labels
 
     out = guard_output(out, [real_path, synthetic_path])  # the report (and generator store) hold no input
     if config.generators:
@@ -216,7 +248,33 @@ def run_downstream(
 
     cells_dir = out / CELLS_DIR
     cells_dir.mkdir(parents=True, exist_ok=True)
-    settings = {
+    settings = _report_settings(real_path, synthetic_path, real, synthetic, config, segmentation, structures,
+                                head_label)
+    _check_or_write_settings(out / SETTINGS_FILE, settings)
+
+    store = Path(config.generators) if config.generators else out / GENERATORS_DIR
+    cells = plan_cells(config)
+    todo = [c for c in cells if not (cells_dir / f"{c.name}.json").is_file()
+            and (only_seeds is None or c.seed in only_seeds)]
+    if todo and not report_only:
+        _run_cells(todo, out, store, config, segmentation, real, synthetic, (train, val, test), structures,
+                   head_label, progress, device)
+
+    finished = [read_json_object(path, "cell record")
+                for c in cells if (path := cells_dir / f"{c.name}.json").is_file()]
+    if not finished:
+        raise SonosynthError(f"{out}: no finished cell to report yet")
+    write_downstream_report(out, finished, real, synthetic, {**settings, "planned_cells": len(cells)},
+                            command=command,
+                            selection=selection_ids(test.records, config.selection) if config.selection else None)
+    return out
+
+
+def _report_settings(real_path: str | Path, synthetic_path: str | Path | None, real: Dataset,
+                     synthetic: Dataset | None, config: DownstreamConfig, segmentation: SegmentationConfig,
+                     structures: dict[str, list[int]], head_label: int | None) -> dict[str, Any]:
+    """settings.json: what the report's cells were made with (a resumed report must match it)."""
+    return {
         "real": str(Path(real_path).resolve()),
         "synthetic": None if synthetic_path is None else str(Path(synthetic_path).resolve()),
         "real_manifest_sha256": sha256_of(real.root / MANIFEST_CSV),
@@ -231,54 +289,49 @@ def run_downstream(
         "structures": structures,
         "head_circumference": head_label is not None,
     }
-    _check_or_write_settings(out / SETTINGS_FILE, settings)
 
-    store = Path(config.generators) if config.generators else out / GENERATORS_DIR
-    cells = plan_cells(config)
-    todo = [c for c in cells if not (cells_dir / f"{c.name}.json").is_file()
-            and (only_seeds is None or c.seed in only_seeds)]
-    if todo and not report_only:
-        val_pairs = load_pairs(val, segmentation.size, progress)
-        shared_synthetic = load_pairs(synthetic, segmentation.size, progress) if synthetic is not None else None
-        test_samples = list(test)
-        subject_of = [r.subject or r.id for r in train.records]
-        train_pairs = load_pairs(train, segmentation.size, progress)
-        loaded: dict[Path, Any] = {}  # the synthetic pairs of the current generator (cells are k-major)
-        for cell in progress_bar(todo, desc="downstream cells", disable=not progress):
-            chosen = nested_subjects(train.subjects, cell.k, cell.seed) if cell.k != "-" else []
-            synth_pairs, generator = shared_synthetic, None
-            if config.generator is not None and uses_synthetic(cell.arm):
-                folder = generator_folder(store, cell.k, cell.seed)
-                synth_dir = ensure_generator(folder, train, chosen, config.generator, cell.seed, device, progress)
-                if synth_dir not in loaded:
-                    loaded = {synth_dir: load_pairs(Dataset.open(synth_dir), segmentation.size, progress)}
-                synth_pairs = loaded[synth_dir]
-                generator = {"folder": _relative(folder, out), "synthetic": _relative(synth_dir, out),
-                             "real_subjects": len(chosen)}
-            real_index = [] if cell.arm == "synthetic" else [i for i, s in enumerate(subject_of) if s in set(chosen)]
-            record = _run_cell(
-                cell, replace(segmentation, seed=cell.seed,
-                              classical=config.classical if uses_classical(cell.arm) else None),
-                train_pairs.select(real_index), val_pairs, synth_pairs if uses_synthetic(cell.arm) else None,
-                test_samples, real.info.num_labels, structures, head_label, device,
-                workdir=out / NNUNET_DIR / cell.name,
-            )
-            record.update(
-                n_real_subjects=len({subject_of[i] for i in real_index}),
-                n_real_images=len(real_index),
-                generator=generator,
-                code=code_version(),
-            )
-            write_json_atomic(cells_dir / f"{cell.name}.json", record)
 
-    finished = [read_json_object(path, "cell record")
-                for c in cells if (path := cells_dir / f"{c.name}.json").is_file()]
-    if not finished:
-        raise SonosynthError(f"{out}: no finished cell to report yet")
-    write_downstream_report(out, finished, real, synthetic, {**settings, "planned_cells": len(cells)},
-                            command=command,
-                            selection=selection_ids(test.records, config.selection) if config.selection else None)
-    return out
+def _run_cells(todo: list[Cell], out: Path, store: Path, config: DownstreamConfig, segmentation: SegmentationConfig,
+               real: Dataset, synthetic: Dataset | None, splits: tuple[Dataset, Dataset, Dataset],
+               structures: dict[str, list[int]], head_label: int | None, progress: bool, device: str) -> None:
+    """Train and score each cell of `todo` (k-major, so a generator's pairs load once), writing its record."""
+    from sonosynth.progress import progress_bar
+    from sonosynth.segmentation.common import load_pairs
+
+    train, val, test = splits
+    cells_dir = out / CELLS_DIR
+    val_pairs = load_pairs(val, segmentation.size, progress)
+    shared_synthetic = load_pairs(synthetic, segmentation.size, progress) if synthetic is not None else None
+    test_samples = list(test)
+    subject_of = [r.subject or r.id for r in train.records]
+    train_pairs = load_pairs(train, segmentation.size, progress)
+    loaded: dict[Path, Any] = {}  # the synthetic pairs of the current generator (cells are k-major)
+    for cell in progress_bar(todo, desc="downstream cells", disable=not progress):
+        chosen = nested_subjects(train.subjects, cell.k, cell.seed) if cell.k != "-" else []
+        synth_pairs, generator = shared_synthetic, None
+        if config.generator is not None and uses_synthetic(cell.arm):
+            folder = generator_folder(store, cell.k, cell.seed)
+            synth_dir = ensure_generator(folder, train, chosen, config.generator, cell.seed, device, progress)
+            if synth_dir not in loaded:
+                loaded = {synth_dir: load_pairs(Dataset.open(synth_dir), segmentation.size, progress)}
+            synth_pairs = loaded[synth_dir]
+            generator = {"folder": _relative(folder, out), "synthetic": _relative(synth_dir, out),
+                         "real_subjects": len(chosen)}
+        real_index = [] if cell.arm == "synthetic" else [i for i, s in enumerate(subject_of) if s in set(chosen)]
+        record = _run_cell(
+            cell, replace(segmentation, seed=cell.seed,
+                          classical=config.classical if uses_classical(cell.arm) else None),
+            train_pairs.select(real_index), val_pairs, synth_pairs if uses_synthetic(cell.arm) else None,
+            test_samples, real.info.num_labels, structures, head_label, device,
+            workdir=out / NNUNET_DIR / cell.name,
+        )
+        record.update(
+            n_real_subjects=len({subject_of[i] for i in real_index}),
+            n_real_images=len(real_index),
+            generator=generator,
+            code=code_version(),
+        )
+        write_json_atomic(cells_dir / f"{cell.name}.json", record)
 
 
 def _run_cell(
@@ -297,7 +350,7 @@ def _run_cell(
     """Train one cell's segmenter and score it on every test image (per-image scores are kept)."""
     import torch
 
-    from sonosynth.evaluation.metrics import score_pair, summarize
+    from sonosynth.metrics import score_pair, summarize
     from sonosynth.segmentation.predict import predict_masks
     from sonosynth.segmentation.train import train_segmenter
 

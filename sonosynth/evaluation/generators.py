@@ -231,7 +231,8 @@ def _filter_segmenter(recipe: GeneratorRecipe, data: Path, out: Path, seed: int,
         return out
     from sonosynth.augment import AugmentConfig
     from sonosynth.seeds import derive_seed
-    from sonosynth.segmentation.train import SegmentationConfig, load_pairs, save_segmenter, train_segmenter
+    from sonosynth.segmentation.common import SegmentationConfig, load_pairs, save_segmenter
+    from sonosynth.segmentation.train import train_segmenter
 
     dataset = Dataset.open(data)
     config = SegmentationConfig(size=recipe.image_size, max_steps=recipe.filter_segmenter_steps,

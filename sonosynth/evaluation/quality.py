@@ -327,7 +327,7 @@ def memorisation_table(
 def mask_fidelity(segmenter_path: str | Path, dataset: Dataset, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Dice between each image's mask and the segmenter's prediction: per label (mean ± std over images with
     the label, the reports' policy) and per image (`fidelity_dice`, the score `sonosynth generate` records)."""
-    from sonosynth.evaluation.metrics import dice_per_label
+    from sonosynth.metrics import dice_per_label
     from sonosynth.segmentation.predict import load_segmenter, predict_masks
     from sonosynth.synthesis.fidelity import mask_dice
 
@@ -347,6 +347,53 @@ def mask_fidelity(segmenter_path: str | Path, dataset: Dataset, device: str | to
         values = [p["dice"][label] for p in per_image if not math.isnan(p["dice"][label])]
         summary[label] = _mean_std(values)
     return {"n_images": len(per_image), "dice": summary, "per_image": per_image}
+
+
+def _distribution(real_images: np.ndarray, synth_images: np.ndarray, held_images: np.ndarray, config: QualityConfig,
+                  inception_path: str | Path | None, device: str) -> tuple[dict[str, Any], tuple[np.ndarray, ...]]:
+    """FID/KID of the synthetic images against the real ones (and what held-out real images score), with the
+    features they were measured on (real, synthetic, held out): Inception's where given, else texture features."""
+    extractor: Callable[[np.ndarray], np.ndarray]
+    if inception_path is not None:
+        def extractor(images: np.ndarray) -> np.ndarray:
+            return inception_features(images, inception_path, device=device)
+        feature_name, comparable = "pt_inception-2015-12-05 pool3 (2048-d)", True
+    else:
+        extractor, feature_name, comparable = texture_features, TEXTURE_FEATURES, False
+    real_raw, synth_raw = extractor(real_images), extractor(synth_images)
+    held_raw = extractor(held_images) if len(held_images) else real_raw[:0]
+    if comparable:
+        real_f, synth_f, held_f = real_raw, synth_raw, held_raw
+    else:  # put handcrafted features on one scale (the real set's), so no histogram bin dominates
+        mu, sd = real_raw.mean(0), real_raw.std(0) + 1e-8
+        real_f, synth_f, held_f = (real_raw - mu) / sd, (synth_raw - mu) / sd, (held_raw - mu) / sd
+    kid_mean, kid_std = kernel_distance(real_f, synth_f, config.kid_subsets, config.kid_subset_size, config.seed)
+    section = {
+        "features": feature_name,
+        "comparable_to_published": comparable,
+        "note": "standard FID/KID" if comparable else TEXTURE_WARNING,
+        "fid": frechet_distance(synth_f, real_f),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+    }
+    if len(held_f) >= 2:  # what a perfect generator would score: new real images vs the training images
+        ref_mean, _ = kernel_distance(real_f, held_f, config.kid_subsets, config.kid_subset_size, config.seed)
+        section["real_heldout_fid"] = frechet_distance(held_f, real_f)
+        section["real_heldout_kid_mean"] = ref_mean
+    return section, (real_f, synth_f, held_f)
+
+
+def _intensity(real_images: np.ndarray, synth_images: np.ndarray, real_fov: np.ndarray, synth_fov: np.ndarray
+               ) -> dict[str, Any]:
+    """Intensity and speckle statistics inside the field of view, and the histograms' distances."""
+    real_stats = intensity_statistics(real_images, real_fov)
+    synth_stats = intensity_statistics(synth_images, synth_fov)
+    return {
+        "real": {k: v for k, v in real_stats.items() if k != "histogram"},
+        "synthetic": {k: v for k, v in synth_stats.items() if k != "histogram"},
+        "histogram_distance": histogram_distances(real_stats["histogram"], synth_stats["histogram"]),
+        "histograms": {"real": real_stats["histogram"], "synthetic": synth_stats["histogram"]},
+    }
 
 
 def evaluate_quality(
@@ -395,33 +442,8 @@ def evaluate_quality(
     held_images = letterboxed_unit(held_out, config.size) if len(held_out) else real_images[:0]
     bar.update(1)
 
-    extractor: Callable[[np.ndarray], np.ndarray]
-    if inception_path is not None:
-        def extractor(images: np.ndarray) -> np.ndarray:
-            return inception_features(images, inception_path, device=device)
-        feature_name, comparable = "pt_inception-2015-12-05 pool3 (2048-d)", True
-    else:
-        extractor, feature_name, comparable = texture_features, TEXTURE_FEATURES, False
-    real_raw, synth_raw = extractor(real_images), extractor(synth_images)
-    held_raw = extractor(held_images) if len(held_images) else real_raw[:0]
-    if comparable:
-        real_f, synth_f, held_f = real_raw, synth_raw, held_raw
-    else:  # put handcrafted features on one scale (the real set's), so no histogram bin dominates
-        mu, sd = real_raw.mean(0), real_raw.std(0) + 1e-8
-        real_f, synth_f, held_f = (real_raw - mu) / sd, (synth_raw - mu) / sd, (held_raw - mu) / sd
-    kid_mean, kid_std = kernel_distance(real_f, synth_f, config.kid_subsets, config.kid_subset_size, config.seed)
-    result["distribution"] = {
-        "features": feature_name,
-        "comparable_to_published": comparable,
-        "note": "standard FID/KID" if comparable else TEXTURE_WARNING,
-        "fid": frechet_distance(synth_f, real_f),
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-    }
-    if len(held_f) >= 2:  # what a perfect generator would score: new real images vs the training images
-        ref_mean, _ = kernel_distance(real_f, held_f, config.kid_subsets, config.kid_subset_size, config.seed)
-        result["distribution"]["real_heldout_fid"] = frechet_distance(held_f, real_f)
-        result["distribution"]["real_heldout_kid_mean"] = ref_mean
+    result["distribution"], (real_f, synth_f, held_f) = _distribution(real_images, synth_images, held_images,
+                                                                      config, inception_path, device)
     bar.update(1)
 
     result["mask_fidelity"] = None
@@ -442,14 +464,8 @@ def evaluate_quality(
     }
     bar.update(1)
 
-    real_stats = intensity_statistics(real_images, fov_masks(train, config.size))
-    synth_stats = intensity_statistics(synth_images, fov_masks(synthetic, config.size))
-    result["intensity"] = {
-        "real": {k: v for k, v in real_stats.items() if k != "histogram"},
-        "synthetic": {k: v for k, v in synth_stats.items() if k != "histogram"},
-        "histogram_distance": histogram_distances(real_stats["histogram"], synth_stats["histogram"]),
-        "histograms": {"real": real_stats["histogram"], "synthetic": synth_stats["histogram"]},
-    }
+    result["intensity"] = _intensity(real_images, synth_images, fov_masks(train, config.size),
+                                     fov_masks(synthetic, config.size))
     bar.update(1)
 
     small = config.memorisation_size

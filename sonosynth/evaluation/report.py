@@ -311,7 +311,7 @@ def sample_grid_png(datasets: Sequence[tuple[str, Dataset]], per_row: int = 6) -
             if sample.mask.any():
                 ax.contour(sample.mask, levels=np.arange(0.5, int(sample.mask.max()) + 1), colors="yellow",
                            linewidths=0.8)
-            ax.set_title(f"{title}: {sample.id}"[:28], fontsize=7)
+            ax.set_title(f"{shortened(title)}\n{shortened(sample.id)}", fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -603,7 +603,7 @@ def _nearest_pairs_png(rows: Sequence[dict[str, Any]], train: Dataset, synthetic
         ):
             ax = axes[r, col]
             ax.imshow(ds[index].image, cmap="gray")
-            ax.set_title(title[:30], fontsize=7, color="red" if r == 0 and row["near_copy"] else "black")
+            ax.set_title(shortened(title, 30), fontsize=7, color="red" if r == 0 and row["near_copy"] else "black")
             ax.axis("off")
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -655,3 +655,11 @@ def write_quality_report(
          png_tag(sample_grid_png([("real", train), ("synthetic", synthetic)]), "sample grid")),
     ]
     write_text_atomic(out / "report.html", html_page("sonosynth synthetic image quality", sections))
+
+
+def shortened(text: str, width: int = 26) -> str:
+    """A picture's caption line that fits its panel, cut in the middle (both ends of an id tell it apart)."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: (keep + 1) // 2] + "…" + text[len(text) - keep // 2:]

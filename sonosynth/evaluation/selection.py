@@ -16,7 +16,7 @@ import numpy as np
 
 from sonosynth.data.format import Record
 from sonosynth.errors import SonosynthError
-from sonosynth.evaluation.metrics import PairScores, summarize
+from sonosynth.metrics import PairScores, summarize
 
 SELECTION_SEED = 20261207  # fixed, and unlike any cell's seed: the cut does not move with the experiment
 

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from sonosynth.errors import SonosynthError
 from sonosynth.settings import Config
-
-if TYPE_CHECKING:
-    from sonosynth.models.denoiser import ConditionalDenoiser
 
 KINDS = ("spade", "concat", "joint")
 # "monai": MONAI's SPADE (3x3 convolutions, instance-normalised scale/shift, with
@@ -169,10 +166,3 @@ class ModelConfig(Config):
     def from_dict(cls, data: Mapping[str, Any] | None, origin: str | None = None) -> ModelConfig:
         """Strict, but a diffusers `config.json` may be passed as it is (its `_` keys are skipped)."""
         return super().from_dict({k: v for k, v in (data or {}).items() if not k.startswith("_")}, origin)
-
-
-def build_model(config: ModelConfig) -> ConditionalDenoiser:
-    """A freshly initialised denoiser for `config` (torch is imported only here)."""
-    from sonosynth.models.denoiser import ConditionalDenoiser
-
-    return ConditionalDenoiser(**config.to_dict())

@@ -377,3 +377,8 @@ class ConditionalDenoiser(ModelMixin, ConfigMixin):
         if self.model_config.kind != "joint":
             return image, None
         return image, x[:, 1:].argmax(dim=1)
+
+
+def build_model(config: ModelConfig) -> ConditionalDenoiser:
+    """A freshly initialised denoiser for `config`."""
+    return ConditionalDenoiser(**config.to_dict())

@@ -34,19 +34,17 @@ import random
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from sonosynth.errors import SonosynthError
 from sonosynth.files import read_json_object
-
-if TYPE_CHECKING:
-    from sonosynth.segmentation.train import PairTensors, SegmentationConfig
+from sonosynth.segmentation.common import PairTensors, SegmentationConfig, Segmenter, TrainingResult, save_weights
 
 FOLDER_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 AUGMENTATION_WORKERS = "nnUNet_n_proc_DA"  # nnU-Net's own name for it
@@ -70,11 +68,24 @@ def require_nnunet() -> None:
 
 @dataclass
 class NnUNetModel:
-    """What nnU-Net's predictor needs besides the weights: its plans and dataset.json, and the mirroring axes."""
+    """What nnU-Net's predictor needs besides the weights: its plans and dataset.json, and the mirroring axes
+    (nnU-Net's `Backend`)."""
 
     plans: dict[str, Any]
     dataset_json: dict[str, Any]
     mirror_axes: tuple[int, ...] | None
+    name: ClassVar[str] = "nnunet"
+    _predictor: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def predict(self, segmenter: Segmenter, batch: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
+        """nnU-Net's own sliding-window predictor, with its test-time mirroring (made once)."""
+        if self._predictor is None:
+            self._predictor = self.predictor(segmenter.network, segmenter.device)
+        return nnunet_probabilities(self._predictor, batch)
+
+    def save_run(self, folder: Path, result: TrainingResult) -> None:
+        save_weights(result.model, folder)
+        self.save(folder)
 
     def build_network(self) -> torch.nn.Module:
         """The planned 2-D network, deep supervision off (as nnU-Net predicts)."""

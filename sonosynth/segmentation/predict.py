@@ -8,116 +8,36 @@ mm) are computed in the image's own pixels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from sonosynth.data.format import DATASET_JSON, Dataset
-from sonosynth.data.imageio import pixels_to_unit, read_image, write_png
-from sonosynth.data.transforms import letterbox_image, letterbox_mask, unletterbox
+from sonosynth.data.imageio import read_image, write_png
+from sonosynth.data.transforms import letterbox_mask, unletterbox
 from sonosynth.devices import resolve_device
-from sonosynth.errors import DataError, SonosynthError
+from sonosynth.errors import DataError
 from sonosynth.files import output_folder, prepare_output
-from sonosynth.segmentation.nets import build_unet
-from sonosynth.segmentation.train import CONFIG_FILE, MODEL_FILE, SegmentationConfig
-
-if TYPE_CHECKING:
-    from sonosynth.segmentation.nnunet import NnUNetModel
-    from sonosynth.segmentation.sam import SamParts
-
-
-@dataclass
-class Segmenter:
-    """A trained network and the settings it was trained with (and nnU-Net's plans, for nnU-Net)."""
-
-    network: torch.nn.Module
-    config: SegmentationConfig
-    nnunet: NnUNetModel | None = None
-    sam: SamParts | None = None
-    _predictor: Any = field(default=None, init=False, repr=False)
-
-    def probabilities(self, batch: torch.Tensor, references: torch.Tensor | None = None) -> torch.Tensor:
-        """Class probabilities (N, K, S, S) of letterboxed images (N, 1, S, S) in [-1, 1].
-
-        `references` (N, S, S) label maps give SAM its boxes (`sam_box: reference`); the others ignore them.
-        """
-        if self.sam is not None:
-            return self.sam.probabilities(batch, references if self.config.sam_box == "reference" else None,
-                                          self.num_labels)
-        if self.nnunet is None:
-            return torch.softmax(self.network(batch.to(self.device)), dim=1).cpu()
-        from sonosynth.segmentation.nnunet import nnunet_probabilities
-
-        if self._predictor is None:  # nnU-Net's own sliding-window predictor, with its test-time mirroring
-            self._predictor = self.nnunet.predictor(self.network, self.device)
-        return nnunet_probabilities(self._predictor, batch)
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return self.config.labels
-
-    @property
-    def num_labels(self) -> int:
-        return self.config.num_labels
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
-
-
-def image_to_model(image: np.ndarray, size: int) -> torch.Tensor:
-    """A 2-D image as the network's (1, size, size) input in [-1, 1], padding black.
-
-    uint8/uint16 arrays are scaled by their full range (as stored on disk); float arrays are taken
-    to be in model space already ([-1, 1]).
-    """
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise DataError(f"expected a 2-D grayscale image, got shape {image.shape}")
-    if image.dtype == np.uint8 or image.dtype == np.uint16:
-        unit = pixels_to_unit(image)
-    elif np.issubdtype(image.dtype, np.floating):
-        unit = (np.clip(image.astype(np.float32), -1.0, 1.0) + 1.0) / 2.0
-    else:
-        raise DataError(f"images must be uint8, uint16 or float in [-1, 1], got {image.dtype}")
-    # Letterboxing pads with 0 in [0, 2] space; shifting by -1 makes padding black (-1).
-    return letterbox_image(unit * 2.0, size)[None] - 1.0
+from sonosynth.segmentation.common import Segmenter, image_to_model, load_unet, load_weights, read_run_config
 
 
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
     """Load SEGRUN (config.yaml + model.safetensors) written by `sonosynth segment train` onto `device`."""
-    from safetensors.torch import load_model
-
-    device = resolve_device(device)
-    path = Path(path)
-    config_path, model_path = path / CONFIG_FILE, path / MODEL_FILE
-    for required in (config_path, model_path):
-        if not required.is_file():
-            raise SonosynthError(f"{required}: missing; not a segmenter run folder")
-    config = SegmentationConfig.from_yaml(config_path)
-    nnunet = None
+    device, path = resolve_device(device), Path(path)
+    config = read_run_config(path)
     if config.net == "sam":
         from sonosynth.segmentation.sam import load_sam_run
 
         sam = load_sam_run(path, config, device)
-        return Segmenter(sam.model, config, sam=sam)
+        return Segmenter(sam.model, config, sam)
     if config.net == "nnunet":
         from sonosynth.segmentation.nnunet import NnUNetModel, require_nnunet
 
         require_nnunet()
         nnunet = NnUNetModel.load(path)
-        network = nnunet.build_network()
-    else:
-        network = build_unet(config.net_size, config.num_labels)
-    try:
-        load_model(network, str(model_path))
-    except Exception as exc:  # safetensors/torch raise several types for corrupt or mismatched files
-        raise SonosynthError(f"{model_path}: cannot load weights ({exc})") from None
-    network.to(device).eval()
-    return Segmenter(network, config, nnunet)
+        return Segmenter(load_weights(nnunet.build_network(), path, device), config, nnunet)
+    return load_unet(path, device)
 
 
 def predict_probabilities(

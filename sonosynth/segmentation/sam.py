@@ -20,7 +20,7 @@ import hashlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,10 +28,18 @@ import torch.nn.functional as F
 
 from sonosynth.errors import SonosynthError
 from sonosynth.files import read_json_object
-
-if TYPE_CHECKING:
-    from sonosynth.segmentation.predict import Segmenter
-    from sonosynth.segmentation.train import PairTensors, SegmentationConfig, TrainingResult
+from sonosynth.segmentation.common import (
+    MODEL_FILE,
+    EarlyStopping,
+    PairTensors,
+    SegmentationConfig,
+    Segmenter,
+    TrainingResult,
+    batch_composition,
+    load_unet,
+    save_segmenter,
+)
+from sonosynth.segmentation.unet import train_unet
 
 BOX_UNET_DIR = "box_unet"
 BOX_SOURCES = ("unet", "reference")
@@ -57,11 +65,20 @@ def base_hash(weights: str | Path) -> str:
 
 @dataclass
 class SamParts:
-    """The loaded model and processor, and the U-Net that proposes boxes (`sam_box: unet`)."""
+    """The loaded model and processor, and the U-Net that proposes boxes (`sam_box: unet`): SAM's `Backend`."""
 
     model: Any
     processor: Any
     box_unet: Segmenter | None
+    name: ClassVar[str] = "sam"
+
+    def predict(self, segmenter: Segmenter, batch: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
+        """Boxes from the reference masks (`sam_box: reference`) or the box U-Net."""
+        return self.probabilities(batch, references if segmenter.config.sam_box == "reference" else None,
+                                  segmenter.num_labels)
+
+    def save_run(self, folder: Path, result: TrainingResult) -> None:
+        save_sam(folder, result)
 
     @property
     def input_size(self) -> int:
@@ -145,12 +162,11 @@ def train_sam(
 
     from sonosynth.devices import resolve_device
     from sonosynth.progress import progress_bar
-    from sonosynth.segmentation.train import EarlyStopping, batch_composition, train_segmenter
 
     weights = require_sam(config.weights)
     device = resolve_device(device)
     started = time.perf_counter()
-    box_unet = train_segmenter(replace(config, net="unet", weights=None), train, val, extra, progress, device)
+    box_unet = train_unet(replace(config, net="unet", weights=None), train, val, extra, progress, device)
     model, processor = load_sam(weights, device)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("mask_decoder."))
@@ -192,7 +208,7 @@ def train_sam(
     bar.close()
     model.mask_decoder.load_state_dict(stopping.best_state)
     model.eval()
-    return stopping.result(model, config, step, time.perf_counter() - started, sam=parts,
+    return stopping.result(model, config, step, time.perf_counter() - started, backend=parts,
                            details={"box_unet": {k: v for k, v in box_unet.metrics().items() if k != "history"}})
 
 
@@ -218,7 +234,6 @@ def save_sam(folder: Path, result: TrainingResult) -> None:
 
     from safetensors.torch import save_file
 
-    from sonosynth.segmentation.train import MODEL_FILE, save_segmenter
 
     assert result.sam is not None
     save_file(_decoder_state(result.sam.model), str(folder / MODEL_FILE))
@@ -226,8 +241,6 @@ def save_sam(folder: Path, result: TrainingResult) -> None:
                                                       "config_sha256": base_hash(result.config.weights)}) + "\n")
     if result.sam.box_unet is not None:
         box = result.sam.box_unet
-        from sonosynth.segmentation.train import TrainingResult
-
         save_segmenter(folder / BOX_UNET_DIR, TrainingResult(box.network, box.config, 0, 0, None, [], 0.0))
 
 
@@ -235,8 +248,6 @@ def load_sam_run(folder: Path, config: SegmentationConfig, device: torch.device)
 
     from safetensors.torch import load_file
 
-    from sonosynth.segmentation.predict import load_segmenter
-    from sonosynth.segmentation.train import MODEL_FILE
 
     weights = require_sam(config.weights)
     recorded = read_json_object(folder / "sam_base.json", "base record") if (folder / "sam_base.json").is_file() else {}
@@ -248,7 +259,7 @@ def load_sam_run(folder: Path, config: SegmentationConfig, device: torch.device)
         model.mask_decoder.load_state_dict(load_file(str(folder / MODEL_FILE)))
     except Exception as exc:  # corrupt or mismatched file
         raise SonosynthError(f"{folder / MODEL_FILE}: cannot load the mask decoder ({exc})") from None
-    box_unet = load_segmenter(folder / BOX_UNET_DIR, device) if (folder / BOX_UNET_DIR).is_dir() else None
+    box_unet = load_unet(folder / BOX_UNET_DIR, device) if (folder / BOX_UNET_DIR).is_dir() else None
     return SamParts(model, processor, box_unet)
 
 

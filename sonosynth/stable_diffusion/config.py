@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sonosynth.augment import AugmentConfig
-from sonosynth.diffusion.config import LR_SCHEDULES, MIXED_PRECISION, TrainConfig
+from sonosynth.diffusion.config import LR_SCHEDULES, TrainConfig
 from sonosynth.errors import SonosynthError
-from sonosynth.settings import Config, at_least_one
+from sonosynth.settings import MIXED_PRECISION, Config, at_least_one
 from sonosynth.stable_diffusion.prompts import DEFAULT_TEMPLATE, template_fields
 
 # controlnet: a ControlNet on the label map (base frozen, or LoRA-tuned too with lora_rank);

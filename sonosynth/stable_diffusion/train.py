@@ -31,6 +31,7 @@ from sonosynth.training.loop import (
     TrainingHooks,
     TrainResult,
     accumulated_step,
+    make_optimization,
     open_run,
     refuse_existing_run,
     run_loop,
@@ -91,12 +92,11 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
            looping: list[bool]) -> TrainResult:
     import torch
     import torch.nn.functional as F
-    from diffusers.optimization import get_scheduler
 
     from sonosynth.data.format import Dataset
     from sonosynth.diffusion.data import TrainingItems, open_training_pairs
     from sonosynth.stable_diffusion.base import base_fingerprint, load_base
-    from sonosynth.stable_diffusion.pipeline import control_image, encode_images, mask_to_gray, predict_noise
+    from sonosynth.stable_diffusion.pipeline import control_image, encode_images, predict_noise
     from sonosynth.stable_diffusion.prompts import dataset_organ, prompt_attributes, prompts_for
 
     started = time.perf_counter()
@@ -119,43 +119,17 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
     accelerator = open_run(run_dir, config, device)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
 
-    vae, text_encoder, unet, tokenizer = parts.vae, parts.text_encoder, parts.unet, parts.tokenizer
-    for frozen in (vae, text_encoder, unet):
-        frozen.requires_grad_(False)
-    controlnet = None
-    with torch.random.fork_rng(devices=[]):  # initialisation draws from the global generator; leave it as it was
-        torch.manual_seed(derive_seed(config.seed, "init"))
-        if config.kind == "controlnet":
-            controlnet = _controlnet_from(unet, num_labels + 1, parts.latent_factor)
-        if config.lora_rank:
-            from peft import LoraConfig
-
-            unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
-                                        init_lora_weights="gaussian", target_modules=LORA_TARGETS))
-    trainable = TrainableWeights({"controlnet": controlnet, "unet": unet if config.lora_rank else None})
+    vae, unet = parts.vae, parts.unet
+    controlnet, trainable = _trainable_parts(config, parts, num_labels)
     if _checkpointing(config, accelerator):
         for module in trainable.modules.values():
             module.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    lr_scheduler = get_scheduler(
-        config.lr_schedule if config.lr_schedule == "cosine" else "constant_with_warmup",
-        optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps,
-    )
+    optimizer, lr_scheduler = make_optimization(trainable.parameters(), config)
     step = 0
     if checkpoint is not None:
         state = ckpt.restore_weights(checkpoint, trainable, None)
         step = int(state["step"])
-    # Frozen parts in the mixed-precision dtype on a GPU (as diffusers' examples); trained ones stay float32.
-    # On the CPU they stay float32 too: CPU autocast does not run half-precision group norms.
-    weight_dtype = torch.float32
-    if accelerator.device.type == "cuda":
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for frozen in (vae, text_encoder, unet):
-        frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, weight_dtype)
-    for parameter in trainable.parameters():
-        parameter.data = parameter.data.float()
-    if controlnet is not None:
-        controlnet.to(device)
+    weight_dtype = _place(parts, trainable, accelerator)
     prepared = accelerator.prepare(*trainable.modules.values(), optimizer)
     models, optimizer = dict(zip(trainable.modules, prepared[:-1], strict=True)), prepared[-1]
     train_unet = models.get("unet", unet)
@@ -168,29 +142,18 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
                                  start=step * config.grad_accumulation)
     batches = iter(torch.utils.data.DataLoader(TrainingItems(pairs, data_config), batch_sampler=sampler))
     grid_items = [pairs[i] for i in range(min(config.num_samples, len(pairs)))]
-    noise_scheduler = parts.scheduler
     class_values = {name: list(pairs.class_values[name]) for name in attributes}
-
-    def pipeline(at_step: int | None = None) -> Any:
-        return _pipeline(parts, controlnet, config, num_labels, organ, class_values, at_step)
 
     def micro_loss(micro_batch: int) -> Any:
         batch = next(batches)
         generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "noise", micro_batch, rank))
         labels, fov = batch["label"].to(device), batch["fov"].to(device)
-        picture = batch["image"].to(device)
-        if config.kind == "joint":
-            picture = torch.cat([picture, mask_to_gray(labels, num_labels)], dim=-1)
+        picture = _picture(batch["image"].to(device), labels, config.kind, num_labels)
         with torch.no_grad():
             latents = encode_images(vae, picture, sample=generator).float()
             prompts = prompts_for(config.prompt_template, organ, class_values, batch.get("classes"), labels.shape[0])
-            dropped = torch.rand(len(prompts), generator=generator, device=device) < config.cond_drop_prob
-            prompts = ["" if drop else p for p, drop in zip(prompts, dropped.tolist(), strict=True)]
-            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids.to(device)
-            text = text_encoder(ids, return_dict=False)[0]
-        noisy, timesteps, target = noised(noise_scheduler, latents, generator,
-                                          noise_scheduler.config.prediction_type)
+            text = _encode_prompts(parts, prompts, config.cond_drop_prob, generator)
+        noisy, timesteps, target = noised(parts.scheduler, latents, generator, parts.scheduler.config.prediction_type)
         control = None if controlnet is None else control_image(labels, fov, num_labels).to(device)
         with accelerator.autocast():
             prediction = predict_noise(train_unet, train_controlnet, noisy.to(weight_dtype), timesteps, text, control)
@@ -211,8 +174,8 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
 
     def write_grid(at: int) -> None:
         with accelerator.autocast():  # frozen parts may be half precision, trained ones float32
-            _write_sample_grid(pipeline(), grid_items, config,
-                               RunFolder(run_dir).samples / f"{ckpt.checkpoint_name(at)}.png")
+            _write_sample_grid(_pipeline(parts, controlnet, config, num_labels, organ, class_values, None),
+                               grid_items, config, RunFolder(run_dir).samples / f"{ckpt.checkpoint_name(at)}.png")
 
     hooks = TrainingHooks(one_step, write_checkpoint, write_grid, postfix=("loss", "lr"))
     cadence = Cadence(config.max_steps, config.checkpoint_every, config.sample_every)
@@ -220,9 +183,70 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
                              progress)
     model_dir = None
     if accelerator.is_main_process:
-        model_dir = save_trained_parts(pipeline(step), RunFolder(run_dir).model, config, base_hash)
+        pipe = _pipeline(parts, controlnet, config, num_labels, organ, class_values, step)
+        model_dir = save_trained_parts(pipe, RunFolder(run_dir).model, config, base_hash)
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, step, history, model_dir, time.perf_counter() - started, controlnet or unet)
+
+
+def _picture(image: Any, labels: Any, kind: str, num_labels: int) -> Any:
+    """What the model draws: the image, or for `joint` image | mask side by side (the mask as grey levels)."""
+    import torch
+
+    from sonosynth.stable_diffusion.pipeline import mask_to_gray
+
+    return torch.cat([image, mask_to_gray(labels, num_labels)], dim=-1) if kind == "joint" else image
+
+
+def _encode_prompts(parts: Any, prompts: list[str], drop_prob: float, generator: Any) -> Any:
+    """The text encoder's embeddings of `prompts`, each dropped to "" with `drop_prob` (classifier-free guidance's
+    null condition), the drops drawn from `generator`."""
+    import torch
+
+    device = parts.text_encoder.device
+    dropped = torch.rand(len(prompts), generator=generator, device=device) < drop_prob
+    prompts = ["" if drop else p for p, drop in zip(prompts, dropped.tolist(), strict=True)]
+    ids = parts.tokenizer(prompts, padding="max_length", max_length=parts.tokenizer.model_max_length,
+                          truncation=True, return_tensors="pt").input_ids.to(device)
+    return parts.text_encoder(ids, return_dict=False)[0]
+
+
+def _trainable_parts(config: StableDiffusionConfig, parts: Any, num_labels: int) -> tuple[Any, TrainableWeights]:
+    """The base frozen; the ControlNet (kind controlnet) and/or LoRA adapters (lora_rank) it trains, initialised
+    from (seed, "init") without touching the global generator."""
+    import torch
+
+    for frozen in (parts.vae, parts.text_encoder, parts.unet):
+        frozen.requires_grad_(False)
+    controlnet = None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        if config.kind == "controlnet":
+            controlnet = _controlnet_from(parts.unet, num_labels + 1, parts.latent_factor)
+        if config.lora_rank:
+            from peft import LoraConfig
+
+            parts.unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+                                              init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    return controlnet, TrainableWeights({"controlnet": controlnet, "unet": parts.unet if config.lora_rank else None})
+
+
+def _place(parts: Any, trainable: TrainableWeights, accelerator: Any) -> Any:
+    """Everything on the accelerator's device; returns the frozen parts' dtype. Frozen parts take the
+    mixed-precision dtype on a GPU (as diffusers' examples); trained ones stay float32. On the CPU they stay
+    float32 too: CPU autocast does not run half-precision group norms."""
+    import torch
+
+    device, weight_dtype = accelerator.device, torch.float32
+    if device.type == "cuda":
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for frozen in (parts.vae, parts.text_encoder, parts.unet):
+        frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, weight_dtype)
+    for parameter in trainable.parameters():
+        parameter.data = parameter.data.float()
+    if "controlnet" in trainable.modules:
+        trainable.modules["controlnet"].to(device)
+    return weight_dtype
 
 
 def _controlnet_from(unet: Any, channels: int, latent_factor: int) -> Any:
@@ -291,7 +315,7 @@ def _write_sample_grid(pipe: Any, items: list[dict[str, Any]], config: StableDif
     """Rows of mask | generated | real, as `sonosynth train` writes them."""
     import torch
 
-    from sonosynth.diffusion.samples import write_grid
+    from sonosynth.training.grids import write_grid
 
     labels = torch.stack([it["label"] for it in items])
     fov = torch.stack([it["fov"] for it in items])

@@ -51,8 +51,8 @@ class FidelityFilter:
 def mask_dice(conditioning: np.ndarray, predicted: np.ndarray, num_labels: int) -> float:
     """Mean Dice over foreground labels (`metrics.dice_per_label`, the package's one Dice); a label absent
     from both counts as agreement (1), a label in only one of them as 0, so spurious structures are
-    penalised too (see the Dice policy in `evaluation/metrics.py`)."""
-    from sonosynth.evaluation.metrics import dice_per_label
+    penalised too (see the Dice policy in `metrics.py`)."""
+    from sonosynth.metrics import dice_per_label
 
     conditioning, predicted = np.asarray(conditioning), np.asarray(predicted)
     if conditioning.shape != predicted.shape:

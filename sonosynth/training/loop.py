@@ -121,6 +121,18 @@ def open_run(run_dir: Path, config: Any, device: str, log_with: str | None = Non
     return accelerator
 
 
+def make_optimization(parameters: Any, config: Any) -> tuple[Any, Any]:
+    """AdamW and its learning-rate schedule for a config with `lr`, `weight_decay`, `lr_schedule` (cosine, else
+    constant), `warmup_steps` and `max_steps`: diffusers' schedules, with warm-up."""
+    import torch
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    lr_scheduler = get_scheduler(config.lr_schedule if config.lr_schedule == "cosine" else "constant_with_warmup",
+                                 optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps)
+    return optimizer, lr_scheduler
+
+
 def accumulated_step(accelerator: Any, model: Any, optimizer: Any, lr_scheduler: Any, parameters: list[Any],
                      grad_accumulation: int, max_grad_norm: float | None,
                      micro_loss: Callable[[int], Any]) -> float:

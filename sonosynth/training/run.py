@@ -30,6 +30,14 @@ LOSS_CSV = "loss.csv"
 MODEL_INDEX = "model_index.json"
 BASE_JSON = "base.json"  # a Stable Diffusion run's model/: the base it needs (sonosynth.stable_diffusion)
 
+# The pipeline class that loads each kind of model folder, by the file that marks the kind, named as a string and
+# imported on use, as diffusers resolves a folder's `_class_name` (and its auto-pipelines their mappings): the
+# sampling engine then needs no import of the families built on it.
+PIPELINE_CLASSES = {
+    BASE_JSON: "sonosynth.stable_diffusion.pipeline.PromptedMaskPipeline",
+    MODEL_INDEX: "sonosynth.diffusion.pipeline.MaskToUltrasoundPipeline",
+}
+
 
 def _child(name: str) -> property:
     return property(lambda self: self.root / name, doc=f"RUN/{name}")
@@ -76,6 +84,17 @@ def model_folder(path: str | Path) -> Path:
     if path.exists():
         raise SonosynthError(f"{path}: no {MODEL_INDEX} or {BASE_JSON} here or in {MODEL_DIR}/ (not a model or run)")
     raise SonosynthError(f"{path}: model folder not found")
+
+
+def pipeline_class(folder: Path) -> type:
+    """The pipeline class that loads the model folder `folder` (see `PIPELINE_CLASSES`)."""
+    import importlib
+
+    for marker, name in PIPELINE_CLASSES.items():
+        if (folder / marker).is_file():
+            module, _, attribute = name.rpartition(".")
+            return getattr(importlib.import_module(module), attribute)
+    raise SonosynthError(f"{folder}: no {MODEL_INDEX} or {BASE_JSON} (not a model folder)")
 
 
 def legacy_class_values(path: str | Path, cardinalities: list[int]) -> dict[str, list[str]]:
