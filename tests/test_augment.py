@@ -7,6 +7,7 @@ import pickle
 from dataclasses import fields, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -240,3 +241,39 @@ def test_random_crop_cuts_the_same_window_everywhere() -> None:
     assert torch.equal(out["label"], item["label"][top : top + 16, left : left + 16])
     tops = {int(random_crop(item, 16, torch.Generator().manual_seed(s))["coords"][0, 0, 0] * 100) for s in range(8)}
     assert len(tops) > 1
+
+
+def _statistics(config: AugmentConfig, batched: bool, n: int = 400) -> np.ndarray:
+    """Per item: mean brightness ratio, bottom/top brightness ratio, contrast of a ramp, the fov's kept area and
+    its centroid (row, column), the image's left-right asymmetry: what each transform changes."""
+    ramp = torch.linspace(-0.6, 0.6, SIZE).view(1, 1, SIZE).expand(1, SIZE, SIZE).clone()
+    fov = torch.zeros(SIZE, SIZE)
+    fov[4:28, 6:26] = 1
+    masks = torch.stack([fov.long(), fov.long()])
+    augmentation = Augmentation(config, SIZE, batched=batched)
+    rows = []
+    for seed in range(n):
+        image, moved = augmentation(ramp, masks, seed)
+        unit = (image[0] + 1) / 2
+        where = moved[1].nonzero().float()
+        centre = where.mean(0) if len(where) else torch.zeros(2)
+        rows.append([float(unit.mean() / ((ramp + 1) / 2).mean()),
+                     float(unit[-4:].mean() / unit[:4].mean().clamp_min(1e-6)),
+                     float(unit.std()), float(moved[1].float().mean()), *centre.tolist(),
+                     float(unit[:, : SIZE // 2].mean() - unit[:, SIZE // 2 :].mean())])
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("preset", ["gentle", "light"])
+def test_batched_transforms_draw_as_the_monai_pipeline_does(preset: str) -> None:
+    """The batched path (gentle, light) against MONAI item by item: each statistic's mean and spread over 400
+    seeds agree within a few standard errors (the draws differ, the distributions may not)."""
+    config = replace(AugmentConfig.preset(preset), flip_prob=0.5)
+    assert Augmentation(config, SIZE).batched is not None and Augmentation(config, SIZE, batched=False).batched is None
+    ours, monai = _statistics(config, True), _statistics(config, False)
+    names = ["brightness", "depth ratio", "contrast", "fov area", "fov row", "fov column", "asymmetry"]
+    for k, name in enumerate(names):
+        a, b = ours[:, k], monai[:, k]
+        standard_error = np.sqrt(a.var() / len(a) + b.var() / len(b)) + 1e-9
+        assert abs(a.mean() - b.mean()) < 4 * standard_error + 1e-3, (name, a.mean(), b.mean())
+        assert abs(a.std() - b.std()) < 0.2 * max(a.std(), b.std()) + 1e-3, (name, a.std(), b.std())

@@ -23,26 +23,6 @@ def _hc_range(value: str | None) -> tuple[float, float] | None:
     return bounds
 
 
-def _mask_counts(value: str, n: int) -> dict[str, int]:
-    """`deform,shape` with n=200: {'deform': 100, 'shape': 100}; the first sources take any remainder (n=1:
-    {'deform': 1})."""
-    sources = [s.strip() for s in value.split(",") if s.strip()]
-    if not sources or len(set(sources)) != len(sources):
-        raise SonosynthError(f"--mask-source '{value}': expected one or more of train, deform, shape, each once")
-    counts = {s: n // len(sources) + (i < n % len(sources)) for i, s in enumerate(sources)}
-    return {s: c for s, c in counts.items() if c} or {sources[0]: n}
-
-
-def _widening(source: Path, shape: bool, hc_widen: float | None, size_widen: float | None) -> tuple[float, float]:
-    """The user's widening options, or (with neither given, for shape masks) the recommended recipe's."""
-    if hc_widen is not None or size_widen is not None or not shape:
-        return hc_widen or 0.0, size_widen or 0.0
-    from sonosynth.data.format import Dataset
-    from sonosynth.synthesis.generate import recommended_widening
-
-    return recommended_widening(Dataset.open(source))
-
-
 def generate_command(
     run: Path = typer.Argument(..., help="Run folder written by `sonosynth train` (or its model/ folder)."),
     source: Path = typer.Option(..., "--source", help="Dataset whose masks (train split if any) are the source."),
@@ -87,35 +67,16 @@ def generate_command(
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Write a synthetic dataset (images, masks, manifest with provenance) from a trained model."""
-    from sonosynth.files import guard_output
-    from sonosynth.synthesis.fidelity import segmenter_predictor
-    from sonosynth.synthesis.generate import AttributePolicy, GenerateConfig, generate_dataset, generate_from_sources
-    from sonosynth.synthesis.masks import ShapeModelConfig
+    from sonosynth.synthesis.generate import AttributePolicy, generate_pairs
 
-    counts = _mask_counts(masks or mask_source, n)
-    if len(counts) > 1 and hc_mm:
-        raise SonosynthError("--hc-mm sets the size of shape masks: use it with --mask-source shape alone")
-    mixed = len(counts) > 1
-    hc_widen, size_widen = _widening(source, "shape" in counts and not hc_mm, hc_widen, size_widen)
-    config = GenerateConfig(
-        mask_source=next(iter(counts)), n=n, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
-        batch_size=batch_size, split=split, output_size=output_size, target_hc_mm=_hc_range(hc_mm),
-        hc_widen=0.0 if mixed else hc_widen,
-        shape=ShapeModelConfig(size_widen=size_widen), filter_dice=filter_dice, filter_mode=filter_mode,
-        attributes=AttributePolicy.parse(attr, attr_dist),
-        prompt=prompt, conditioning_scale=conditioning_scale, device=device,
-    ).checked()
-    guard_output(out, [run, source, segmenter])  # the segmenter is read too
-    predictor = None
-    if segmenter is not None:
-        predictor, _ = segmenter_predictor(segmenter, device=device)
-    elif filter_dice is not None:
-        raise SonosynthError("--filter-dice needs --segmenter SEGRUN")
-    if mixed:  # the shape part alone gets the widened head sizes
-        path = generate_from_sources(run, source, out, counts, config, predictor=predictor, shape_hc_widen=hc_widen,
-                                     overwrite=overwrite)
-    else:
-        path = generate_dataset(run, source, out, config, predictor=predictor, overwrite=overwrite)
+    settings = {
+        "steps": steps, "guidance_scale": guidance, "scheduler": scheduler, "seed": seed, "batch_size": batch_size,
+        "split": split, "output_size": output_size, "target_hc_mm": _hc_range(hc_mm), "filter_dice": filter_dice,
+        "filter_mode": filter_mode, "attributes": AttributePolicy.parse(attr, attr_dist), "prompt": prompt,
+        "conditioning_scale": conditioning_scale, "device": device,
+    }
+    path = generate_pairs(run, source, out, masks or mask_source, n, settings, hc_widen, size_widen, segmenter,
+                          overwrite)
     typer.echo(f"synthetic dataset written to {path}")
 
 

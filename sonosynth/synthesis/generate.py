@@ -596,3 +596,44 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+def mask_counts(value: str, n: int) -> dict[str, int]:
+    """`--mask-source`: `deform,shape` with n=200 is {'deform': 100, 'shape': 100}; the first sources take any
+    remainder (n=1: {'deform': 1})."""
+    sources = [s.strip() for s in value.split(",") if s.strip()]
+    if not sources or len(set(sources)) != len(sources):
+        raise SonosynthError(f"--mask-source '{value}': expected one or more of train, deform, shape, each once")
+    counts = {s: n // len(sources) + (i < n % len(sources)) for i, s in enumerate(sources)}
+    return {s: c for s, c in counts.items() if c} or {sources[0]: n}
+
+
+def generate_pairs(run: str | Path, source: str | Path, out: str | Path, mask_sources: str, n: int,
+                   settings: dict[str, Any] | None = None, hc_widen: float | None = None,
+                   size_widen: float | None = None, segmenter: str | Path | None = None, overwrite: bool = False
+                   ) -> Path:
+    """`sonosynth generate`: `n` pairs from one or several mask sources (`deform,shape`: split evenly, one dataset),
+    shape masks widened as asked (neither widening given: the recommended recipe's), every pair scored by
+    `segmenter` when given. `settings`: the other `GenerateConfig` fields."""
+    from sonosynth.files import guard_output
+    from sonosynth.synthesis.fidelity import segmenter_predictor
+    from sonosynth.synthesis.masks import ShapeModelConfig
+
+    settings = dict(settings or {})
+    counts = mask_counts(mask_sources, n)
+    if len(counts) > 1 and settings.get("target_hc_mm"):
+        raise SonosynthError("--hc-mm sets the size of shape masks: use it with --mask-source shape alone")
+    mixed = len(counts) > 1
+    if hc_widen is None and size_widen is None and "shape" in counts and not settings.get("target_hc_mm"):
+        hc_widen, size_widen = recommended_widening(Dataset.open(source))
+    hc_widen, size_widen = hc_widen or 0.0, size_widen or 0.0
+    config = GenerateConfig(**settings, n=n, mask_source=next(iter(counts)), hc_widen=0.0 if mixed else hc_widen,
+                            shape=ShapeModelConfig(size_widen=size_widen)).checked()
+    guard_output(out, [run, source, segmenter])  # the segmenter is read too
+    if segmenter is None and config.filter_dice is not None:
+        raise SonosynthError("--filter-dice needs --segmenter SEGRUN")
+    predictor = None if segmenter is None else segmenter_predictor(segmenter, device=config.device)[0]
+    if mixed:  # the shape part alone gets the widened head sizes
+        return generate_from_sources(run, source, out, counts, config, predictor=predictor, shape_hc_widen=hc_widen,
+                                     overwrite=overwrite)
+    return generate_dataset(run, source, out, config, predictor=predictor, overwrite=overwrite)
