@@ -473,3 +473,24 @@ def test_a_damaged_report_record_is_one_line_naming_it(datasets: tuple[Path, Pat
     (out / "settings.json").write_text("[]")
     with pytest.raises(SonosynthError, match="settings.json: report settings must be a JSON object"):
         run_downstream(real, out, config(ks=["1"], seeds=1, arms=["real"]), progress=False, report_only=True)
+
+
+def test_a_recipe_saved_with_the_old_sampler_key_still_reads_and_its_report_resumes(tmp_path):
+    """`sampler` became `scheduler` (the CLI's word): old recipe files load, old reports resume, a real change
+    of sampler is still refused."""
+    import json
+
+    from sonosynth.errors import SonosynthError
+    from sonosynth.evaluation.downstream import _check_or_write_settings
+    from sonosynth.evaluation.generators import GeneratorRecipe
+
+    assert GeneratorRecipe.from_dict({"sampler": "ddim"}).scheduler == "ddim"
+    with pytest.raises(SonosynthError, match="sampler"):
+        GeneratorRecipe.from_dict({"sampler": "ddim", "scheduler": "unipc"})
+    saved = GeneratorRecipe().to_dict()
+    saved["sampler"] = saved.pop("scheduler")
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"generator_per_k": saved, "seeds": 3}))
+    _check_or_write_settings(path, {"generator_per_k": GeneratorRecipe().to_dict(), "seeds": 3})
+    with pytest.raises(SonosynthError, match="generator_per_k"):
+        _check_or_write_settings(path, {"generator_per_k": GeneratorRecipe(scheduler="ddim").to_dict(), "seeds": 3})

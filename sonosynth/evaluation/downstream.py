@@ -34,7 +34,13 @@ from sonosynth.data.format import MANIFEST_CSV, Dataset, sha256_of
 from sonosynth.data.validate import require_separate, require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
-from sonosynth.evaluation.generators import GENERATORS_DIR, GeneratorRecipe, ensure_generator, generator_folder
+from sonosynth.evaluation.generators import (
+    GENERATORS_DIR,
+    GeneratorRecipe,
+    ensure_generator,
+    generator_folder,
+    renamed_fields,
+)
 from sonosynth.evaluation.selection import selection_ids
 from sonosynth.files import guard_output, read_json_object, write_json_atomic
 from sonosynth.segmentation.common import SegmentationConfig
@@ -405,6 +411,8 @@ def _check_or_write_settings(path: Path, settings: dict[str, Any]) -> None:
     """Resuming is only honest with the same data and training settings; refuse otherwise."""
     if path.is_file():
         previous = {k: v for k, v in read_json_object(path, "report settings").items() if k not in LOCATIONS}
+        if isinstance(previous.get("generator_per_k"), dict):  # a recipe saved under older field names
+            previous["generator_per_k"] = renamed_fields(previous["generator_per_k"])
         current = {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in LOCATIONS}
         for key in ("real_manifest_sha256", "synthetic_manifest_sha256"):  # reports before these: not recorded
             if key not in previous:

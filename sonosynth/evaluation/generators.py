@@ -17,9 +17,10 @@ these folders. Each stage is skipped when its output is complete, so the experim
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sonosynth.data.format import Dataset, DatasetWriter, copy_pairs
 from sonosynth.errors import SonosynthError
@@ -29,8 +30,9 @@ from sonosynth.training.run import RunFolder
 
 GENERATORS_DIR = "generators"
 TRAINING_FILE = "training.json"
-SAMPLING_FIELDS = ("mask_sources", "sample_steps", "guidance_scale", "sampler", "filter_dice", "filter_segmenter_steps",
-                   "hc_range_widen", "size_range_widen")
+SAMPLING_FIELDS = ("mask_sources", "sample_steps", "guidance_scale", "scheduler", "filter_dice",
+                   "filter_segmenter_steps", "hc_range_widen", "size_range_widen")
+OLD_NAMES = {"sampler": "scheduler"}  # recipe fields renamed to the word the rest of sonosynth uses (glossary)
 """The recipe fields that change only the sampling: everything else changes the trained generator."""
 
 
@@ -51,7 +53,7 @@ class GeneratorRecipe(Config):
     mask_sources: dict[str, int] = field(default_factory=lambda: {"deform": 100, "shape": 100})
     sample_steps: int = 20
     guidance_scale: float = 1.5
-    sampler: str | None = None  # None: the sampler saved with the model (dpm++)
+    scheduler: str | None = None  # the sampler, as `generate --scheduler`; None: the one saved with the model
     # Fidelity filter: drop samples whose mask Dice under a segmenter trained on the k subjects only (fixed
     # `filter_segmenter_steps`, no validation data: the filter sees nothing beyond the k subjects) is below this.
     filter_dice: float | None = None
@@ -116,6 +118,11 @@ class GeneratorRecipe(Config):
             raise SonosynthError("generator recipe: init fine-tunes a denoiser of ours; a Stable Diffusion base "
                                  "is already pretrained")
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, origin: str | None = None) -> GeneratorRecipe:
+        """Strict, as every config; `sampler` (`scheduler` before it took the word the CLI uses) still reads."""
+        return super().from_dict(renamed_fields(dict(data or {})), origin)
+
     @property
     def n_pairs(self) -> int:
         return sum(self.mask_sources.values())
@@ -127,11 +134,16 @@ class GeneratorRecipe(Config):
     def sampling_name(self) -> str:
         """The folder name of one way of sampling, e.g. `deform100+shape100__guidance1.5__20steps`."""
         sources = "+".join(f"{name}{n}" for name, n in self.mask_sources.items())
-        sampler = f"__{self.sampler}" if self.sampler else ""
+        sampler = f"__{self.scheduler}" if self.scheduler else ""
         kept = "" if self.filter_dice is None else f"__filter{self.filter_dice:g}-{self.filter_segmenter_steps}steps"
         widened = f"__hc-widen{self.hc_range_widen:g}" if self.hc_range_widen else ""
         widened += f"__size-widen{self.size_range_widen:g}" if self.size_range_widen else ""
         return f"{sources}__guidance{self.guidance_scale:g}__{self.sample_steps}steps{sampler}{kept}{widened}"
+
+
+def renamed_fields(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe with its old field names (`OLD_NAMES`) read as today's."""
+    return {OLD_NAMES.get(k, k) if OLD_NAMES.get(k) not in recipe else k: v for k, v in recipe.items()}
 
 
 def generator_folder(store: Path, k: str, seed: int) -> Path:
@@ -209,7 +221,7 @@ def ensure_generator(
     generate = GenerateConfig(
         steps=recipe.sample_steps,
         guidance_scale=recipe.guidance_scale,
-        scheduler=recipe.sampler,
+        scheduler=recipe.scheduler,
         seed=derive_seed(seed, "generate"),
         device=device,
         filter_dice=recipe.filter_dice,

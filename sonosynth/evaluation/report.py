@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sonosynth.data.format import Dataset
+from sonosynth.evaluation.generators import renamed_fields
 from sonosynth.files import atomic_path, write_text_atomic
 
 ARM_ORDER = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
@@ -433,6 +434,7 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
     seg = settings["segmentation"]
     recipe = settings.get("generator_per_k")
     if recipe:
+        recipe = renamed_fields(recipe)
         sources = ", ".join(f"{n} {name}" for name, n in recipe["mask_sources"].items())
         if recipe.get("hc_range_widen"):
             sources += (f" (the shape masks' head circumference over those subjects' range widened by "
@@ -450,7 +452,8 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
             f"for {recipe['train_steps']} steps on exactly the k subjects of the real arm"
             + (f", conditioned on {', '.join(recipe['class_attributes'])}" if recipe["class_attributes"] else "")
             + f"; {sources} masks made from those subjects' masks only; sampled with "
-            f"{recipe['sample_steps']} {recipe['sampler'] or 'dpm++'} steps, guidance {recipe['guidance_scale']}. "
+            f"{recipe['sample_steps']} {recipe.get('scheduler') or 'dpm++'} steps, "
+            f"guidance {recipe['guidance_scale']}. "
             f"Generators, their data and samples are under `{settings.get('generators', 'generators/')}`.\n"
         )
     elif settings.get("synthetic"):
