@@ -124,9 +124,11 @@ def _train(
     views = 0 if latents is None else config.latent_views
     sampler = StreamBatchSampler(len(pairs), config.batch_size, config.seed, rank, world,
                                  start=step * config.grad_accumulation, views=views)
+    items = TrainingItems(pairs, config)
     loader = torch.utils.data.DataLoader(
-        TrainingItems(pairs, config),
+        items,
         batch_sampler=sampler,
+        collate_fn=items.collate,
         num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0,
     )

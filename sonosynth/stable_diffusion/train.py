@@ -140,7 +140,8 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
 
     sampler = StreamBatchSampler(len(pairs), config.batch_size, config.seed, rank, world,
                                  start=step * config.grad_accumulation)
-    batches = iter(torch.utils.data.DataLoader(TrainingItems(pairs, data_config), batch_sampler=sampler))
+    items = TrainingItems(pairs, data_config)
+    batches = iter(torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=items.collate))
     grid_items = [pairs[i] for i in range(min(config.num_samples, len(pairs)))]
     class_values = {name: list(pairs.class_values[name]) for name in attributes}
 
