@@ -47,6 +47,13 @@ class TrainingItems:
         item["label"], item["fov"] = masks[0].round().long(), masks[1:]
         return self._patch(item, seed)
 
+    def loader(self, sampler: Any, num_workers: int = 0) -> Any:
+        """The DataLoader over `sampler`'s batches of (index, seed), batches made by `collate`."""
+        import torch
+
+        return torch.utils.data.DataLoader(self, batch_sampler=sampler, collate_fn=self.collate,
+                                           num_workers=num_workers, persistent_workers=num_workers > 0)
+
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The DataLoader's batch; a batched augmentation runs here, once for the whole batch, each item still
         from its own seed (so an item does not depend on the batch it came in)."""

@@ -124,15 +124,7 @@ def _train(
     views = 0 if latents is None else config.latent_views
     sampler = StreamBatchSampler(len(pairs), config.batch_size, config.seed, rank, world,
                                  start=step * config.grad_accumulation, views=views)
-    items = TrainingItems(pairs, config)
-    loader = torch.utils.data.DataLoader(
-        items,
-        batch_sampler=sampler,
-        collate_fn=items.collate,
-        num_workers=config.num_workers,
-        persistent_workers=config.num_workers > 0,
-    )
-    batches = iter(loader)
+    batches = iter(TrainingItems(pairs, config).loader(sampler, config.num_workers))
     grid_items = [pairs[i] for i in range(min(config.num_samples, len(pairs)))]
 
     def micro_loss(micro_batch: int) -> torch.Tensor:

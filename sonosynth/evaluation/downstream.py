@@ -223,6 +223,7 @@ def run_downstream(
     from sonosynth.metrics import label_structures
     from sonosynth.segmentation.train import check_compatible_labels
 
+    code_version()  # the code as this run starts, not as it is when a cell ends hours later (cached)
     out = guard_output(out, [real_path, synthetic_path])  # the report (and generator store) hold no input
     if config.generators:
         guard_output(config.generators, [real_path, synthetic_path])

@@ -140,8 +140,7 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
 
     sampler = StreamBatchSampler(len(pairs), config.batch_size, config.seed, rank, world,
                                  start=step * config.grad_accumulation)
-    items = TrainingItems(pairs, data_config)
-    batches = iter(torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=items.collate))
+    batches = iter(TrainingItems(pairs, data_config).loader(sampler))
     grid_items = [pairs[i] for i in range(min(config.num_samples, len(pairs)))]
     class_values = {name: list(pairs.class_values[name]) for name in attributes}
 
