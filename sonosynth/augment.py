@@ -354,13 +354,19 @@ class Augmentation:
 
     def batch(self, images: torch.Tensor, labels: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 1, S, S) in [-1, 1] and labels (B, S, S) int64, each pair with its own seed."""
+        out, moved = self.batch_masks(images, labels[:, None], seeds)
+        return out, moved[:, 0]
+
+    def batch_masks(self, images: torch.Tensor, masks: torch.Tensor, seeds: list[int]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 1, S, S) and masks (B, C, S, S), each item with its own seed: at once where the config has
+        a batched path, else item by item."""
         if self.batched is not None:
-            out, moved = self.batched(images, labels[:, None], seeds)
-            return out, moved[:, 0]
+            return self.batched(images, masks, seeds)
         if self.transform is None:
-            return images, labels
-        pairs = [self(image, label[None], seed) for image, label, seed in zip(images, labels, seeds, strict=True)]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1][0] for p in pairs])
+            return images, masks
+        items = [self(image, mask, seed) for image, mask, seed in zip(images, masks, seeds, strict=True)]
+        return torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])
 
 
 BATCHED = ("affine_prob", "flip_prob", "gain_prob", "depth_gain_prob", "contrast_prob")

@@ -29,8 +29,8 @@ class TrainingItems:
         return len(self.pairs)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        """The item's augmentation (whole image, before any patch is cut) and patch follow from its seed. With a
-        batched augmentation (the gentle preset) the item comes unaugmented and `collate` augments the batch."""
+        """The item as it is; `collate` augments it (whole image, before any patch is cut) and cuts its patch,
+        both from its seed."""
         import torch
 
         from sonosynth.models.denoiser import coordinate_channels
@@ -40,12 +40,7 @@ class TrainingItems:
         item["key"] = torch.tensor([index, seed])  # what `LatentCache` files the item's latent under
         if self.config.model.coord_channels:  # where a pixel lies in the output image: never warped
             item["coords"] = coordinate_channels(1, self.config.image_size)[0]
-        if self.augmentation.batched is not None:
-            return item
-        masks = torch.cat([item["label"][None].to(item["fov"].dtype), item["fov"]])
-        item["image"], masks = self.augmentation(item["image"], masks, seed)
-        item["label"], item["fov"] = masks[0].round().long(), masks[1:]
-        return self._patch(item, seed)
+        return item
 
     def loader(self, sampler: Any, num_workers: int = 0) -> Any:
         """The DataLoader over `sampler`'s batches of (index, seed), batches made by `collate`."""
@@ -55,19 +50,18 @@ class TrainingItems:
                                            num_workers=num_workers, persistent_workers=num_workers > 0)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """The DataLoader's batch; a batched augmentation runs here, once for the whole batch, each item still
-        from its own seed (so an item does not depend on the batch it came in)."""
+        """The DataLoader's batch: the items augmented (at once where the preset has a batched path) and cut, each
+        from its own seed, so an item does not depend on the batch it came in."""
         import torch
         from torch.utils.data import default_collate
 
-        if self.augmentation.batched is None:
-            return default_collate(items)
+        seeds = [int(it["key"][1]) for it in items]
         images = torch.stack([it["image"] for it in items])
         masks = torch.stack([torch.cat([it["label"][None].to(it["fov"].dtype), it["fov"]]) for it in items])
-        images, masks = self.augmentation.batched(images, masks, [int(it["key"][1]) for it in items])
-        augmented = [{**it, "image": image, "label": mask[0].round().long(), "fov": mask[1:]}
-                     for it, image, mask in zip(items, images, masks, strict=True)]
-        return default_collate([self._patch(it, int(it["key"][1])) for it in augmented])
+        images, masks = self.augmentation.batch_masks(images, masks, seeds)
+        return default_collate([self._patch({**it, "image": image, "label": mask[0].round().long(), "fov": mask[1:]},
+                                            seed)
+                                for it, image, mask, seed in zip(items, images, masks, seeds, strict=True)])
 
     def _patch(self, item: dict[str, Any], seed: int) -> dict[str, Any]:
         import torch
