@@ -111,7 +111,7 @@ def sample_step(model: torch.nn.Module, latents: torch.Tensor, condition: torch.
 
 def workloads(batch: int, px: int, pixel_px: int) -> list[Workload]:
     generator = torch.Generator().manual_seed(0)
-    vae = build_autoencoder(AutoencoderConfig(image_size=px)).eval()
+    vae = build_autoencoder(AutoencoderConfig(size=px)).eval()
     factor, channels = latent_factor(vae), vae.config.latent_channels
     side = px // factor
     latent_model = build_model(ModelConfig(kind="spade", size="small", num_labels=2, latent_channels=channels,

@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    vae = build_autoencoder(AutoencoderConfig(image_size=args.px)).eval()
+    vae = build_autoencoder(AutoencoderConfig(size=args.px)).eval()
     factor = latent_factor(vae)
     pixel = build_model(ModelConfig(size="small")).eval()
     latent = build_model(ModelConfig(size="small", latent_channels=vae.config.latent_channels,

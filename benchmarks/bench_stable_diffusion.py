@@ -55,7 +55,7 @@ def main() -> None:
 
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        config = StableDiffusionConfig(dataset=str(data), base=str(base), kind="controlnet", image_size=args.size,
+        config = StableDiffusionConfig(dataset=str(data), base=str(base), kind="controlnet", size=args.size,
                                        batch_size=args.batch_size, max_steps=args.steps, lora_rank=args.lora_rank,
                                        checkpoint_every=10**6, sample_every=10**6, sample_steps=2, num_samples=1,
                                        mixed_precision=args.mixed_precision)

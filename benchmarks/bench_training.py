@@ -49,7 +49,7 @@ def measure(dataset: Path, model: str, size: int, steps: int, warmup: int, batch
     stamps: dict[int, float] = {}
     cpu_stamps: dict[int, float] = {}
     config = TrainConfig(
-        dataset=str(dataset), model=ModelConfig(size=model, kind=kind), image_size=size, batch_size=batch_size,
+        dataset=str(dataset), model=ModelConfig(size=model, kind=kind), size=size, batch_size=batch_size,
         max_steps=warmup + steps + 1, checkpoint_every=10**9, sample_every=10**9, num_samples=1, sample_steps=1,
     )
     with tempfile.TemporaryDirectory() as run:

@@ -27,8 +27,8 @@ def train_on_cpu_budget(args: argparse.Namespace) -> Path:
     from sonosynth.models.configs import ModelConfig
 
     config = TrainConfig(
-        dataset=str(args.dataset), model=ModelConfig(size=args.model, kind=args.kind), image_size=args.size,
-        patch_size=args.patch_size, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps,
+        dataset=str(args.dataset), model=ModelConfig(size=args.model, kind=args.kind), size=args.size,
+        patch_size=args.patch_size, batch_size=args.batch_size, learning_rate=args.lr, max_steps=args.max_steps,
         warmup_steps=50, lr_schedule="constant", checkpoint_every=args.checkpoint_every, keep_checkpoints=1000,
         sample_every=args.checkpoint_every * 4, sample_steps=20, num_samples=6, seed=args.seed,
     )
@@ -67,7 +67,7 @@ def evaluate(args: argparse.Namespace, run: Path) -> list[dict]:
     config = TrainConfig.from_yaml(run / "config.yaml")
     config.sample_steps = args.sample_steps
     test = Dataset.open(args.dataset).subset("test")
-    pairs = LetterboxedPairs(test, config.image_size)
+    pairs = LetterboxedPairs(test, config.size)
     items = [pairs[i] for i in range(min(args.eval_n, len(pairs)))]
     masks = [it["label"].numpy().astype(np.uint8) for it in items]
     predict, num_labels = segmenter_predictor(args.segrun)

@@ -33,7 +33,7 @@ from sonosynth.diffusion.train import train
 
 data, run, minutes, resume = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "1"
 max_steps = int(sys.argv[5])
-config = TrainConfig(dataset=data, image_size=64, batch_size=8, lr=1e-3, warmup_steps=20, max_steps=max_steps,
+config = TrainConfig(dataset=data, size=64, batch_size=8, learning_rate=1e-3, warmup_steps=20, max_steps=max_steps,
                      checkpoint_every=max(50, max_steps // 6), sample_every=max(50, max_steps // 3), num_samples=4,
                      seed=0)
 config.model = with_model_size(config.model, "small", "spade")

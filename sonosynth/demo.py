@@ -36,13 +36,14 @@ class DemoConfig(Config):
     """Sizes of each stage; `full()` fits in about 20 CPU minutes, `fast()` in about 3."""
 
     what: ClassVar[str] = "demo"
+    renamed: ClassVar[dict[str, str]] = {"image_size": "size", "model_size": "net_size", "train_steps": "max_steps"}
 
     n_cases: int = 160
     phantom_size: str = "96x64"  # width x height, like HC18's 800x540 aspect
-    model_size: str = "small"
-    image_size: int = 64
-    generator_size: int | None = None  # the diffusion model's side; None: image_size
-    train_steps: int = 1200
+    net_size: str = "small"
+    size: int = 64
+    generator_size: int | None = None  # the diffusion model's side; None: size
+    max_steps: int = 1200
     batch_size: int = 8
     n_deform: int = 60
     n_shape: int = 60
@@ -65,9 +66,9 @@ class DemoConfig(Config):
     def fast(cls, **overrides) -> DemoConfig:
         settings = dict(
             n_cases=40,
-            model_size="tiny",
-            image_size=32,
-            train_steps=40,
+            net_size="tiny",
+            size=32,
+            max_steps=40,
             batch_size=4,
             n_deform=8,
             n_shape=8,
@@ -81,16 +82,16 @@ class DemoConfig(Config):
 
     def latent(self) -> DemoConfig:
         """The same demo as latent diffusion: an autoencoder on the phantom images, the denoiser on its latents,
-        images at twice the side (the segmenters stay at `image_size`, so the evaluation costs the same)."""
-        fast = self.model_size == "tiny"
+        images at twice the side (the segmenters stay at `size`, so the evaluation costs the same)."""
+        fast = self.net_size == "tiny"
         width, height = (int(v) for v in self.phantom_size.split("x"))
-        return replace(self, phantom_size=f"{2 * width}x{2 * height}", generator_size=2 * self.image_size,
+        return replace(self, phantom_size=f"{2 * width}x{2 * height}", generator_size=2 * self.size,
                        autoencoder_steps=60 if fast else 600,
                        autoencoder_channels=(8, 16) if fast else self.autoencoder_channels)
 
     @property
     def generator_side(self) -> int:
-        return self.generator_size or self.image_size
+        return self.generator_size or self.size
 
 
 @contextmanager
@@ -151,7 +152,7 @@ def run_demo(out: str | Path, config: DemoConfig, log: Callable[[str], None] = p
             seeds=config.seeds,
             arms=["real", "real+synthetic"],
             segmentation=SegmentationConfig(
-                size=config.image_size, net=config.segment_net, max_steps=config.segment_steps, seed=config.seed
+                size=config.size, net=config.segment_net, max_steps=config.segment_steps, seed=config.seed
             ),
         )
         report = run_downstream(data, out / REPORT, downstream, synthetic_path=synthetic, command="sonosynth demo",
@@ -168,8 +169,8 @@ def _train_autoencoder(data: Path, run: Path, config: DemoConfig) -> None:
 
     steps, side = config.autoencoder_steps, config.generator_side
     ae_config = AutoencoderConfig(
-        datasets=[str(data)], image_size=side, patch_size=min(64, side // 2), channels=config.autoencoder_channels,
-        batch_size=config.batch_size, lr=2e-4, max_steps=steps, adversarial_start=steps // 2,
+        datasets=[str(data)], size=side, patch_size=min(64, side // 2), channels=config.autoencoder_channels,
+        batch_size=config.batch_size, learning_rate=2e-4, max_steps=steps, adversarial_start=steps // 2,
         checkpoint_every=max(10, steps // 6), sample_every=max(10, steps // 2), seed=config.seed,
     )
     train_patches_then_whole(ae_config, run, decoder_steps=max(10, steps // 4), device=config.device)
@@ -182,14 +183,14 @@ def _train_diffusion(data: Path, run: Path, config: DemoConfig, autoencoder: Pat
 
     train_config = TrainConfig(
         dataset=str(data),
-        model=ModelConfig(kind="spade", size=config.model_size),
+        model=ModelConfig(kind="spade", size=config.net_size),
         autoencoder=None if autoencoder is None else str(autoencoder),
-        image_size=config.generator_side,
+        size=config.generator_side,
         batch_size=config.batch_size,
-        max_steps=config.train_steps,
-        warmup_steps=min(100, config.train_steps // 10),
-        checkpoint_every=max(10, config.train_steps // 6),
-        sample_every=max(10, config.train_steps // 2),
+        max_steps=config.max_steps,
+        warmup_steps=min(100, config.max_steps // 10),
+        checkpoint_every=max(10, config.max_steps // 6),
+        sample_every=max(10, config.max_steps // 2),
         seed=config.seed,
     )
     resume = RunFolder(run).has_checkpoints

@@ -42,7 +42,8 @@ def train_generator(dataset: str | Path, out: str | Path, options: dict[str, Any
     if config_file is not None:
         # Sections replace the defaults' whole: a partial `model:` (e.g. just `size: tiny`) is completed
         # from that size's preset, not mixed with another preset's widths.
-        config = TrainConfig.from_dict({**config.to_dict(), **from_file}, origin=str(config_file))
+        config = TrainConfig.from_dict({**config.to_dict(), **TrainConfig.current_names(from_file, str(config_file))},
+                                       origin=str(config_file))
     fields = {k: v for k, v in given.items() if k not in ("model_size", "kind")}
     config = TrainConfig.from_dict({**config.to_dict(), "dataset": str(dataset), **fields}, origin="command line")
     if "model_size" in given or "kind" in given:
@@ -61,7 +62,9 @@ def _train_stable_diffusion(dataset: str | Path, out: Path, given: dict[str, Any
     if wrong:
         raise SonosynthError(f"{', '.join(wrong)}: not for Stable Diffusion runs (--base); the base is the "
                              "network, and --prompt-template names the attributes it is conditioned on")
-    settings = {**saved, **from_file, "dataset": str(dataset), **given}
+    current = StableDiffusionConfig.current_names
+    settings = {**current(saved, str(RunFolder(out).config_yaml)), **current(from_file, "config file"),
+                "dataset": str(dataset), **given}
     if settings.get("kind") in ("spade", "concat"):
         raise SonosynthError(f"--kind {settings['kind']} trains a denoiser from scratch; with --base use controlnet, "
                              "lora or joint")

@@ -31,6 +31,9 @@ class Config:
     """Base of sonosynth's config dataclasses: strict `from_dict`/`from_yaml`, `to_dict`/`to_yaml`, `save`."""
 
     what: ClassVar[str] = "config"  # how errors name it: "unknown <what> fields [...]"
+    # Fields renamed to the glossary's word (docs/glossary.md), old name -> new name: a file written before the
+    # rename (a run's config.yaml, a checkpoint's state, a recipe) still reads; only the new name is written.
+    renamed: ClassVar[dict[str, str]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))  # type: ignore[call-overload]
@@ -38,7 +41,7 @@ class Config:
     @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any] | None, origin: str | None = None) -> C:
         origin = origin or cls.what
-        data = dict(data or {})
+        data = cls.current_names(data or {}, origin)
         hints = _type_hints(cls)
         for f in fields(cls):  # type: ignore[arg-type]
             if f.name not in data:
@@ -50,6 +53,15 @@ class Config:
                                               or f.default is not MISSING and isinstance(f.default, tuple)):
                 data[f.name] = tuple(value)
         return strict_from_dict(cls, data, origin, cls.what)
+
+    @classmethod
+    def current_names(cls, data: Mapping[str, Any], origin: str | None = None) -> dict[str, Any]:
+        """`data` with the old names of renamed fields (`renamed`) read as today's; both at once is an error."""
+        both = sorted(old for old, new in cls.renamed.items() if old in data and new in data)
+        if both:
+            raise SonosynthError(f"{origin or cls.what}: {', '.join(both)} is the old name of "
+                                 f"{', '.join(cls.renamed[b] for b in both)}: give one of them")
+        return {cls.renamed.get(k, k): v for k, v in data.items()}
 
     def checked(self: C, origin: str = "command line") -> C:
         """This config, its values checked against `FIELD_RANGES` (as `from_dict` does): for configs a command
@@ -72,8 +84,15 @@ class Config:
 
 def without_new_defaults(current: dict[str, Any], recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """`current` less the fields `recorded` lacks that sit at their default: a record written before a field
-    existed describes a run with that field at its default, so it still matches."""
-    return {k: v for k, v in current.items() if k in recorded or v != defaults.get(k)}
+    existed describes a run with that field at its default, so it still matches (in nested sections too)."""
+    kept = {}
+    for key, value in current.items():
+        old, default = recorded.get(key), defaults.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and isinstance(default, dict):
+            kept[key] = without_new_defaults(value, old, default)
+        elif key in recorded or value != default:
+            kept[key] = value
+    return kept
 
 
 def at_least_one(config: Any, names: tuple[str, ...]) -> list[str]:
@@ -81,9 +100,9 @@ def at_least_one(config: Any, names: tuple[str, ...]) -> list[str]:
     return [f"{name} must be at least 1" for name in names if int(getattr(config, name)) < 1]
 
 
-def patch_problems(patch_size: int | None, image_size: int) -> list[str]:
-    if patch_size is not None and not 0 < patch_size <= image_size:
-        return [f"patch_size must be between 1 and image_size ({image_size})"]
+def patch_problems(patch_size: int | None, size: int) -> list[str]:
+    if patch_size is not None and not 0 < patch_size <= size:
+        return [f"patch_size must be between 1 and size ({size})"]
     return []
 
 
@@ -115,7 +134,7 @@ _COUNTS = ("batch_size", "max_steps", "steps", "sample_steps", "train_steps", "n
            "stage2_steps", "val_every", "patience", "checkpoint_every", "sample_every", "n", "seeds", "max_pairs",
            "kid_subsets", "kid_subset_size", "grad_accumulation", "segment_steps", "n_cases", "max_tries",
            "jump_length", "jump_n_sample", "k")
-_PIXELS = ("size", "image_size", "patch_size", "stage2_size", "memorisation_size")
+_PIXELS = ("size", "patch_size", "stage2_size", "memorisation_size")
 _NON_NEGATIVE = ("warmup_steps", "weight_decay", "latent_views", "num_workers", "keep_checkpoints", "num_samples",
                  "margin_px", "hc_widen", "size_widen", "hc_range_widen", "size_range_widen", "adversarial_start",
                  "n_deform", "n_shape", "conditioning_scale", "autoencoder_steps", "autoencoder_decoder_steps",
@@ -128,7 +147,6 @@ FIELD_RANGES: dict[str, tuple[float, float, str]] = {
     **{name: (0, float("inf"), "not negative") for name in _NON_NEGATIVE},
     **{name: (0, 1, "within [0, 1]") for name in _UNIT},
     "seed": (0, 2**63 - 1, "an integer from 0 to 2**63 - 1"),
-    "lr": (0, 10, "a learning rate from 0 (frozen weights) to 10"),
     "learning_rate": (0, 10, "a learning rate from 0 (frozen weights) to 10"),
     "guidance_scale": (0, 100, "within [0, 100]"),
 }

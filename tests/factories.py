@@ -56,7 +56,7 @@ def save_tiny_run(out: Path, num_labels: int = 2, class_values: dict[str, list[s
     """A run folder as `sonosynth train` leaves it (config.yaml, the pipeline in model/), untrained."""
     pipe = tiny_pipeline(kind, num_labels, class_values, size, scheduler, training_step, random_weights)
     pipe.save_pretrained(str(out / "model"))
-    (out / "config.yaml").write_text(yaml.safe_dump({"image_size": size,
+    (out / "config.yaml").write_text(yaml.safe_dump({"size": size,
                                                      "class_attributes": list(class_values or {})}))
     return out
 
@@ -194,7 +194,7 @@ def imported_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Cal
 
 def tiny_train_config(dataset: Path, **changes) -> TrainConfig:
     """A run that takes seconds: tiny model, 32 px, batch 2, sampling with 2 steps."""
-    settings = dict(dataset=str(dataset), split="all", model=ModelConfig(size="tiny"), image_size=32, batch_size=2,
+    settings = dict(dataset=str(dataset), split="all", model=ModelConfig(size="tiny"), size=32, batch_size=2,
                     max_steps=4, warmup_steps=1, checkpoint_every=2, keep_checkpoints=5, sample_every=1000,
                     sample_steps=2, num_samples=1)
     return TrainConfig(**{**settings, **changes})
@@ -228,8 +228,9 @@ def tiny_stable_diffusion_config(dataset: Path, base: Path, **changes):
     """A Stable Diffusion run that takes seconds: 32 px, batch 2, 4 steps, sampling with 2 steps."""
     from sonosynth.stable_diffusion.config import StableDiffusionConfig
 
-    settings = dict(dataset=str(dataset), split="all", base=str(base), image_size=32, batch_size=2, max_steps=4,
-                    lr=1e-3, checkpoint_every=2, keep_checkpoints=5, sample_every=1000, sample_steps=2, num_samples=1,
+    settings = dict(dataset=str(dataset), split="all", base=str(base), size=32, batch_size=2, max_steps=4,
+                    learning_rate=1e-3, checkpoint_every=2, keep_checkpoints=5, sample_every=1000, sample_steps=2,
+                    num_samples=1,
                     prompt_template="ultrasound image of the {organ}, view {view}")
     return StableDiffusionConfig(**{**settings, **changes})
 

@@ -19,7 +19,7 @@ from sonosynth.training import checkpoints as ckpt
 
 
 def tiny(datasets: list[Path], **changes) -> AutoencoderConfig:
-    settings = dict(datasets=[str(d) for d in datasets], split="all", image_size=32, patch_size=16, channels=(8, 8),
+    settings = dict(datasets=[str(d) for d in datasets], split="all", size=32, patch_size=16, channels=(8, 8),
                     latent_channels=2, discriminator_channels=8, batch_size=2, max_steps=6, adversarial_start=2,
                     checkpoint_every=2, keep_checkpoints=5, sample_every=100, num_samples=2)
     return AutoencoderConfig(**{**settings, **changes})
@@ -39,8 +39,8 @@ def test_config_checks_sizes_and_round_trips(tmp_path: Path) -> None:
     assert config.downsampling == 4 and config.train_size == 64 and config.norm_groups == 32
     config.save(tmp_path / "ae.yaml")
     assert AutoencoderConfig.from_yaml(tmp_path / "ae.yaml") == config
-    with pytest.raises(SonosynthError, match="image_size 250 must be a multiple of the downsampling factor 4"):
-        AutoencoderConfig(image_size=250)
+    with pytest.raises(SonosynthError, match="size 250 must be a multiple of the downsampling factor 4"):
+        AutoencoderConfig(size=250)
     with pytest.raises(SonosynthError, match=r"unknown autoencoder config fields \['depth'\]"):
         AutoencoderConfig.from_dict({"depth": 3})
     assert build_autoencoder(tiny([])).config.block_out_channels == (8, 8)
@@ -75,8 +75,8 @@ def test_resume_equals_uninterrupted_run(two_datasets: list[Path], tmp_path: Pat
     assert ckpt.latest_checkpoint(tmp_path / "killed").name == "step-000004"
     with pytest.raises(SonosynthError, match="already holds a training run"):
         train_autoencoder(config, tmp_path / "killed", progress=False, device="cpu")
-    with pytest.raises(SonosynthError, match=r"cannot resume, the config changed \(lr\)"):
-        train_autoencoder(tiny(two_datasets, lr=1e-3), tmp_path / "killed", resume=True, progress=False,
+    with pytest.raises(SonosynthError, match=r"cannot resume, the config changed \(learning_rate\)"):
+        train_autoencoder(tiny(two_datasets, learning_rate=1e-3), tmp_path / "killed", resume=True, progress=False,
                           device="cpu")
     train_autoencoder(config, tmp_path / "killed", resume=True, progress=False, device="cpu")
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "killed")

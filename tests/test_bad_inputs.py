@@ -394,8 +394,7 @@ def test_every_command_refuses_a_broken_config(valid_dataset, tmp_path, capsys, 
         text = text.replace("max_step: 3", "rotate: 3").replace("max_steps: many", "rotate_deg: many")
         problem = problem.replace("max_steps", "rotate_deg")
     if command.startswith("evaluate"):
-        text = text.replace("max_step: 3", "train_step: 3").replace("max_steps", "train_steps")
-        problem = problem.replace("max_steps", "train_steps")
+        text = text.replace("max_step: 3", "train_step: 3").replace("max_steps: many", "train: {max_steps: many}")
     config = tmp_path / "settings.yaml"
     config.write_text(text)
     out = tmp_path / "out"

@@ -82,8 +82,8 @@ def test_generator_per_k_on_phantom_heads(tmp_path: Path) -> None:
     real = write_phantom_dataset(tmp_path / "phantom", "fetal-head", 12, "48x32", seed=0)
     split_dataset(real, SplitConfig(val=0.2, test=0.3, seed=0))
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("model_size: tiny\nimage_size: 32\ntrain_steps: 3\nbatch_size: 4\n"
-                      "mask_sources: {deform: 2, shape: 2}\nsample_steps: 2\n")
+    recipe.write_text("train: {model: {size: tiny}, size: 32, max_steps: 3, batch_size: 4}\n"
+                      "mask_sources: {deform: 2, shape: 2}\ngenerate: {steps: 2}\n")
     out = tmp_path / "report"
     args = ["evaluate", "downstream", "--auto-split",
          "--real", str(real), "--generator-per-k", str(recipe), "--k", "2",

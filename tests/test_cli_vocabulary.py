@@ -64,7 +64,7 @@ def test_old_spellings_still_work(monkeypatch, tmp_path):
     assert (seen["segment"].max_steps, seen["segment"].net_size) == (9, "base")
     old = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--model", "tiny", "--lr", "0.01"])
     assert old.exit_code == 0, old.output
-    assert (seen["train"].model.size, seen["train"].lr) == ("tiny", 0.01)
+    assert (seen["train"].model.size, seen["train"].learning_rate) == ("tiny", 0.01)
 
 
 def test_an_old_spelling_says_so_in_one_line(monkeypatch, tmp_path):
@@ -79,7 +79,7 @@ def test_an_old_spelling_says_so_in_one_line(monkeypatch, tmp_path):
         result = runner.invoke(app, ["segment", "train", str(tmp_path), "--out", str(tmp_path / "s"), flag,
                                      str(tmp_path / "synth")])
         assert result.exit_code == 0, result.output
-        assert seen["extra_path"] == tmp_path / "synth"
+        assert seen["synthetic_path"] == tmp_path / "synth"
         notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
         assert notes == ([] if flag == "--synthetic" else
                          ["note: --extra is the old spelling of --synthetic, which it will give way to in the next "

@@ -135,7 +135,7 @@ def write_tiny_run(run: Path, size: int = 32) -> Path:
     pipe = MaskToUltrasoundPipeline(unet=unet, scheduler=make_scheduler("dpm++", prediction_type="v_prediction"),
                                     sample_size=size)
     pipe.save_pretrained(str(run / "model"))
-    (run / "config.yaml").write_text(yaml.safe_dump({"image_size": size, "class_attributes": []}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"size": size, "class_attributes": []}))
     return run
 
 

@@ -171,8 +171,14 @@ def test_aggregation_mean_and_sample_std() -> None:
     assert row["n_seeds"] == 3
 
 
-TINY_RECIPE = GeneratorRecipe(model_size="tiny", image_size=32, train_steps=4, batch_size=4,
-                              mask_sources={"deform": 3, "shape": 3}, sample_steps=2)
+def tiny_recipe(train: dict | None = None, **fields) -> GeneratorRecipe:
+    """A recipe for tiny tests: the tiny denoiser at 32 px, 4 steps, 2 sampling steps; `train` changes its section."""
+    return GeneratorRecipe.from_dict({"train": {"model": {"size": "tiny"}, "size": 32, "max_steps": 4, "batch_size": 4,
+                                                **(train or {})},
+                                      "generate": {"steps": 2}, "mask_sources": {"deform": 3, "shape": 3}, **fields})
+
+
+TINY_RECIPE = tiny_recipe()
 
 
 @pytest.mark.slow
@@ -231,7 +237,7 @@ def test_reports_of_an_ablation_share_the_trained_generators(datasets: tuple[Pat
                                                    generators=str(store)), progress=False)
     weights = next((store / "k1__seed0" / "run").rglob("*.safetensors"))
     stamp = weights.stat().st_mtime_ns
-    lever = replace(TINY_RECIPE, guidance_scale=1.0, mask_sources={"shape": 4})
+    lever = replace(TINY_RECIPE, generate=replace(TINY_RECIPE.generate, guidance_scale=1.0), mask_sources={"shape": 4})
     run_downstream(real, tmp_path / "lever", config(ks=["1"], seeds=1, arms=arms, generator=lever,
                                                     generators=str(store)), progress=False)
     assert weights.stat().st_mtime_ns == stamp  # not retrained
@@ -241,8 +247,8 @@ def test_reports_of_an_ablation_share_the_trained_generators(datasets: tuple[Pat
     assert cell["n_synthetic_images"] == 4 and cell["generator"]["folder"] == str((store / "k1__seed0").resolve())
     assert not (tmp_path / "lever" / "generators").exists()
     assert "generators" in json.loads((tmp_path / "lever" / "settings.json").read_text())
-    longer = replace(TINY_RECIPE, train_steps=8)
-    with pytest.raises(SonosynthError, match="trained with other recipe settings \\(train_steps\\)"):
+    longer = tiny_recipe({"max_steps": 8})
+    with pytest.raises(SonosynthError, match="trained with other recipe settings \\(train.max_steps\\)"):
         run_downstream(real, tmp_path / "longer", config(ks=["1"], seeds=1, arms=arms, generator=longer,
                                                          generators=str(store)), progress=False)
     with pytest.raises(SonosynthError, match="needs --generator-per-k"):
@@ -281,7 +287,6 @@ def test_a_designed_shift_trains_on_one_group_and_tests_on_all(datasets: tuple[P
 
 def test_a_latent_generator_per_k_trains_its_autoencoder_on_the_k_subjects_only(datasets: tuple[Path, Path],
                                                                                tmp_path: Path) -> None:
-    from dataclasses import replace
 
     from sonosynth.autoencoder.config import AutoencoderConfig
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
@@ -289,7 +294,7 @@ def test_a_latent_generator_per_k_trains_its_autoencoder_on_the_k_subjects_only(
 
     real, _ = datasets
     train = real_splits(Dataset.open(real), auto_split=True)[0]
-    recipe = replace(TINY_RECIPE, train_steps=2, autoencoder_steps=2, autoencoder_decoder_steps=2)
+    recipe = tiny_recipe({"max_steps": 2}, autoencoder_steps=2, autoencoder_decoder_steps=2)
     folder = tmp_path / "k2__seed0"
     synthetic = ensure_generator(folder, train, train.subjects[:2], recipe, seed=0, device="cpu", progress=False)
     patches = AutoencoderConfig.from_yaml(folder / "autoencoder-patches" / "config.yaml")
@@ -300,12 +305,11 @@ def test_a_latent_generator_per_k_trains_its_autoencoder_on_the_k_subjects_only(
     assert MaskToUltrasoundPipeline.from_pretrained(folder / "run").vae is not None
     assert len(Dataset.open(synthetic)) == 6
     with pytest.raises(SonosynthError, match="brings its own autoencoder"):
-        GeneratorRecipe(model_kind="controlnet", base="sd", autoencoder_steps=5)
+        GeneratorRecipe.from_dict({"stable_diffusion": {"base": "sd"}, "autoencoder_steps": 5})
 
 
 def test_a_generator_per_k_fine_tunes_from_the_recipes_init_run(datasets: tuple[Path, Path], tmp_path: Path) -> None:
     """`init`: each per-k generator starts from a pretrained run (at lr 0 it stays exactly that run)."""
-    from dataclasses import replace
 
     from safetensors.torch import load_file
 
@@ -316,9 +320,9 @@ def test_a_generator_per_k_fine_tunes_from_the_recipes_init_run(datasets: tuple[
     real, _ = datasets
     train = real_splits(Dataset.open(real), auto_split=True)[0]
     pretrained = tmp_path / "pretrained"
-    ensure_generator(pretrained, train, train.subjects[2:4], replace(TINY_RECIPE, train_steps=2), seed=1,
+    ensure_generator(pretrained, train, train.subjects[2:4], tiny_recipe({"max_steps": 2}), seed=1,
                      device="cpu", progress=False)
-    recipe = replace(TINY_RECIPE, train_steps=2, lr=0.0, init=str(pretrained / "run"))
+    recipe = tiny_recipe({"max_steps": 2, "learning_rate": 0.0, "init": str(pretrained / "run")})
     folder = tmp_path / "k2__seed0"
     ensure_generator(folder, train, train.subjects[:2], recipe, seed=0, device="cpu", progress=False)
     assert TrainConfig.from_yaml(folder / "run" / "config.yaml").init == str(pretrained / "run")
@@ -326,9 +330,9 @@ def test_a_generator_per_k_fine_tunes_from_the_recipes_init_run(datasets: tuple[
                for run in (pretrained / "run", folder / "run")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
-    assert "init" in recipe.training_fields()  # another init is another generator (its own store)
-    with pytest.raises(SonosynthError, match="already pretrained"):
-        GeneratorRecipe(model_kind="controlnet", base="sd", init="run")
+    assert recipe.training_fields()["train"]["init"] == str(pretrained / "run")  # another init: another generator
+    with pytest.raises(SonosynthError, match="give train or stable_diffusion, not both"):
+        GeneratorRecipe.from_dict({"stable_diffusion": {"base": "sd"}, "train": {"init": "run"}})
 
 
 def test_committed_recipes_load_and_ablation_levers_share_generators_only_when_they_train_alike() -> None:
@@ -410,8 +414,8 @@ def test_filter_and_widened_head_sizes_use_the_k_subjects_only(tmp_path: Path) -
     chosen = train.subjects[:3]
     from dataclasses import replace
 
-    recipe = replace(TINY_RECIPE, filter_dice=0.01, filter_segmenter_steps=3, hc_range_widen=0.5,
-                     mask_sources={"deform": 2, "shape": 4})
+    recipe = tiny_recipe(generate={"steps": 2, "filter_dice": 0.01}, filter_segmenter_steps=3, hc_range_widen=0.5,
+                         mask_sources={"deform": 2, "shape": 4})
     folder = tmp_path / "k3__seed0"
     synthetic = Dataset.open(ensure_generator(folder, train, chosen, recipe, seed=0, device="cpu", progress=False))
     assert synthetic.root.name == "deform2+shape4__guidance1.5__2steps__filter0.01-3steps__hc-widen0.5"
@@ -434,8 +438,11 @@ def test_filter_and_widened_head_sizes_use_the_k_subjects_only(tmp_path: Path) -
     assert sized.sampling_name.endswith("__size-widen0.3") and sized.training_fields() == recipe.training_fields()
     resized = Dataset.open(ensure_generator(folder, train, chosen, sized, seed=0, device="cpu", progress=False))
     assert resized.info.provenance["config"]["shape"]["size_widen"] == 0.3 and len(resized) == 6
-    with pytest.raises(SonosynthError, match="filter_dice"):
-        replace(TINY_RECIPE, filter_dice=1.5)
+    with pytest.raises(SonosynthError, match="generate: fidelity threshold must be in"):
+        tiny_recipe(generate={"filter_dice": 1.5})
+    other = tiny_recipe(generate={"steps": 2, "batch_size": 2})  # a setting the folder name does not spell out
+    assert other.sampling_name.startswith(TINY_RECIPE.sampling_name + "__") and other.sampling_name != \
+        TINY_RECIPE.sampling_name
 
 
 def test_a_selection_split_is_set_aside_from_the_reported_test_images(tmp_path: Path) -> None:
@@ -484,13 +491,22 @@ def test_a_recipe_saved_with_the_old_sampler_key_still_reads_and_its_report_resu
     from sonosynth.evaluation.downstream import _check_or_write_settings
     from sonosynth.evaluation.generators import GeneratorRecipe
 
-    assert GeneratorRecipe.from_dict({"sampler": "ddim"}).scheduler == "ddim"
-    with pytest.raises(SonosynthError, match="sampler"):
+    assert GeneratorRecipe.from_dict({"sampler": "ddim"}).generate.scheduler == "ddim"
+    with pytest.raises(SonosynthError, match="flat recipe"):
         GeneratorRecipe.from_dict({"sampler": "ddim", "scheduler": "unipc"})
-    saved = GeneratorRecipe().to_dict()
-    saved["sampler"] = saved.pop("scheduler")
+    with pytest.raises(SonosynthError, match="flat recipe"):
+        GeneratorRecipe.from_dict({"lr": 0.1, "train": {"size": 32}})
+    # a report saved by the previous release: its recipe flat, as it wrote it (every field, sampler for scheduler)
+    saved = {"model_kind": "spade", "model_size": "small", "image_size": 64, "train_steps": 1200, "batch_size": 8,
+             "lr": 0.001, "warmup_steps": 20, "class_attributes": [], "mask_sources": {"deform": 100, "shape": 100},
+             "sample_steps": 20, "guidance_scale": 1.5, "sampler": None, "filter_dice": None,
+             "filter_segmenter_steps": 1500, "hc_range_widen": 0.0, "size_range_widen": 0.0, "base": None,
+             "lora_rank": None, "prompt_template": None, "autoencoder": None, "autoencoder_steps": 0,
+             "autoencoder_decoder_steps": 300, "init": None}
     path = tmp_path / "settings.json"
     path.write_text(json.dumps({"generator_per_k": saved, "seeds": 3}))
     _check_or_write_settings(path, {"generator_per_k": GeneratorRecipe().to_dict(), "seeds": 3})
+    ddim = GeneratorRecipe.from_dict({"generate": {"scheduler": "ddim"}})
     with pytest.raises(SonosynthError, match="generator_per_k"):
-        _check_or_write_settings(path, {"generator_per_k": GeneratorRecipe(scheduler="ddim").to_dict(), "seeds": 3})
+        _check_or_write_settings(path, {"generator_per_k": ddim.to_dict(), "seeds": 3})
+    assert GeneratorRecipe.from_dict(saved) == GeneratorRecipe()  # the same recipe, in today's sections

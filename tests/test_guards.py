@@ -66,7 +66,7 @@ def _cases(w: dict[str, Path]) -> list[tuple[str, list[object]]]:
         ("train inside its dataset", ["train", data, "--out", data / "run", "--max-steps", 1, "--device", "cpu"]),
         ("autoencoder into its data", ["autoencoder", "train", data, "--out", data / "ae", "--max-steps", 1]),
         ("segment train inside data", ["segment", "train", data, "--out", data / "seg", "--max-steps", 1]),
-        ("segment train into --extra", ["segment", "train", data, "--extra", other, "--out", other,
+        ("segment train into --synthetic", ["segment", "train", data, "--synthetic", other, "--out", other,
                                         "--overwrite", "--max-steps", 1]),
         ("import over a file", ["data", "import", "nnunet", w["tmp"], file, "--overwrite"]),
         ("import into its source", ["data", "import", "hc18", data, data / "hc18", "--overwrite"]),

@@ -23,7 +23,7 @@ from sonosynth.models.configs import ModelConfig
 def autoencoder(tmp_path: Path) -> Path:
     """An untrained 2x autoencoder with 2 latent channels, saved as `sonosynth autoencoder train` saves it."""
     torch.manual_seed(0)
-    model = build_autoencoder(AutoencoderConfig(image_size=32, patch_size=None, channels=(8, 8), latent_channels=2))
+    model = build_autoencoder(AutoencoderConfig(size=32, patch_size=None, channels=(8, 8), latent_channels=2))
     model.save_pretrained(str(tmp_path / "ae" / "model"))
     return tmp_path / "ae"
 
@@ -183,7 +183,7 @@ def test_init_starts_from_an_earlier_run_and_refuses_another_network(tmp_path: P
     data = write_toy_dataset(tmp_path / "toy")
     first = train(tiny_train_config(data, max_steps=2), tmp_path / "first", progress=False, device="cpu")
     assert first.step == 2
-    frozen = tiny_train_config(data, max_steps=1, lr=0.0, init=str(tmp_path / "first"))
+    frozen = tiny_train_config(data, max_steps=1, learning_rate=0.0, init=str(tmp_path / "first"))
     train(frozen, tmp_path / "second", progress=False, device="cpu")
     before, after = unet_weights(tmp_path / "first"), unet_weights(tmp_path / "second")
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -202,10 +202,10 @@ def test_autoencoder_init_starts_from_an_earlier_autoencoder(tmp_path: Path) -> 
     from sonosynth.autoencoder.train import train_autoencoder
 
     data = write_toy_dataset(tmp_path / "toy")
-    settings = dict(datasets=[str(data)], split="all", image_size=32, patch_size=16, channels=(8, 8), latent_channels=2,
+    settings = dict(datasets=[str(data)], split="all", size=32, patch_size=16, channels=(8, 8), latent_channels=2,
                     discriminator_channels=8, batch_size=2, adversarial_start=100, sample_every=100, num_samples=1)
     train_autoencoder(AutoencoderConfig(**settings, max_steps=2), tmp_path / "ae1", progress=False, device="cpu")
-    train_autoencoder(AutoencoderConfig(**settings, max_steps=1, lr=0.0, init=str(tmp_path / "ae1")),
+    train_autoencoder(AutoencoderConfig(**settings, max_steps=1, learning_rate=0.0, init=str(tmp_path / "ae1")),
                       tmp_path / "ae2", progress=False, device="cpu")
     name = "diffusion_pytorch_model.safetensors"
     before, after = load_file(str(tmp_path / "ae1" / "model" / name)), load_file(str(tmp_path / "ae2" / "model" / name))
@@ -216,13 +216,14 @@ def test_decoder_only_fine_tuning_keeps_the_latent_space(tmp_path: Path) -> None
     from sonosynth.autoencoder.train import train_autoencoder
 
     data = write_toy_dataset(tmp_path / "toy")
-    settings = dict(datasets=[str(data)], split="all", image_size=32, channels=(8, 8), latent_channels=2,
+    settings = dict(datasets=[str(data)], split="all", size=32, channels=(8, 8), latent_channels=2,
                     discriminator_channels=8, batch_size=2, adversarial_start=100, sample_every=100, num_samples=1)
     train_autoencoder(AutoencoderConfig(**settings, patch_size=16, max_steps=2), tmp_path / "ae1", progress=False,
                       device="cpu")
     # whole images now, as a patch-trained model must be before it reconstructs whole images faithfully
-    train_autoencoder(AutoencoderConfig(**settings, patch_size=None, max_steps=3, lr=1e-2, init=str(tmp_path / "ae1"),
-                                        decoder_only=True), tmp_path / "ae2", progress=False, device="cpu")
+    train_autoencoder(AutoencoderConfig(**settings, patch_size=None, max_steps=3, learning_rate=1e-2,
+                                        init=str(tmp_path / "ae1"), decoder_only=True),
+                      tmp_path / "ae2", progress=False, device="cpu")
     name = "diffusion_pytorch_model.safetensors"
     before, after = load_file(str(tmp_path / "ae1" / "model" / name)), load_file(str(tmp_path / "ae2" / "model" / name))
     encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]

@@ -122,10 +122,10 @@ def test_a_byte_order_mark_is_read_as_spreadsheets_write_it(tmp_path: Path) -> N
 
 OUT_OF_RANGE = [
     (["train", "{data}", "--out", "{tmp}/run", "--max-steps", 0], "max_steps"),
-    (["train", "{data}", "--out", "{tmp}/run", "--learning-rate", "nan"], "lr"),
-    (["train", "{data}", "--out", "{tmp}/run", "--learning-rate", -1], "lr must be a learning rate"),
+    (["train", "{data}", "--out", "{tmp}/run", "--learning-rate", "nan"], "learning_rate"),
+    (["train", "{data}", "--out", "{tmp}/run", "--learning-rate", -1], "learning_rate must be a learning rate"),
     (["train", "{data}", "--out", "{tmp}/run", "--seed", -1], "seed"),
-    (["train", "{data}", "--out", "{tmp}/run", "--size", 4], "image_size"),
+    (["train", "{data}", "--out", "{tmp}/run", "--size", 4], "size must be a size"),
     (["generate", "{run}", "--source", "{data}", "--out", "{tmp}/syn", "--n", 0], "n, steps"),
     (["generate", "{run}", "--source", "{data}", "--out", "{tmp}/syn", "--n", 2, "--guidance", "inf"],
      "guidance_scale"),
@@ -157,10 +157,10 @@ def test_a_config_file_out_of_range_names_the_file(tmp_path: Path, capsys: pytes
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_toy_dataset(tmp_path / "data")
     config = tmp_path / "train.yaml"
-    config.write_text("lr: .nan\nbatch_size: 4\n")
+    config.write_text("learning_rate: .nan\nbatch_size: 4\n")
     line = error_line(*run_cli(["train", data, "--config", config, "--out", tmp_path / "run"],
                                capsys, monkeypatch)[::2])
-    assert str(config) in line and "lr must be a finite number" in line, line
+    assert str(config) in line and "learning_rate must be a finite number" in line, line
     config.write_bytes("# réglages\nseed: 1\n".encode("latin-1"))
     line = error_line(*run_cli(["train", data, "--config", config, "--out", tmp_path / "run"],
                                capsys, monkeypatch)[::2])
@@ -201,7 +201,7 @@ def test_extra_pairs_may_not_hold_the_real_val_or_test_pairs(pick: str, same_id:
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     real = split_toy(write_toy_dataset(tmp_path / "real", n=10))
     extra = extra_with(tmp_path, real, pick, same_id)
-    line = error_line(*run_cli(["segment", "train", real, "--extra", extra, "--out", tmp_path / "seg",
+    line = error_line(*run_cli(["segment", "train", real, "--synthetic", extra, "--out", tmp_path / "seg",
                                 "--max-steps", 1, "--size", 32, "--net-size", "tiny"], capsys, monkeypatch)[::2])
     assert str(extra) in line and "validation or test pairs" in line, line
     assert not (tmp_path / "seg").exists()
@@ -212,7 +212,7 @@ def test_extra_pairs_must_name_their_labels_as_the_real_ones(tmp_path: Path, cap
     real = split_toy(write_toy_dataset(tmp_path / "real", n=10))
     extra = write_toy_dataset(tmp_path / "extra", n=4, seed=9, prefix="synth")
     change_info(labels={"0": "background", "1": "lesion"})(extra)  # label 1 means another structure
-    for args in (["segment", "train", real, "--extra", extra, "--out", tmp_path / "seg"],
+    for args in (["segment", "train", real, "--synthetic", extra, "--out", tmp_path / "seg"],
                  ["evaluate", "downstream", "--real", real, "--synthetic", extra, "--out", tmp_path / "rep"]):
         line = error_line(*run_cli(args, capsys, monkeypatch)[::2])
         assert str(extra / "dataset.json") in line and "same names" in line, line

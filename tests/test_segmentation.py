@@ -134,24 +134,24 @@ def test_pretrain_on_synthetic_then_fine_tune_on_real() -> None:
 
 
 def test_batch_composition_follows_the_ratio() -> None:
-    assert batch_composition(8, 0.5, n_real=10, n_extra=50) == (4, 4)
-    assert batch_composition(8, 0.25, n_real=10, n_extra=50) == (6, 2)
-    assert batch_composition(8, 0.5, n_real=10, n_extra=0) == (8, 0)
-    assert batch_composition(8, 0.5, n_real=0, n_extra=50) == (0, 8)  # synthetic-only training
-    assert batch_composition(8, 1.0, n_real=10, n_extra=50) == (0, 8)
+    assert batch_composition(8, 0.5, n_real=10, n_synthetic=50) == (4, 4)
+    assert batch_composition(8, 0.25, n_real=10, n_synthetic=50) == (6, 2)
+    assert batch_composition(8, 0.5, n_real=10, n_synthetic=0) == (8, 0)
+    assert batch_composition(8, 0.5, n_real=0, n_synthetic=50) == (0, 8)  # synthetic-only training
+    assert batch_composition(8, 1.0, n_real=10, n_synthetic=50) == (0, 8)
 
 
 def test_mixed_real_and_synthetic_from_the_cli(tmp_path: Path) -> None:
     real = write_toy_dataset(tmp_path / "real", n=6, seed=1)
     synth = write_toy_dataset(tmp_path / "synth", n=6, seed=2, prefix="synth")
     runner = CliRunner()
-    args = ["segment", "train", "--auto-split", str(real), "--extra", str(synth), "--synthetic-ratio", "0.5",
+    args = ["segment", "train", "--auto-split", str(real), "--synthetic", str(synth), "--synthetic-ratio", "0.5",
             "--size", "32", "--net", "tiny", "--steps", "6", "--val-every", "3", "--batch-size", "4",
             "--out", str(tmp_path / "run")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["n_extra"] == 6 and metrics["extra"].endswith("synth")
+    assert metrics["n_synthetic"] == 6 and metrics["synthetic"].endswith("synth")
 
     result = runner.invoke(app, ["segment", "predict", str(tmp_path / "run"), str(real), "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
@@ -181,7 +181,7 @@ def test_errors_are_one_line_and_name_the_file(tmp_path: Path, toy_dataset: Path
                            auto_split=True)
     two = write_two_label_dataset(tmp_path / "two")
     with pytest.raises(DataError, match="do not match"):
-        train_from_folders(toy_dataset, tmp_path / "r", one_step, extra_path=two, progress=False, auto_split=True)
+        train_from_folders(toy_dataset, tmp_path / "r", one_step, synthetic_path=two, progress=False, auto_split=True)
     assert not (tmp_path / "r").exists()
 
 

@@ -45,8 +45,8 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def controlnet_run(tmp_path_factory: pytest.TempPathFactory, sd_base: Path, toy: Path) -> Path:
     """A ControlNet trained long enough (lr 1e-2) for the mask to visibly reach the images."""
     run = tmp_path_factory.mktemp("runs") / "controlnet"
-    train_stable_diffusion(tiny_stable_diffusion_config(toy, sd_base, max_steps=12, lr=1e-2), run, progress=False,
-                           device="cpu")
+    train_stable_diffusion(tiny_stable_diffusion_config(toy, sd_base, max_steps=12, learning_rate=1e-2), run,
+                           progress=False, device="cpu")
     return run
 
 
@@ -200,8 +200,8 @@ def test_resume_continues_exactly(tmp_path: Path, sd_base: Path, toy: Path):
 
 def test_lora_changes_the_base_and_reloads(tmp_path: Path, sd_base: Path, toy: Path):
     run = tmp_path / "lora"
-    train_stable_diffusion(tiny_stable_diffusion_config(toy, sd_base, kind="lora", lr=1e-2), run, progress=False,
-                           device="cpu")
+    train_stable_diffusion(tiny_stable_diffusion_config(toy, sd_base, kind="lora", learning_rate=1e-2), run,
+                           progress=False, device="cpu")
     assert sorted(p.name for p in (run / "model").iterdir()) == ["base.json", "pytorch_lora_weights.safetensors"]
     pipe = MaskToUltrasoundPipeline.from_pretrained(run)
     assert pipe.kind == "lora" and not pipe.conditioned_on_masks
@@ -292,10 +292,12 @@ def test_prompt_needs_a_stable_diffusion_run(tmp_path: Path, toy: Path, monkeypa
 def test_a_generator_per_k_can_fine_tune_stable_diffusion(tmp_path: Path, sd_base: Path, toy: Path):
     from sonosynth.evaluation.generators import GeneratorRecipe, ensure_generator
 
-    with pytest.raises(SonosynthError, match="need base"):
-        GeneratorRecipe(model_kind="controlnet")
-    recipe = GeneratorRecipe(model_kind="controlnet", base=str(sd_base), image_size=32, train_steps=2, batch_size=2,
-                             mask_sources={"deform": 2}, sample_steps=2, prompt_template="image of the {organ}")
+    with pytest.raises(SonosynthError, match="stable_diffusion.base must name a Stable Diffusion folder"):
+        GeneratorRecipe.from_dict({"stable_diffusion": {"kind": "controlnet"}})
+    recipe = GeneratorRecipe.from_dict({
+        "stable_diffusion": {"base": str(sd_base), "kind": "controlnet", "size": 32, "max_steps": 2, "batch_size": 2,
+                             "prompt_template": "image of the {organ}"},
+        "generate": {"steps": 2}, "mask_sources": {"deform": 2}})
     real = Dataset.open(toy)
     synthetic = ensure_generator(tmp_path / "gen", real, ["s0", "s1"], recipe, seed=0, device="cpu", progress=False)
     assert len(Dataset.open(synthetic).records) == 2

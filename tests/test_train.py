@@ -44,7 +44,7 @@ def test_config_yaml_round_trip(tmp_path):
     assert loaded.model.channels == ModelConfig(size="tiny").channels  # the resolved preset is saved
 
     (tmp_path / "bad.yaml").write_text("lr: 0.1\nlearning_rate: 3\n")
-    with pytest.raises(SonosynthError, match="bad.yaml.*learning_rate"):
+    with pytest.raises(SonosynthError, match="bad.yaml: lr is the old name of learning_rate: give one of them"):
         TrainConfig.from_yaml(tmp_path / "bad.yaml")
     with pytest.raises(SonosynthError, match="prediction_type"):
         TrainConfig(prediction_type="x0")
@@ -193,7 +193,7 @@ from sonosynth.diffusion.config import TrainConfig
 from sonosynth.diffusion.train import train
 from sonosynth.models.configs import ModelConfig
 
-config = TrainConfig(dataset=sys.argv[1], split="all", model=ModelConfig(size="tiny"), image_size=32, batch_size=2,
+config = TrainConfig(dataset=sys.argv[1], split="all", model=ModelConfig(size="tiny"), size=32, batch_size=2,
                      max_steps=2, warmup_steps=1, checkpoint_every=2, sample_every=1000, sample_steps=2, num_samples=1)
 result = train(config, sys.argv[2], progress=False)
 digest = hashlib.sha256()
@@ -260,7 +260,7 @@ def test_tiny_model_overfits_two_pairs(tmp_path):
 
     dataset = write_toy_dataset(tmp_path / "two", n=2, seed=3)
     config = tiny_train_config(
-        dataset, model=ModelConfig(size="tiny", kind="concat"), batch_size=4, max_steps=80, lr=2e-3,
+        dataset, model=ModelConfig(size="tiny", kind="concat"), batch_size=4, max_steps=80, learning_rate=2e-3,
         warmup_steps=5, lr_schedule="constant", checkpoint_every=1000, ema_decay=0.9, sample_steps=10,
         guidance_scale=1.0, augment=AugmentConfig.preset("none"),
     )
@@ -315,7 +315,7 @@ def test_cli_train_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
 
     saved = TrainConfig.from_yaml(run / "config.yaml")
-    assert saved.model.size == "tiny" and saved.image_size == 32 and saved.batch_size == 2 and saved.max_steps == 2
+    assert saved.model.size == "tiny" and saved.size == 32 and saved.batch_size == 2 and saved.max_steps == 2
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000001.png", "step-000002.png"]
     from PIL import Image
@@ -332,7 +332,7 @@ def test_cli_train_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [3]
     result = runner.invoke(app, ["train", str(dataset), "--out", str(run), "--resume", "--size", "64"])
-    assert isinstance(result.exception, SonosynthError) and "image_size" in str(result.exception)
+    assert isinstance(result.exception, SonosynthError) and "size" in str(result.exception)
 
 
 def test_cli_train_split_chooses_the_pairs(tmp_path):

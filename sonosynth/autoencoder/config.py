@@ -29,6 +29,7 @@ class AutoencoderConfig(Config):
     """
 
     what: ClassVar[str] = "autoencoder config"
+    renamed: ClassVar[dict[str, str]] = {"image_size": "size", "lr": "learning_rate"}
 
     datasets: list[str] = field(default_factory=list)
     init: str | None = None  # start from this earlier autoencoder run's weights (fine-tuning); ignored on resume
@@ -36,13 +37,13 @@ class AutoencoderConfig(Config):
     # stays as it was; used to fit a patch-trained decoder to whole images (GroupNorm's statistics are per image).
     decoder_only: bool = False
     split: str = "auto"  # auto: each dataset's train split when it is split, else every image
-    image_size: int = 256
+    size: int = 256
     patch_size: int | None = 64  # None: whole images
-    channels: tuple[int, ...] = (32, 64, 64)  # one level each; the latent is image_size / 2^(levels - 1)
+    channels: tuple[int, ...] = (32, 64, 64)  # one level each; the latent is size / 2^(levels - 1)
     latent_channels: int = 4
     layers_per_block: int = 1
     batch_size: int = 8
-    lr: float = 1e-4
+    learning_rate: float = 1e-4
     max_steps: int = 2000
     kl_weight: float = 1e-6
     frequency_weight: float = 0.1
@@ -66,14 +67,14 @@ class AutoencoderConfig(Config):
         problems = []
         if not self.channels or min(self.channels) < 1:
             problems.append("channels must be one or more positive widths")
-        problems += at_least_one(self, ("image_size", "batch_size", "max_steps", "checkpoint_every", "sample_every",
+        problems += at_least_one(self, ("size", "batch_size", "max_steps", "checkpoint_every", "sample_every",
                                         "latent_channels", "layers_per_block", "discriminator_channels"))
         factor = self.downsampling if self.channels else 1
-        for name in ("image_size", "patch_size"):
+        for name in ("size", "patch_size"):
             value = getattr(self, name)
             if value is not None and value % factor:
                 problems.append(f"{name} {value} must be a multiple of the downsampling factor {factor}")
-        problems += patch_problems(self.patch_size, self.image_size)
+        problems += patch_problems(self.patch_size, self.size)
         for name in ("kl_weight", "frequency_weight", "adversarial_weight", "adversarial_start"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")
@@ -92,7 +93,7 @@ class AutoencoderConfig(Config):
 
     @property
     def train_size(self) -> int:
-        return self.patch_size or self.image_size
+        return self.patch_size or self.size
 
     @property
     def norm_groups(self) -> int:

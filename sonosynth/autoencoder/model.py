@@ -21,7 +21,7 @@ def build_autoencoder(config: AutoencoderConfig) -> Any:
         in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * levels,
         up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=config.channels,
         layers_per_block=config.layers_per_block, latent_channels=config.latent_channels,
-        norm_num_groups=config.norm_groups, sample_size=config.image_size, mid_block_add_attention=False,
+        norm_num_groups=config.norm_groups, sample_size=config.size, mid_block_add_attention=False,
     )
 
 

@@ -62,13 +62,13 @@ class ImagePatches:
         for path in config.datasets:
             chosen = Dataset.open(path).select(config.split, what="images to train on", trains=True)
             require_valid(chosen, "images to train on")  # before any output exists
-            parts.append(LetterboxedPairs(chosen, config.image_size))
+            parts.append(LetterboxedPairs(chosen, config.size))
             digest.update((Path(path) / MANIFEST_CSV).read_bytes())
             digest.update(",".join(r.id for r in chosen.records).encode())
         self.images = torch.utils.data.ConcatDataset(parts)
         self.fingerprint = digest.hexdigest()[:16]
         self.config = config
-        self.augmentation = Augmentation(config.augment, config.image_size)
+        self.augmentation = Augmentation(config.augment, config.size)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -80,7 +80,7 @@ class ImagePatches:
         index, seed = key
         item = self.images[index]
         image, fov = self.augmentation(item["image"], item["fov"], seed)
-        if self.config.patch_size and self.config.patch_size < self.config.image_size:
+        if self.config.patch_size and self.config.patch_size < self.config.size:
             image = random_crop({"image": image, "fov": fov}, self.config.patch_size,
                                 torch.Generator().manual_seed(seed))["image"]
         return image
@@ -144,9 +144,10 @@ def _train(config: AutoencoderConfig, run_dir: Path, resume: bool, on_step: OnSt
         for part in (autoencoder.encoder, autoencoder.quant_conv):
             part.requires_grad_(False)
     ema = EMAModel(autoencoder.parameters(), decay=config.ema_decay)
+    trained = [p for p in autoencoder.parameters() if p.requires_grad]
     optimizers = {
-        "autoencoder": torch.optim.AdamW([p for p in autoencoder.parameters() if p.requires_grad], lr=config.lr),
-        "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.lr),
+        "autoencoder": torch.optim.AdamW(trained, lr=config.learning_rate),
+        "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=config.learning_rate),
     }
     step = 0
     if checkpoint is not None:

@@ -51,15 +51,15 @@ def train_command(
     if resume and RunFolder(out).config_yaml.is_file():
         base = AutoencoderConfig.from_yaml(RunFolder(out).config_yaml)
     if config_file is not None:
-        base = AutoencoderConfig.from_dict({**base.to_dict(), **read_yaml_mapping(config_file)},
-                                           origin=str(config_file))
+        from_file = AutoencoderConfig.current_names(read_yaml_mapping(config_file), str(config_file))
+        base = AutoencoderConfig.from_dict({**base.to_dict(), **from_file}, origin=str(config_file))
     overrides: dict[str, Any] = {
         "init": None if init is None else str(init),
         "datasets": [str(d) for d in datasets],
-        "image_size": size,
+        "size": size,
         "max_steps": max_steps,
         "batch_size": batch_size,
-        "lr": learning_rate,
+        "learning_rate": learning_rate,
         "seed": seed,
         "split": split,
         "adversarial_start": adversarial_start,

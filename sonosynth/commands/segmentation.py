@@ -69,7 +69,7 @@ def train_command(
         seed=seed,
         classical=classical_settings,
     ).checked()
-    path = train_from_folders(dataset, out, config, extra_path=opt.either(synthetic, extra), overwrite=overwrite,
+    path = train_from_folders(dataset, out, config, synthetic_path=opt.either(synthetic, extra), overwrite=overwrite,
                               device=device, auto_split=auto_split)
     typer.echo(f"segmenter written to {path}")
 

@@ -78,8 +78,8 @@ def train_command(
 
     options = {
         "base": base, "kind": None if kind is None else kind.value, "lora_rank": lora_rank,
-        "prompt_template": prompt_template, "init": init, "autoencoder": autoencoder, "image_size": size,
-        "max_steps": max_steps, "batch_size": batch_size, "lr": opt.either(learning_rate, lr),
+        "prompt_template": prompt_template, "init": init, "autoencoder": autoencoder, "size": size,
+        "max_steps": max_steps, "batch_size": batch_size, "learning_rate": opt.either(learning_rate, lr),
         "patch_size": patch_size, "class_attributes": class_attribute or None, "split": split, "seed": seed,
         "mixed_precision": mixed_precision, "log_with": log_with,
         "model_size": None if opt.either(net_size, model) is None else ModelSize(opt.either(net_size, model)).value,

@@ -18,7 +18,7 @@ MUST_MATCH_ON_RESUME = (
     "model",
     "autoencoder",
     "init",
-    "image_size",
+    "size",
     "patch_size",
     "batch_size",
     "grad_accumulation",
@@ -40,6 +40,7 @@ class TrainConfig(Config):
     """
 
     what: ClassVar[str] = "training config"
+    renamed: ClassVar[dict[str, str]] = {"image_size": "size", "lr": "learning_rate"}
 
     dataset: str = ""
     autoencoder: str | None = None  # an autoencoder run (`sonosynth autoencoder train`): latent diffusion
@@ -48,11 +49,11 @@ class TrainConfig(Config):
     latent_views: int = 8
     init: str | None = None  # start from this earlier run's weights (fine-tuning); ignored on resume
     model: ModelConfig = field(default_factory=ModelConfig)
-    image_size: int = 64
+    size: int = 64
     patch_size: int | None = None  # None: whole images; else random patches with coordinate channels
     batch_size: int = 8
     grad_accumulation: int = 1
-    lr: float = 5e-4
+    learning_rate: float = 5e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100
     lr_schedule: str = "cosine"
@@ -91,9 +92,9 @@ class TrainConfig(Config):
             problems.append(f"mixed_precision must be one of {list(MIXED_PRECISION)}")
         if self.log_with not in (None, "tensorboard"):
             problems.append("log_with must be empty or 'tensorboard'")
-        problems += at_least_one(self, ("image_size", "batch_size", "grad_accumulation", "max_steps",
+        problems += at_least_one(self, ("size", "batch_size", "grad_accumulation", "max_steps",
                                         "checkpoint_every", "sample_every"))
-        problems += patch_problems(self.patch_size, self.image_size)
+        problems += patch_problems(self.patch_size, self.size)
         if self.latent_views < 0:
             problems.append("latent_views must not be negative")
         if not 0.0 <= self.cond_drop_prob < 1.0:
@@ -104,7 +105,7 @@ class TrainConfig(Config):
     @property
     def train_size(self) -> int:
         """Side of the squares the network sees during training."""
-        return self.patch_size or self.image_size
+        return self.patch_size or self.size
 
 
 def with_model_size(model: ModelConfig, size: str | None = None, kind: str | None = None) -> ModelConfig:

@@ -23,7 +23,7 @@ class TrainingItems:
         from sonosynth.augment import Augmentation
 
         self.pairs, self.config = pairs, config
-        self.augmentation = Augmentation(config.augment, config.image_size)
+        self.augmentation = Augmentation(config.augment, config.size)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -39,7 +39,7 @@ class TrainingItems:
         item = dict(self.pairs[index])
         item["key"] = torch.tensor([index, seed])  # what `LatentCache` files the item's latent under
         if self.config.model.coord_channels:  # where a pixel lies in the output image: never warped
-            item["coords"] = coordinate_channels(1, self.config.image_size)[0]
+            item["coords"] = coordinate_channels(1, self.config.size)[0]
         return item
 
     def loader(self, sampler: Any, num_workers: int = 0) -> Any:
@@ -66,7 +66,7 @@ class TrainingItems:
     def _patch(self, item: dict[str, Any], seed: int) -> dict[str, Any]:
         import torch
 
-        if self.config.patch_size and self.config.patch_size < self.config.image_size:
+        if self.config.patch_size and self.config.patch_size < self.config.size:
             return random_crop(item, self.config.patch_size, torch.Generator().manual_seed(seed))
         return item
 
@@ -114,7 +114,7 @@ def open_training_pairs(config: TrainConfig) -> tuple[Any, str]:
     chosen = Dataset.open(config.dataset).select(config.split, what="pairs to train on", trains=True)
     require_valid(chosen, "pairs to train on")  # before any output exists
     try:
-        pairs = LetterboxedPairs(chosen, config.image_size, class_attributes=config.class_attributes)
+        pairs = LetterboxedPairs(chosen, config.size, class_attributes=config.class_attributes)
     except ValueError as exc:
         raise SonosynthError(str(exc)) from None
     digest = hashlib.sha256((Path(config.dataset) / MANIFEST_CSV).read_bytes())
@@ -132,7 +132,7 @@ def resolve_model_config(config: TrainConfig, pairs: Any, vae: Any = None) -> Tr
         config.model,
         num_labels=info.num_labels,
         class_cardinalities=[len(pairs.class_values[name]) for name in config.class_attributes],
-        coord_channels=config.model.coord_channels or bool(config.patch_size and config.patch_size < config.image_size),
+        coord_channels=config.model.coord_channels or bool(config.patch_size and config.patch_size < config.size),
         latent_channels=None if vae is None else int(vae.config.latent_channels),
         latent_factor=1 if vae is None else latent_factor(vae),
     )
@@ -140,7 +140,7 @@ def resolve_model_config(config: TrainConfig, pairs: Any, vae: Any = None) -> Tr
         raise SonosynthError("model.condition_encoder 'learned' is for latent models (--autoencoder AE): a pixel "
                              "model sees its condition at full resolution already")
     factor = model.downsampling_factor
-    for name in ("image_size", "patch_size"):
+    for name in ("size", "patch_size"):
         value = getattr(config, name)
         if value is not None and value % factor:
             raise SonosynthError(f"{name}={value} must be a multiple of {factor} for the '{model.size}' model")

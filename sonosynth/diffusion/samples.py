@@ -23,7 +23,7 @@ def make_pipeline(model: Any, config: TrainConfig, step: int | None = None,
     training = make_scheduler("ddpm", config.prediction_type, config.num_train_timesteps)
     scheduler = make_scheduler("dpm++", config=training.config)
     values = [[name, list(class_values[name])] for name in config.class_attributes] if class_values else None
-    return MaskToUltrasoundPipeline(unet=model, scheduler=scheduler, vae=vae, sample_size=config.image_size,
+    return MaskToUltrasoundPipeline(unet=model, scheduler=scheduler, vae=vae, sample_size=config.size,
                                     training_step=step, class_values=values)
 
 

@@ -39,7 +39,6 @@ from sonosynth.evaluation.generators import (
     GeneratorRecipe,
     ensure_generator,
     generator_folder,
-    renamed_fields,
 )
 from sonosynth.evaluation.selection import selection_ids
 from sonosynth.files import guard_output, read_json_object, write_json_atomic
@@ -412,8 +411,8 @@ def _check_or_write_settings(path: Path, settings: dict[str, Any]) -> None:
     """Resuming is only honest with the same data and training settings; refuse otherwise."""
     if path.is_file():
         previous = {k: v for k, v in read_json_object(path, "report settings").items() if k not in LOCATIONS}
-        if isinstance(previous.get("generator_per_k"), dict):  # a recipe saved under older field names
-            previous["generator_per_k"] = renamed_fields(previous["generator_per_k"])
+        if isinstance(previous.get("generator_per_k"), dict):  # a flat recipe of the previous release
+            previous["generator_per_k"] = GeneratorRecipe.from_dict(previous["generator_per_k"], str(path)).to_dict()
         current = {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in LOCATIONS}
         for key in ("real_manifest_sha256", "synthetic_manifest_sha256"):  # reports before these: not recorded
             if key not in previous:

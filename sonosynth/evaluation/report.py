@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sonosynth.data.format import Dataset
-from sonosynth.evaluation.generators import renamed_fields
+from sonosynth.evaluation.generators import GeneratorRecipe
 from sonosynth.files import atomic_path, write_text_atomic
 
 ARM_ORDER = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
@@ -432,28 +432,29 @@ def write_downstream_report(
 def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], command: str) -> str:
     """The experiment in words: where the synthetic pairs came from, the segmenter, convergence."""
     seg = settings["segmentation"]
-    recipe = settings.get("generator_per_k")
-    if recipe:
-        recipe = renamed_fields(recipe)
-        sources = ", ".join(f"{n} {name}" for name, n in recipe["mask_sources"].items())
-        if recipe.get("hc_range_widen"):
+    if settings.get("generator_per_k"):
+        recipe = GeneratorRecipe.from_dict(settings["generator_per_k"])
+        sources = ", ".join(f"{n} {name}" for name, n in recipe.mask_sources.items())
+        if recipe.hc_range_widen:
             sources += (f" (the shape masks' head circumference over those subjects' range widened by "
-                        f"{100 * recipe['hc_range_widen']:g} % at both ends)")
-        elif recipe.get("size_range_widen"):
+                        f"{100 * recipe.hc_range_widen:g} % at both ends)")
+        elif recipe.size_range_widen:
             sources += (f" (the shape masks' size over those subjects' range widened by "
-                        f"{100 * recipe['size_range_widen']:g} % at both ends)")
-        model = f"`{recipe['model_size']}` {recipe['model_kind']} diffusion model"
-        if recipe.get("base"):  # the base saw other images, never these patients' annotations
-            lora = f" + LoRA rank {recipe['lora_rank']}" if recipe.get("lora_rank") else ""
-            model = f"{recipe['model_kind']}{lora} fine-tuning of the Stable Diffusion folder `{recipe['base']}`"
+                        f"{100 * recipe.size_range_widen:g} % at both ends)")
+        train, sd, generate = recipe.train, recipe.stable_diffusion, recipe.generate
+        model = f"`{train.model.size}` {train.model.kind} diffusion model"
+        if sd is not None:  # the base saw other images, never these patients' annotations
+            lora = f" + LoRA rank {sd.lora_rank}" if sd.lora_rank else ""
+            model = f"{sd.kind}{lora} fine-tuning of the Stable Diffusion folder `{sd.base}`"
         origin = (
             "Synthetic pairs: **generator per k** (no leak): for every k and seed a "
-            f"{model} was trained at {recipe['image_size']} px "
-            f"for {recipe['train_steps']} steps on exactly the k subjects of the real arm"
-            + (f", conditioned on {', '.join(recipe['class_attributes'])}" if recipe["class_attributes"] else "")
+            f"{model} was trained at {recipe.size} px "
+            f"for {(sd or train).max_steps} steps on exactly the k subjects of the real arm"
+            + (f", conditioned on {', '.join(train.class_attributes)}"
+               if train.class_attributes and sd is None else "")
             + f"; {sources} masks made from those subjects' masks only; sampled with "
-            f"{recipe['sample_steps']} {recipe.get('scheduler') or 'dpm++'} steps, "
-            f"guidance {recipe['guidance_scale']}. "
+            f"{generate.steps} {generate.scheduler or 'dpm++'} steps, "
+            f"guidance {generate.guidance_scale}. "
             f"Generators, their data and samples are under `{settings.get('generators', 'generators/')}`.\n"
         )
     elif settings.get("synthetic"):

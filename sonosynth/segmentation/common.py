@@ -59,8 +59,8 @@ class SegmentationConfig(Config):
     val_every: int = 100
     patience: int = 5  # validations without improvement before stopping
     min_steps: int = 0  # no early stop before this many steps (a small, noisy validation set peaks early by luck)
-    synthetic_ratio: float = 0.5  # fraction of each batch drawn from the --extra pairs
-    # mix: every batch holds both (synthetic_ratio); pretrain: train on the --extra pairs alone until validation
+    synthetic_ratio: float = 0.5  # fraction of each batch drawn from the --synthetic pairs
+    # mix: every batch holds both (synthetic_ratio); pretrain: train on the --synthetic pairs alone until validation
     # stops improving, then fine-tune those weights on the real pairs alone (net unet)
     synthetic_schedule: str = "mix"
     augment: bool = True
@@ -308,17 +308,17 @@ class EarlyStopping:
                               seconds=seconds, **more)
 
 
-def batch_composition(batch_size: int, synthetic_ratio: float, n_real: int, n_extra: int) -> tuple[int, int]:
-    """How many real and how many extra (synthetic) pairs each batch holds.
+def batch_composition(batch_size: int, synthetic_ratio: float, n_real: int, n_synthetic: int) -> tuple[int, int]:
+    """How many real and how many synthetic pairs each batch holds.
 
     The ratio applies when both pools exist; with only one pool every slot comes from it.
     """
-    if n_extra == 0:
+    if n_synthetic == 0:
         return batch_size, 0
     if n_real == 0:
         return 0, batch_size
-    extra = min(max(round(batch_size * synthetic_ratio), 0), batch_size)
-    return batch_size - extra, extra
+    synthetic = min(max(round(batch_size * synthetic_ratio), 0), batch_size)
+    return batch_size - synthetic, synthetic
 
 
 def save_segmenter(out: str | Path, result: TrainingResult, extra_metrics: dict[str, Any] | None = None,

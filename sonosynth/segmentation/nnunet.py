@@ -189,13 +189,13 @@ def free_dataset_id(folders: dict[str, Path]) -> int:
     return free
 
 
-def case_multiplicities(n_real: int, n_extra: int, synthetic_ratio: float) -> tuple[int, int]:
+def case_multiplicities(n_real: int, n_synthetic: int, synthetic_ratio: float) -> tuple[int, int]:
     """How many times each real and each synthetic case is listed so draws are `synthetic_ratio` synthetic."""
-    if n_real == 0 or n_extra == 0 or synthetic_ratio in (0.0, 1.0):
-        return int(n_real > 0 and (synthetic_ratio < 1.0 or n_extra == 0)), int(n_extra > 0 and (
+    if n_real == 0 or n_synthetic == 0 or synthetic_ratio in (0.0, 1.0):
+        return int(n_real > 0 and (synthetic_ratio < 1.0 or n_synthetic == 0)), int(n_synthetic > 0 and (
             synthetic_ratio > 0.0 or n_real == 0))
-    # real : synthetic listing ratio a / b = ((1 - r) / n_real) / (r / n_extra), as a small fraction
-    times = Fraction((1 - synthetic_ratio) * n_extra / (synthetic_ratio * n_real)).limit_denominator(20)
+    # real : synthetic listing ratio a / b = ((1 - r) / n_real) / (r / n_synthetic), as a small fraction
+    times = Fraction((1 - synthetic_ratio) * n_synthetic / (synthetic_ratio * n_real)).limit_denominator(20)
     return max(1, times.numerator), max(1, times.denominator)
 
 
@@ -228,7 +228,7 @@ def train_nnunet(
     config: SegmentationConfig,
     train: PairTensors,
     val: PairTensors | None,
-    extra: PairTensors | None,
+    synthetic: PairTensors | None,
     workdir: Path | None = None,
     progress: bool = False,
     device: str | torch.device = "cpu",
@@ -246,7 +246,8 @@ def train_nnunet(
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sonosynth-nnunet-")))
         workdir.mkdir(parents=True, exist_ok=True)
         folders = stack.enter_context(nnunet_folders(workdir))
-        parts = {"real": train, "val": val, **({"synthetic": extra} if extra is not None and len(extra) else {})}
+        given = synthetic is not None and len(synthetic)
+        parts = {"real": train, "val": val, **({"synthetic": synthetic} if given else {})}
         cases = workdir / "cases"
         shutil.rmtree(cases, ignore_errors=True)
         write_cases(cases, config.labels, parts)
@@ -258,11 +259,11 @@ def train_nnunet(
         plans = json.loads(plans_file.read_text())
         plans["configurations"][CONFIGURATION]["batch_size"] = batch_planned_on_real(plans, len(train) + len(val))
         plans_file.write_text(json.dumps(plans, indent=1) + "\n")
-        real_times, extra_times = case_multiplicities(len(train), len(parts.get("synthetic", ())),
+        real_times, synthetic_times = case_multiplicities(len(train), len(parts.get("synthetic", ())),
                                                       config.synthetic_ratio)
         names = sorted(p.name[: -len("_0000.png")] for p in (raw / "imagesTr").glob("*_0000.png"))
         train_keys = [n for n in names if n.startswith("real-")] * real_times
-        train_keys += [n for n in names if n.startswith("synthetic-")] * extra_times
+        train_keys += [n for n in names if n.startswith("synthetic-")] * synthetic_times
         split = [{"train": sorted(train_keys), "val": [n for n in names if n.startswith("val-")]}]
         (preprocessed / "splits_final.json").write_text(json.dumps(split, indent=1) + "\n")
         return _train(config, preprocessed, len(val), device, progress)

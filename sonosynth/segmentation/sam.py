@@ -153,7 +153,7 @@ def train_sam(
     config: SegmentationConfig,
     train: PairTensors,
     val: PairTensors | None,
-    extra: PairTensors | None,
+    synthetic: PairTensors | None,
     progress: bool = False,
     device: str | torch.device = "cpu",
 ) -> TrainingResult:
@@ -166,15 +166,15 @@ def train_sam(
     weights = require_sam(config.weights)
     device = resolve_device(device)
     started = time.perf_counter()
-    box_unet = train_unet(replace(config, net="unet", weights=None), train, val, extra, progress, device)
+    box_unet = train_unet(replace(config, net="unet", weights=None), train, val, synthetic, progress, device)
     model, processor = load_sam(weights, device)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("mask_decoder."))
     parts = SamParts(model, processor, box_unet.segmenter())
-    pools = [(p, parts.embeddings(p.images)) for p in (train, extra) if p is not None and len(p)]
-    n_real, n_extra = batch_composition(config.batch_size, config.synthetic_ratio, len(train),
-                                        0 if extra is None else len(extra))
-    counts = [n for n in (n_real, n_extra) if n] if len(pools) == 2 else [config.batch_size]
+    pools = [(p, parts.embeddings(p.images)) for p in (train, synthetic) if p is not None and len(p)]
+    n_real, n_synthetic = batch_composition(config.batch_size, config.synthetic_ratio, len(train),
+                                            0 if synthetic is None else len(synthetic))
+    counts = [n for n in (n_real, n_synthetic) if n] if len(pools) == 2 else [config.batch_size]
     optimizer = torch.optim.AdamW(model.mask_decoder.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(sigmoid=True)

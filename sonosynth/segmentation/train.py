@@ -31,26 +31,26 @@ def train_segmenter(
     config: SegmentationConfig,
     train: PairTensors,
     val: PairTensors | None = None,
-    extra: PairTensors | None = None,
+    synthetic: PairTensors | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
     workdir: Path | None = None,
 ) -> TrainingResult:
-    """Train the segmenter `config.net` names; `extra` pairs fill `synthetic_ratio` of each batch, or with
+    """Train the segmenter `config.net` names; `synthetic` pairs fill `synthetic_ratio` of each batch, or with
     `synthetic_schedule: pretrain` train the U-Net alone first (its pretraining history under `details`).
 
     The U-Net trains in `unet.py`, Segment Anything in `sam.py`, nnU-Net (`nnunet.py`) in its own loop, its
     folders under `workdir` (a temporary folder when None) unless the environment names them.
     """
     config.validate()
-    extra = extra if extra is not None and len(extra) else None
-    if len(train) == 0 and extra is None:
-        raise SonosynthError("no training pairs: the real training set is empty and no --extra data was given")
+    synthetic = synthetic if synthetic is not None and len(synthetic) else None
+    if len(train) == 0 and synthetic is None:
+        raise SonosynthError("no training pairs: the real training set is empty and no --synthetic data was given")
     if config.net == "nnunet":
         from sonosynth.segmentation.nnunet import train_nnunet
 
         started = time.perf_counter()
-        network, plans, summary = train_nnunet(config, train, val, extra, workdir, progress, device)
+        network, plans, summary = train_nnunet(config, train, val, synthetic, workdir, progress, device)
         return TrainingResult(model=network, config=config, steps=summary["steps"], best_step=summary["best_step"],
                               best_val_dice=summary["best_val_dice"], history=summary["history"],
                               seconds=time.perf_counter() - started, backend=plans,
@@ -58,8 +58,8 @@ def train_segmenter(
     if config.net == "sam":
         from sonosynth.segmentation.sam import train_sam
 
-        return train_sam(config, train, val, extra, progress, device)
-    return train_unet(config, train, val, extra, progress, device)
+        return train_sam(config, train, val, synthetic, progress, device)
+    return train_unet(config, train, val, synthetic, progress, device)
 
 
 def real_splits(dataset: Dataset, val_fraction: float = 0.15, seed: int = 0, auto_split: bool = False
@@ -105,42 +105,42 @@ def train_from_folders(
     dataset_path: str | Path,
     out: str | Path,
     config: SegmentationConfig,
-    extra_path: str | Path | None = None,
+    synthetic_path: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
     device: str = "cpu",
     auto_split: bool = False,
 ) -> Path:
-    """`sonosynth segment train`: train on DATASET's train split (+ EXTRA), early-stop on its val split.
+    """`sonosynth segment train`: train on DATASET's train split (+ SYNTHETIC), early-stop on its val split.
 
-    EXTRA (synthetic pairs, usually) must name its labels as DATASET does and may hold none of DATASET's
+    SYNTHETIC (pairs a generator made, usually) must name its labels as DATASET does and may hold none of DATASET's
     validation or test pairs (`require_separate`); a DATASET without splits needs `auto_split`."""
-    out = prepare_output(out, overwrite, inputs=[dataset_path, extra_path])
+    out = prepare_output(out, overwrite, inputs=[dataset_path, synthetic_path])
     resolve_device(device)
     dataset = Dataset.open(dataset_path)
     train, val, test = real_splits(dataset, seed=config.seed, auto_split=auto_split)
-    if len(train) == 0 and extra_path is None:
-        raise DataError(f"{dataset.root}: no pairs in split 'train' to train on (give --extra pairs, or split it)")
-    extra_ds = Dataset.open(extra_path) if extra_path is not None else None
-    if extra_ds is not None:
-        check_compatible_labels(dataset, extra_ds)
+    if len(train) == 0 and synthetic_path is None:
+        raise DataError(f"{dataset.root}: no pairs in split 'train' to train on (give --synthetic pairs, or split it)")
+    synthetic_ds = Dataset.open(synthetic_path) if synthetic_path is not None else None
+    if synthetic_ds is not None:
+        check_compatible_labels(dataset, synthetic_ds)
     config.labels = dict(dataset.info.labels)
     config.validate()
     require_valid(train, "training pairs")
     require_valid(val, "validation pairs")
-    if extra_ds is not None:
-        require_valid(extra_ds, "extra pairs")
-        require_separate(Dataset(dataset.root, dataset.info, [*val.records, *test.records]), extra_ds)
+    if synthetic_ds is not None:
+        require_valid(synthetic_ds, "synthetic pairs")
+        require_separate(Dataset(dataset.root, dataset.info, [*val.records, *test.records]), synthetic_ds)
     train_pairs = load_pairs(train, config.size, progress)
     val_pairs = load_pairs(val, config.size, progress)
-    extra_pairs = load_pairs(extra_ds, config.size, progress) if extra_ds is not None else None
-    result = train_segmenter(config, train_pairs, val_pairs, extra_pairs, progress=progress, device=device)
+    synthetic_pairs = load_pairs(synthetic_ds, config.size, progress) if synthetic_ds is not None else None
+    result = train_segmenter(config, train_pairs, val_pairs, synthetic_pairs, progress=progress, device=device)
     info = {
         "dataset": str(Path(dataset_path).resolve()),
-        "extra": None if extra_path is None else str(Path(extra_path).resolve()),
+        "synthetic": None if synthetic_path is None else str(Path(synthetic_path).resolve()),
         "n_train": len(train_pairs),
         "n_val": len(val_pairs),
-        "n_extra": 0 if extra_pairs is None else len(extra_pairs),
+        "n_synthetic": 0 if synthetic_pairs is None else len(synthetic_pairs),
         "torch": torch.__version__,
     }
     return save_segmenter(out, result, info, overwrite=overwrite)

@@ -1,4 +1,4 @@
-"""The MONAI U-Net segmenter: Dice + cross-entropy on batches of real and extra pairs, early-stopped on validation.
+"""The MONAI U-Net segmenter: Dice + cross-entropy on batches of real and synthetic pairs, early-stopped on validation.
 
 Pairs stay in host memory and batches are drawn there with a CPU generator, each pair augmented with its own seed
 (from the run seed, the step and its slot), so the batches (and thus the run) do not depend on the device; only the
@@ -28,23 +28,23 @@ from sonosynth.segmentation.common import (
 from sonosynth.segmentation.nets import build_unet
 
 
-def train_unet(config: SegmentationConfig, train: PairTensors, val: PairTensors | None, extra: PairTensors | None,
+def train_unet(config: SegmentationConfig, train: PairTensors, val: PairTensors | None, synthetic: PairTensors | None,
                progress: bool = True, device: str | torch.device = "cpu") -> TrainingResult:
-    """Train a U-Net of `config.net_size` (`extra`: None or non-empty); the best weights by validation Dice."""
+    """Train a U-Net of `config.net_size` (`synthetic`: None or non-empty); the best weights by validation Dice."""
     with torch.random.fork_rng(devices=[]):  # MONAI layers initialise from the global generator
         torch.manual_seed(config.seed)
         model = build_unet(config.net_size, config.num_labels)
     model.to(resolve_device(device))
     validate = (lambda: validation_dice(model, val, config.num_labels)) if val is not None and len(val) else None
     started = time.perf_counter()
-    if config.synthetic_schedule == "pretrain" and extra is not None and len(train):
-        pretraining = _fit(model, config, PairTensors.empty(config.size), extra, validate, progress, "pretrain")
+    if config.synthetic_schedule == "pretrain" and synthetic is not None and len(train):
+        pretraining = _fit(model, config, PairTensors.empty(config.size), synthetic, validate, progress, "pretrain")
         model.load_state_dict(pretraining.best_state)
         stopping = _fit(model, config, train, None, validate, progress, "fine-tune")
         details = {"pretrain": {"steps": pretraining.steps, "best_step": pretraining.best_step,
                                 "best_val_dice": pretraining.best, "history": pretraining.history}}
     else:
-        stopping, details = _fit(model, config, train, extra, validate, progress, "segmenter"), {}
+        stopping, details = _fit(model, config, train, synthetic, validate, progress, "segmenter"), {}
     model.load_state_dict(stopping.best_state)
     model.eval()
     return stopping.result(model, config, stopping.steps, time.perf_counter() - started, details=details)
@@ -70,9 +70,9 @@ def validation_dice(model: torch.nn.Module, pairs: PairTensors, num_labels: int,
     return value if math.isfinite(value) else 0.0
 
 
-def _fit(model: torch.nn.Module, config: SegmentationConfig, train: PairTensors, extra: PairTensors | None,
+def _fit(model: torch.nn.Module, config: SegmentationConfig, train: PairTensors, synthetic: PairTensors | None,
          validate: Callable[[], float] | None, progress: bool, phase: str) -> EarlyStopping:
-    """One early-stopped training run of `model` (a fresh optimiser) on batches of `train` and `extra`.
+    """One early-stopped training run of `model` (a fresh optimiser) on batches of `train` and `synthetic`.
 
     Batches come from a CPU generator seeded by the run seed and the phase, so a pretraining phase does
     not shift the draws of the phase after it.
@@ -87,8 +87,8 @@ def _fit(model: torch.nn.Module, config: SegmentationConfig, train: PairTensors,
     seed = config.seed if phase != "pretrain" else derive_seed(config.seed, "pretrain")
     generator = torch.Generator().manual_seed(seed)
     augmentation = segmenter_augmentation(config)
-    n_real, n_extra = batch_composition(
-        config.batch_size, config.synthetic_ratio, len(train), 0 if extra is None else len(extra)
+    n_real, n_synthetic = batch_composition(
+        config.batch_size, config.synthetic_ratio, len(train), 0 if synthetic is None else len(synthetic)
     )
     stopping = EarlyStopping(config.patience, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()},
                              config.min_steps)
@@ -96,7 +96,7 @@ def _fit(model: torch.nn.Module, config: SegmentationConfig, train: PairTensors,
     model.train()
     for step in range(1, config.max_steps + 1):
         parts_img, parts_lab = [], []
-        for pairs, count in ((train, n_real), (extra, n_extra)):
+        for pairs, count in ((train, n_real), (synthetic, n_synthetic)):
             if count and pairs is not None and len(pairs):
                 index = torch.randint(0, len(pairs), (count,), generator=generator)
                 parts_img.append(pairs.images[index])

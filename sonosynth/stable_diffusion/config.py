@@ -16,7 +16,7 @@ from sonosynth.stable_diffusion.prompts import DEFAULT_TEMPLATE, template_fields
 # joint: LoRA on image | mask side by side, the mask read back by thresholding.
 KINDS = ("controlnet", "lora", "joint")
 
-MUST_MATCH_ON_RESUME = ("base", "kind", "image_size", "lora_rank", "lora_alpha", "batch_size", "grad_accumulation",
+MUST_MATCH_ON_RESUME = ("base", "kind", "size", "lora_rank", "lora_alpha", "batch_size", "grad_accumulation",
                         "prompt_template", "split", "seed", "lr_schedule")
 
 
@@ -28,17 +28,18 @@ class StableDiffusionConfig(Config):
     """
 
     what: ClassVar[str] = "Stable Diffusion training config"
+    renamed: ClassVar[dict[str, str]] = {"image_size": "size", "lr": "learning_rate"}
 
     dataset: str = ""
     base: str = ""  # a diffusers-format Stable Diffusion folder
     kind: str = "controlnet"
-    image_size: int = 512
+    size: int = 512
     lora_rank: int | None = None  # None: no LoRA (controlnet only; lora and joint default to 4)
     lora_alpha: float | None = None  # None: equal to the rank
     prompt_template: str = DEFAULT_TEMPLATE
     batch_size: int = 4
     grad_accumulation: int = 1
-    lr: float | None = None  # None: 1e-5 for a ControlNet, 1e-4 for LoRA alone
+    learning_rate: float | None = None  # None: 1e-5 for a ControlNet, 1e-4 for LoRA alone
     weight_decay: float = 0.01
     warmup_steps: int = 0
     lr_schedule: str = "constant"
@@ -63,8 +64,8 @@ class StableDiffusionConfig(Config):
             self.augment = AugmentConfig.from_dict(self.augment)
         if self.kind in ("lora", "joint") and self.lora_rank is None:
             self.lora_rank = 4
-        if self.lr is None:
-            self.lr = 1e-5 if self.kind == "controlnet" else 1e-4
+        if self.learning_rate is None:
+            self.learning_rate = 1e-5 if self.kind == "controlnet" else 1e-4
         problems = []
         if self.kind not in KINDS:
             problems.append(f"kind must be one of {list(KINDS)}")
@@ -78,7 +79,7 @@ class StableDiffusionConfig(Config):
             problems.append("gradient_checkpointing must be auto, yes or no")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             problems.append("cond_drop_prob must be in [0, 1)")
-        problems += at_least_one(self, ("image_size", "batch_size", "grad_accumulation", "max_steps",
+        problems += at_least_one(self, ("size", "batch_size", "grad_accumulation", "max_steps",
                                         "checkpoint_every", "sample_every"))
         if problems:
             raise SonosynthError("invalid Stable Diffusion training config: " + "; ".join(problems))
@@ -86,6 +87,6 @@ class StableDiffusionConfig(Config):
 
     def data_config(self, class_attributes: list[str]) -> TrainConfig:
         """The training-stream settings of `sonosynth train` (pairs, order, augmentation) for this run."""
-        return TrainConfig(dataset=self.dataset, image_size=self.image_size, batch_size=self.batch_size,
+        return TrainConfig(dataset=self.dataset, size=self.size, batch_size=self.batch_size,
                            class_attributes=class_attributes, split=self.split, augment=self.augment,
                            seed=self.seed)

@@ -113,8 +113,8 @@ def _train(config: StableDiffusionConfig, run_dir: Path, resume: bool,
     refuse_existing_run(run_dir, resume)
     parts = load_base(config.base)
     factor = parts.latent_factor * 2 ** (len(parts.unet.config.block_out_channels) - 1)
-    if config.image_size % factor:
-        raise SonosynthError(f"image_size={config.image_size} must be a multiple of {factor} for {config.base}")
+    if config.size % factor:
+        raise SonosynthError(f"size={config.size} must be a multiple of {factor} for {config.base}")
 
     accelerator = open_run(run_dir, config, device)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
@@ -275,7 +275,7 @@ def _pipeline(parts: Any, controlnet: Any, config: StableDiffusionConfig, num_la
     pipe = PromptedMaskPipeline(
         vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
         scheduler=make_scheduler("dpm++", config=parts.scheduler.config), controlnet=controlnet, kind=config.kind,
-        num_labels=num_labels, prompt_template=config.prompt_template, organ=organ, sample_size=config.image_size,
+        num_labels=num_labels, prompt_template=config.prompt_template, organ=organ, sample_size=config.size,
         training_step=step, class_values=[[name, values] for name, values in class_values.items()],
         conditioning_scale=config.conditioning_scale,
     )
@@ -302,7 +302,7 @@ def save_trained_parts(pipe: Any, out: Path, config: StableDiffusionConfig, base
         write_json_atomic(tmp / BASE_JSON, {
             "base": str(Path(config.base).resolve()), "base_hash": base_hash, "kind": config.kind,
             "num_labels": pipe.num_labels, "prompt_template": config.prompt_template, "organ": pipe.config.organ,
-            "sample_size": config.image_size, "training_step": pipe.config.training_step,
+            "sample_size": config.size, "training_step": pipe.config.training_step,
             "guidance_scale": config.guidance_scale,
             "class_values": pipe.config.class_values, "conditioning_scale": config.conditioning_scale,
             "lora_rank": config.lora_rank,

@@ -127,7 +127,7 @@ def make_optimization(parameters: Any, config: Any) -> tuple[Any, Any]:
     import torch
     from diffusers.optimization import get_scheduler
 
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     lr_scheduler = get_scheduler(config.lr_schedule if config.lr_schedule == "cosine" else "constant_with_warmup",
                                  optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps)
     return optimizer, lr_scheduler
