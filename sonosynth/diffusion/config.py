@@ -10,7 +10,7 @@ from sonosynth.errors import SonosynthError
 from sonosynth.models.configs import SIZE_PRESETS, ModelConfig
 from sonosynth.settings import MIXED_PRECISION, Config, at_least_one, patch_problems
 
-PREDICTION_TYPES = ("v_prediction", "epsilon")
+PREDICTION_TYPES = ("v_prediction", "epsilon", "flow")  # flow: rectified flow (training/denoising.py)
 LR_SCHEDULES = ("cosine", "constant")
 
 # Changing these makes a checkpoint unloadable or changes what the next batches are.

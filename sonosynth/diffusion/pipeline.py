@@ -376,13 +376,16 @@ class MaskToUltrasoundPipeline(DiffusionPipeline):
         if noise is None:
             noise = randn_tensor(shape, generator=generator, device=unet.device, dtype=unet.dtype)
         if image is None:
-            x = noise * scheduler.init_noise_sigma
-        else:
+            x = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching's Euler starts at the noise
+        elif hasattr(scheduler, "add_noise"):
             x = scheduler.add_noise(image.to(unet.dtype), noise, timesteps[:1].repeat(shape[0]))
+        else:  # flow matching's Euler: the point of the straight line at the first timestep
+            x = scheduler.scale_noise(image.to(unet.dtype), timesteps[:1], noise)
         # Stochastic samplers (ddpm) draw step noise from the same per-image generators.
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        scale = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
         for t in self.progress_bar(timesteps):
-            prediction = self.guided_prediction(scheduler.scale_model_input(x, t), t, guidance)
+            prediction = self.guided_prediction(scale(x, t), t, guidance)
             x = scheduler.step(prediction, t, x, **step_kwargs).prev_sample
         return x
 

@@ -13,15 +13,19 @@ from sonosynth.training.grids import write_grid
 
 def make_pipeline(model: Any, config: TrainConfig, step: int | None = None,
                   class_values: Mapping[str, Sequence[str]] | None = None, vae: Any = None) -> Any:
-    """The model with the few-step DPM++ sampler on the training noise schedule.
+    """The model with the few-step DPM++ sampler on the training noise schedule (a flow model: Euler, on its
+    straight paths).
 
     `class_values`: each class attribute's values in index order (saved with the model, so that
     generation maps attribute values to indices without the training dataset)."""
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
     from sonosynth.diffusion.schedulers import make_scheduler
 
-    training = make_scheduler("ddpm", config.prediction_type, config.num_train_timesteps)
-    scheduler = make_scheduler("dpm++", config=training.config)
+    if config.prediction_type == "flow":
+        scheduler = make_scheduler("euler", "flow", config.num_train_timesteps)
+    else:
+        training = make_scheduler("ddpm", config.prediction_type, config.num_train_timesteps)
+        scheduler = make_scheduler("dpm++", config=training.config)
     values = [[name, list(class_values[name])] for name in config.class_attributes] if class_values else None
     return MaskToUltrasoundPipeline(unet=model, scheduler=scheduler, vae=vae, sample_size=config.size,
                                     training_step=step, class_values=values)

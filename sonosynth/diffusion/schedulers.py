@@ -5,6 +5,9 @@
 - `unipc`: UniPC multistep, a similar few-step solver.
 - `ddim`: deterministic DDIM, for comparison.
 - `ddpm`: the ancestral sampler the model was trained for; needs ~1000 steps.
+- `euler`: flow matching's Euler steps (diffusers' `FlowMatchEulerDiscreteScheduler`), for runs trained with
+  `prediction_type: flow`, whose straight paths need few steps; `dpm++` and `unipc` sample those runs too (on
+  flow sigmas), the others do not.
 """
 
 from __future__ import annotations
@@ -16,12 +19,19 @@ from sonosynth.errors import SonosynthError
 if TYPE_CHECKING:
     import torch
 
-SCHEDULERS = ("dpm++", "dpm++sde", "unipc", "ddim", "ddpm")
-DEFAULT_STEPS = {"dpm++": 25, "dpm++sde": 25, "unipc": 25, "ddim": 50, "ddpm": 1000}
+SCHEDULERS = ("dpm++", "dpm++sde", "unipc", "ddim", "ddpm", "euler")
+FLOW_SCHEDULERS = ("euler", "dpm++", "unipc")  # those that sample a flow-matching run
+DEFAULT_STEPS = {"dpm++": 25, "dpm++sde": 25, "unipc": 25, "ddim": 50, "ddpm": 1000, "euler": 8}
 
 
 def _scheduler_classes() -> dict[str, Any]:
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
 
     return {
         "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -29,7 +39,27 @@ def _scheduler_classes() -> dict[str, Any]:
         "unipc": (UniPCMultistepScheduler, {}),
         "ddim": (DDIMScheduler, {}),
         "ddpm": (DDPMScheduler, {}),
+        "euler": (FlowMatchEulerDiscreteScheduler, {}),
     }
+
+
+def is_flow(config: Any) -> bool:
+    """Whether a saved scheduler config is a flow-matching schedule (a run trained with `prediction_type: flow`)."""
+    config = dict(config or {})
+    return (config.get("prediction_type") == "flow_prediction" or bool(config.get("use_flow_sigmas"))
+            or config.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
+            or ("shift" in config and "beta_schedule" not in config))
+
+
+def _flow_scheduler(name: str, num_train_timesteps: int, shift: float) -> Any:
+    if name not in FLOW_SCHEDULERS:
+        raise SonosynthError(f"scheduler '{name}' steps a diffusion noise schedule; a flow-matching run samples with "
+                             f"{', '.join(FLOW_SCHEDULERS)}")
+    cls, defaults = _scheduler_classes()[name]
+    if name == "euler":
+        return cls(num_train_timesteps=num_train_timesteps, shift=shift)
+    return cls(**defaults, num_train_timesteps=num_train_timesteps, use_flow_sigmas=True, flow_shift=shift,
+               prediction_type="flow_prediction")
 
 
 def make_scheduler(
@@ -42,11 +72,19 @@ def make_scheduler(
 
     `config` is the training scheduler's config (e.g. `pipeline.scheduler.config`): it carries the
     beta schedule, so switching sampler keeps the noise schedule the model learned.
-    `prediction_type` (epsilon | v_prediction | sample) and `num_train_timesteps` override it.
+    `prediction_type` (epsilon | v_prediction | sample | flow) and `num_train_timesteps` override it. A flow
+    schedule (`prediction_type` flow, or a flow run's saved config) takes only `FLOW_SCHEDULERS`.
     """
     classes = _scheduler_classes()
     if name not in classes:
         raise SonosynthError(f"unknown scheduler '{name}' (choose from {', '.join(SCHEDULERS)})")
+    saved = dict(config or {})
+    if prediction_type == "flow" or (prediction_type is None and is_flow(saved)):
+        steps = int(num_train_timesteps or saved.get("num_train_timesteps", 1000))
+        return _flow_scheduler(name, steps, float(saved.get("shift", saved.get("flow_shift", 1.0)) or 1.0))
+    if name == "euler":
+        raise SonosynthError("scheduler 'euler' samples flow-matching runs (prediction_type flow); this run is a "
+                             "diffusion model: use dpm++, dpm++sde, unipc, ddim or ddpm")
     cls, defaults = classes[name]
     overrides: dict[str, Any] = dict(defaults)
     if prediction_type is not None:

@@ -200,10 +200,13 @@ def _denoiser(config: TrainConfig, fine_tune: bool) -> Any:
 
 
 def _training_noise_scheduler(config: TrainConfig) -> Any:
-    """DDPM's forward process for `prediction_type` (whatever sampler the run will use later)."""
+    """DDPM's forward process for `prediction_type` (whatever sampler the run will use later); for `flow`, the
+    flow-matching scheduler (only its number of training timesteps is used)."""
     from diffusers import DDPMScheduler
 
     from sonosynth.diffusion.schedulers import make_scheduler
 
+    if config.prediction_type == "flow":
+        return make_scheduler("euler", "flow", config.num_train_timesteps)
     scheduler = make_scheduler("ddpm", config.prediction_type, config.num_train_timesteps)
     return scheduler if isinstance(scheduler, DDPMScheduler) else DDPMScheduler.from_config(scheduler.config)

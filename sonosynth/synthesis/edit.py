@@ -98,7 +98,7 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
     import torch
 
     from sonosynth.data.transforms import field_of_view, letterbox_image, letterbox_mask, unletterbox
-    from sonosynth.diffusion.schedulers import prediction_to_epsilon
+    from sonosynth.diffusion.schedulers import is_flow, prediction_to_epsilon
 
     config = config or EditConfig()
     image, mask, edited_mask = np.asarray(image), np.asarray(mask), np.asarray(edited_mask)
@@ -112,6 +112,9 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
                         f"0..{model.num_labels - 1}")
     if not model.conditioned_on_masks:
         raise SonosynthError(f"edit needs a mask-conditioned model (spade, concat or controlnet), not '{model.kind}'")
+    if is_flow(model.pipe.scheduler.config):
+        raise SonosynthError("edit's RePaint steps a diffusion model's noise schedule; this run was trained with "
+                             "flow matching (prediction_type flow): edit with a diffusion run")
     region = edit_region(mask, edited_mask, config.margin_px)
     if not region.any():
         raise DataError(f"{where}: the edited mask equals the mask; nothing to edit")
