@@ -25,7 +25,8 @@ SAMPLE_STEPS = typer.Option(25, "--steps", help="Denoising steps.")
 GUIDANCE = typer.Option(None, "--guidance", help="Classifier-free guidance scale (1 = none; default: the run's own, "
                         "1.5 for sonosynth models, the fine-tune's for Stable Diffusion runs).")
 PROMPT = typer.Option(None, "--prompt", help="Stable Diffusion runs: this text instead of the run's prompt template.")
-SCHEDULER = typer.Option(None, "--scheduler", help="Sampler: dpm++, dpm++sde, unipc, ddim or ddpm (default: saved).")
+SCHEDULER = typer.Option(None, "--scheduler", help="Sampler: dpm++, dpm++sde, unipc, ddim or ddpm; euler, dpm++ or "
+                         "unipc for a flow run (default: saved).")
 SPLIT = typer.Option("auto", "--split",
                      help="Masks from this split: auto (train when there are splits, else all), train, val, test, all.")
 OUTPUT_SIZE = typer.Option("cropped", "--output-size",

@@ -83,7 +83,7 @@ class SynthesisModel:
 
 def load_synthesis_model(run: str | Path, scheduler: str | None = None, device: str = "cpu") -> SynthesisModel:
     """Load a run folder (or saved model folder) written by `sonosynth train` onto `device` (auto, cpu,
-    cuda), optionally switching its sampler (`dpm++`, `ddim`, `unipc`, `ddpm`) on the same noise schedule."""
+    cuda), optionally switching its sampler (`diffusion.schedulers.SCHEDULERS`) on the same noise schedule."""
     from sonosynth.diffusion.pipeline import MaskToUltrasoundPipeline
     from sonosynth.diffusion.schedulers import make_scheduler, probe_scheduler
     from sonosynth.training.run import legacy_class_values
