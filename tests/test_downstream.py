@@ -510,3 +510,33 @@ def test_a_recipe_saved_with_the_old_sampler_key_still_reads_and_its_report_resu
     with pytest.raises(SonosynthError, match="generator_per_k"):
         _check_or_write_settings(path, {"generator_per_k": ddim.to_dict(), "seeds": 3})
     assert GeneratorRecipe.from_dict(saved) == GeneratorRecipe()  # the same recipe, in today's sections
+
+
+def test_seeds_run_in_worker_processes_give_the_cells_of_one_process(datasets: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """--workers 2: each seed's cells in its own process (one thread each on two cores), the same cells as one
+    process with that many threads writes, and one report; a worker's failure is one line."""
+    from sonosynth.evaluation.workers import run_seed_groups, seed_groups, threads_per_worker
+
+    real, synthetic = datasets
+    settings = config(ks=["1"], seeds=2, arms=["real", "real+synthetic"])
+    run_downstream(real, tmp_path / "parallel", settings, synthetic_path=synthetic, progress=False, workers=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads_per_worker(2))
+    try:
+        run_downstream(real, tmp_path / "serial", settings, synthetic_path=synthetic, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = {p.name: json.loads(p.read_text()) for p in (tmp_path / "parallel" / "cells").glob("*.json")}
+    serial = {p.name: json.loads(p.read_text()) for p in (tmp_path / "serial" / "cells").glob("*.json")}
+    assert sorted(parallel) == sorted(serial) and len(parallel) == 4
+    for name, cell in serial.items():
+        assert parallel[name]["per_image"] == cell["per_image"], name
+    assert (tmp_path / "parallel" / "results.md").is_file()
+    assert seed_groups([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]] and seed_groups([0], 4) == [[0]]
+    assert threads_per_worker(2, cores=16) == 8 and threads_per_worker(4, cores=2) == 1
+    call = {"real_path": tmp_path / "absent", "out": tmp_path / "failing", "config": settings,
+            "synthetic_path": synthetic, "command": "", "device": "cpu"}
+    (tmp_path / "failing" / "cells").mkdir(parents=True)
+    with pytest.raises(SonosynthError, match="absent"):
+        run_seed_groups(run_downstream, [[0], [1]], call, tmp_path / "failing" / "cells", 2, 1, progress=False)

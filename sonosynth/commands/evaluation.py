@@ -95,6 +95,10 @@ def downstream_command(
     report_only: bool = typer.Option(
         False, "--report-only", help="Train nothing: write the report of the cells finished so far."
     ),
+    workers: int = typer.Option(
+        1, "--workers", min=0, help="Run the seeds' cells in this many processes at once, the cores shared among "
+        "them (0: one per core; seeds of one report share nothing but its folder)."
+    ),
 ) -> None:
     """Segmenters for each k x arm x seed: Dice, HD95, HC error and paired differences on the real test split."""
     from sonosynth.evaluation.downstream import downstream_config, run_downstream
@@ -111,9 +115,10 @@ def downstream_command(
         structure=structure, head_circumference=head_circumference, train_where=train_where, auto_split=auto_split,
         selection=selection,
     )
-    command = command_line(ctx, "downstream", leave_out=("report_only", "only_seeds"))  # what runs every cell
+    command = command_line(ctx, "downstream", leave_out=("report_only", "only_seeds", "workers"))  # every cell's
     path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device,
-                          report_only=report_only, only_seeds=opt.int_list(only_seeds, "--only-seeds"))
+                          report_only=report_only, only_seeds=opt.int_list(only_seeds, "--only-seeds"),
+                          workers=workers)
     typer.echo(f"results in {path}/results.md, {path}/results.csv, {path}/comparisons.csv, {path}/report.html")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -210,6 +211,8 @@ def run_downstream(
     device: str = "cpu",
     report_only: bool = False,
     only_seeds: list[int] | None = None,
+    workers: int = 1,
+    write_report: bool = True,
 ) -> Path:
     """Run (or resume) every missing cell, then write results.csv, results.md, the plot and report.html.
 
@@ -217,6 +220,8 @@ def run_downstream(
     process is still running the experiment), saying how many of the planned cells it holds.
     `only_seeds`: run only the missing cells of these seeds now (add seeds to a report whose earlier seeds'
     generators are gone, or share seeds among machines); the report still covers every finished cell.
+    `workers`: run the missing cells' seeds in this many processes at once, the cores shared among them
+    (`evaluation.workers`; 0: one process per core); `write_report`: False in those processes.
     """
     from sonosynth.evaluation.report import write_downstream_report
     from sonosynth.metrics import label_structures
@@ -262,9 +267,20 @@ def run_downstream(
     cells = plan_cells(config)
     todo = [c for c in cells if not (cells_dir / f"{c.name}.json").is_file()
             and (only_seeds is None or c.seed in only_seeds)]
-    if todo and not report_only:
+    seeds = sorted({c.seed for c in todo})
+    processes = min(workers or os.cpu_count() or 1, len(seeds))
+    if todo and not report_only and processes > 1:
+        from sonosynth.evaluation.workers import run_seed_groups, seed_groups, threads_per_worker
+
+        call = {"real_path": real_path, "out": out, "config": config, "synthetic_path": synthetic_path,
+                "command": command, "device": device}
+        run_seed_groups(run_downstream, seed_groups(seeds, processes), call, cells_dir, len(cells),
+                        threads_per_worker(processes), progress)
+    elif todo and not report_only:
         _run_cells(todo, out, store, config, segmentation, real, synthetic, (train, val, test), structures,
                    head_label, progress, device)
+    if not write_report:
+        return out
 
     finished = [read_json_object(path, "cell record")
                 for c in cells if (path := cells_dir / f"{c.name}.json").is_file()]
