@@ -85,3 +85,24 @@ def test_an_old_spelling_says_so_in_one_line(monkeypatch, tmp_path):
                          ["note: --extra is the old spelling of --synthetic, which it will give way to in the next "
                           "release"])
     assert "--extra" not in help_of("segment", "train") and "--synthetic" in help_of("segment", "train")
+
+
+def test_a_flat_recipe_of_the_previous_release_says_so_in_one_line(monkeypatch, tmp_path):
+    """`--generator-per-k` with a recipe in 0.1's flat form: it still runs, with one note; the sectioned form none."""
+    import sonosynth.evaluation.downstream as downstream
+
+    seen = {}
+    monkeypatch.setattr(downstream, "run_downstream", lambda real, out, config, **kw: seen.update(config=config) or out)
+    flat, sections = tmp_path / "flat.yaml", tmp_path / "sections.yaml"
+    flat.write_text("model_size: tiny\ntrain_steps: 3\nsample_steps: 2\n")
+    sections.write_text("train: {model: {size: tiny}, max_steps: 3}\ngenerate: {steps: 2}\n")
+    runner = CliRunner()
+    recipes = []
+    for recipe in (flat, sections):
+        result = runner.invoke(app, ["evaluate", "downstream", "--real", str(tmp_path), "--out", str(tmp_path / "r"),
+                                     "--generator-per-k", str(recipe)])
+        assert result.exit_code == 0, result.output
+        recipes.append(seen["config"].generator)
+        notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+        assert len(notes) == (1 if recipe == flat else 0) and (not notes or str(flat) in notes[0]), notes
+    assert recipes[0] == recipes[1]  # the same recipe in either form

@@ -102,6 +102,7 @@ def downstream_command(
 ) -> None:
     """Segmenters for each k x arm x seed: Dice, HD95, HC error and paired differences on the real test split."""
     from sonosynth.evaluation.downstream import downstream_config, run_downstream
+    from sonosynth.evaluation.generators import is_flat_recipe
     from sonosynth.segmentation.common import SegmentationConfig
 
     segmentation = SegmentationConfig(
@@ -115,6 +116,9 @@ def downstream_command(
         structure=structure, head_circumference=head_circumference, train_where=train_where, auto_split=auto_split,
         selection=selection,
     )
+    if generator_per_k is not None and is_flat_recipe(generator_per_k):
+        typer.echo(f"note: {generator_per_k} is a flat recipe (release 0.1): its fields belong in sections train "
+                   "and generate (docs/evaluation.md), which it will give way to in the next release", err=True)
     command = command_line(ctx, "downstream", leave_out=("report_only", "only_seeds", "workers"))  # every cell's
     path = run_downstream(real, out, config, synthetic_path=synthetic, command=command, device=device,
                           report_only=report_only, only_seeds=opt.int_list(only_seeds, "--only-seeds"),

@@ -191,6 +191,13 @@ class GeneratorRecipe(Config):
         return f"{sources}__guidance{generate.guidance_scale:g}__{generate.steps}steps{sampler}{kept}{widened}{other}"
 
 
+def is_flat_recipe(path: str | Path) -> bool:
+    """Whether a recipe file is written in the flat form of release 0.1 (it still reads, `nested_recipe`)."""
+    from sonosynth.settings import read_yaml_mapping
+
+    return any(k in FLAT_FIELDS for k in read_yaml_mapping(path, GeneratorRecipe.what))
+
+
 def nested_recipe(data: dict[str, Any], origin: str) -> dict[str, Any]:
     """A recipe mapping with the fields of a flat recipe of the previous release (`FLAT_FIELDS`) moved into its
     sections, missing ones at that release's defaults (`FLAT_DEFAULTS`), so a saved report or store still matches."""
