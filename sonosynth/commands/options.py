@@ -24,6 +24,10 @@ BATCH_SIZE = typer.Option(8, "--batch-size", help="Images per forward pass (does
 SAMPLE_STEPS = typer.Option(25, "--steps", help="Denoising steps.")
 GUIDANCE = typer.Option(None, "--guidance", help="Classifier-free guidance scale (1 = none; default: the run's own, "
                         "1.5 for sonosynth models, the fine-tune's for Stable Diffusion runs).")
+ANOMALY = typer.Option(
+    None, "--anomaly", metavar="NAME[+NAME]", help="Edit each mask's lesion (label 1) into a malignant-looking one: "
+    "spiculated, angular, microlobulated, taller-than-wide, joined by + (docs/synthesis.md)."
+)
 PROMPT = typer.Option(None, "--prompt", help="Stable Diffusion runs: this text instead of the run's prompt template.")
 SCHEDULER = typer.Option(None, "--scheduler", help="Sampler: dpm++, dpm++sde, unipc, ddim or ddpm; euler, dpm++ or "
                          "unipc for a flow run (default: saved).")

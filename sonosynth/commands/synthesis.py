@@ -56,6 +56,7 @@ def generate_command(
                                    help="Fix an attribute: NAME=VALUE (repeatable)."),
     attr_dist: list[str] = typer.Option([], "--attr-dist", metavar="NAME=VALUE:WEIGHT,...",
                                         help="Target distribution: NAME=VALUE:WEIGHT,VALUE:WEIGHT (repeatable)."),
+    anomaly: str | None = opt.ANOMALY,
     filter_dice: float | None = typer.Option(None, "--filter-dice", help="Minimum mask-fidelity Dice."),
     filter_mode: str = typer.Option("drop", "--filter-mode", help="drop (regenerate) or flag (keep, flagged=1)."),
     segmenter: Path | None = typer.Option(None, "--segmenter", help="Segmenter run (`segment train`) for Dice."),
@@ -73,7 +74,7 @@ def generate_command(
         "steps": steps, "guidance_scale": guidance, "scheduler": scheduler, "seed": seed, "batch_size": batch_size,
         "split": split, "output_size": output_size, "target_hc_mm": _hc_range(hc_mm), "filter_dice": filter_dice,
         "filter_mode": filter_mode, "attributes": AttributePolicy.parse(attr, attr_dist), "prompt": prompt,
-        "conditioning_scale": conditioning_scale, "device": device,
+        "conditioning_scale": conditioning_scale, "device": device, "anomaly": anomaly,
     }
     path = generate_pairs(run, source, out, masks or mask_source, n, settings, hc_widen, size_widen, segmenter,
                           overwrite)
@@ -84,7 +85,10 @@ def edit_command(
     run: Path = typer.Argument(..., help="Run folder written by `sonosynth train` (or its model/ folder)."),
     image: Path = typer.Option(..., "--image", help="The real image (PNG)."),
     mask: Path = typer.Option(..., "--mask", help="Its label map (PNG)."),
-    edited_mask: Path = typer.Option(..., "--edited-mask", help="The label map as it should become (PNG)."),
+    edited_mask: Path | None = typer.Option(
+        None, "--edited-mask", help="The label map as it should become (PNG); or make it with --anomaly."
+    ),
+    anomaly: str | None = opt.ANOMALY,
     out: Path = typer.Option(..., "--out", help="Output folder: image.png, mask.png, region.png, edit.json."),
     steps: int = typer.Option(50, "--steps", help="Denoising steps on the training schedule."),
     jump_length: int = typer.Option(5, "--jump-length", help="RePaint: steps re-noised per jump."),
@@ -105,7 +109,7 @@ def edit_command(
     config = EditConfig(steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample, margin_px=margin,
                         guidance_scale=guidance, seed=seed, prompt=prompt, device=device).checked()
     attributes = AttributePolicy.parse(attr).fixed
-    path = edit_files(run, image, mask, edited_mask, out, config, attributes, overwrite=overwrite)
+    path = edit_files(run, image, mask, edited_mask, out, config, attributes, overwrite=overwrite, anomaly=anomaly)
     typer.echo(f"edited image written to {path}")
 
 

@@ -163,16 +163,29 @@ def repaint(model, image: np.ndarray, mask: np.ndarray, edited_mask: np.ndarray,
     return EditResult(out, edited_mask.astype(np.uint8), region, evaluations)
 
 
-def edit_files(run: str | Path, image_path: str | Path, mask_path: str | Path, edited_path: str | Path,
+def edit_files(run: str | Path, image_path: str | Path, mask_path: str | Path, edited_path: str | Path | None,
                out: str | Path, config: EditConfig | None = None, attributes: Mapping[str, str] | None = None,
-               overwrite: bool = False) -> Path:
-    """`sonosynth edit`: write OUT/ with image.png, mask.png (the edited mask), region.png and edit.json."""
+               overwrite: bool = False, anomaly: str | None = None) -> Path:
+    """`sonosynth edit`: write OUT/ with image.png, mask.png (the edited mask), region.png and edit.json. The
+    edited mask is a file, or the mask with its lesion (label 1) made into `anomaly` (seeded by `config.seed`)."""
+    from sonosynth.synthesis.masks.anomaly import make_anomaly, parse_anomaly
     from sonosynth.synthesis.sampling import load_synthesis_model
 
     config = config or EditConfig()
+    if (edited_path is None) == (not anomaly):
+        raise SonosynthError("edit: give the edited mask (--edited-mask) or an anomaly to make of the mask "
+                             "(--anomaly), one of them")
+    parse_anomaly(anomaly)
     out = prepare_output(out, overwrite, inputs=[run, image_path, mask_path, edited_path])
     resolve_device(config.device)
-    image, mask, edited = read_image(image_path), read_label_map(mask_path), read_label_map(edited_path)
+    image, mask = read_image(image_path), read_label_map(mask_path)
+    if edited_path is None:
+        try:
+            edited = make_anomaly(mask, str(anomaly), np.random.default_rng(config.seed))
+        except SonosynthError as exc:
+            raise SonosynthError(f"{mask_path}: {exc}") from None
+    else:
+        edited = read_label_map(edited_path)
     model = load_synthesis_model(run, device=config.device)
     class_labels = None
     if attributes:
@@ -184,13 +197,14 @@ def edit_files(run: str | Path, image_path: str | Path, mask_path: str | Path, e
             if value not in model.class_values.get(name, []):
                 raise SonosynthError(f"attribute {name}='{value}' not among {model.class_values.get(name, [])}")
         class_labels = model.class_tensor([dict(attributes)])
-    result = repaint(model, image, mask, edited, config, class_labels, where=str(edited_path))
+    result = repaint(model, image, mask, edited, config, class_labels, where=str(edited_path or mask_path))
     with output_folder(out, overwrite) as tmp:
         write_png(tmp / "image.png", result.image)
         write_png(tmp / "mask.png", result.mask)
         write_png(tmp / "region.png", result.region.astype(np.uint8) * 255)
         provenance = {"command": "sonosynth edit", "model": str(run), "image": str(image_path),
-                      "mask": str(mask_path), "edited_mask": str(edited_path), "config": asdict(config),
+                      "mask": str(mask_path), "edited_mask": None if edited_path is None else str(edited_path),
+                      **({"anomaly": anomaly} if anomaly else {}), "config": asdict(config),
                       "attributes": dict(attributes or {}), "model_evaluations": result.model_evaluations,
                       "edited_pixels": int(result.region.sum())}
         (tmp / "edit.json").write_text(json.dumps(provenance, indent=2) + "\n")

@@ -40,6 +40,7 @@ from sonosynth.settings import Config
 from sonosynth.synthesis.fidelity import FidelityFilter, Predictor, score_samples
 from sonosynth.synthesis.grid import reduce_mask, reduced_fov, reduced_spacing
 from sonosynth.synthesis.masks import DeformConfig, ShapeModel, ShapeModelConfig, deform_mask
+from sonosynth.synthesis.masks.anomaly import make_anomaly, parse_anomaly
 
 if TYPE_CHECKING:
     from sonosynth.synthesis.sampling import SynthesisModel
@@ -146,6 +147,10 @@ class GenerateConfig(Config):
     attributes: AttributePolicy = field(default_factory=AttributePolicy)
     prompt: str | None = None  # a Stable Diffusion run: this text instead of its template's prompt
     conditioning_scale: float | None = None  # a ControlNet run: the weight of the mask (None: as saved)
+    # Every drawn mask's structure `anomaly_label` edited into a malignant-looking one, e.g. `spiculated` or
+    # `spiculated+taller-than-wide` (synthesis/masks/anomaly.py); masks without that structure stay as they are.
+    anomaly: str | None = None
+    anomaly_label: int = 1
     device: str = "auto"  # the same seed gives the same images on the same device
 
     def __post_init__(self) -> None:
@@ -166,6 +171,9 @@ class GenerateConfig(Config):
                                  "widened size range")
         if self.filter_dice is not None:
             FidelityFilter(self.filter_dice, self.filter_mode)  # validates
+        parse_anomaly(self.anomaly)
+        if self.anomaly_label < 1:
+            raise SonosynthError(f"anomaly_label must be a structure's label (1 or more), got {self.anomaly_label}")
 
 
 
@@ -190,6 +198,7 @@ class Candidate:
     base: SourcePair | None  # None: a joint model's full square without a source
     fell_back: bool = False
     target_hc_mm: float | None = None
+    anomaly: str = ""  # the anomaly its mask was edited into (`GenerateConfig.anomaly`), if any
 
 
 def load_source_pairs(dataset: Dataset, size: int, progress: bool = False, keep_full: bool = False) -> list[SourcePair]:
@@ -234,6 +243,14 @@ class MaskSource:
         return (key, matching) if matching else ((), self.pairs)
 
     def draw(self, rng: np.random.Generator, attributes: Mapping[str, str] | None = None) -> Candidate:
+        """A mask from this source (for `attributes`), edited into the configured anomaly when it has one."""
+        candidate = self._draw(rng, attributes)
+        label, anomaly = self.config.anomaly_label, self.config.anomaly
+        if anomaly and (candidate.mask == label).any():
+            candidate = replace(candidate, mask=make_anomaly(candidate.mask, anomaly, rng, label), anomaly=anomaly)
+        return candidate
+
+    def _draw(self, rng: np.random.Generator, attributes: Mapping[str, str] | None = None) -> Candidate:
         key, pool = self.pool(attributes or {})
         if self.config.mask_source == "train":  # every pair once (in random order) before any repeats
             order = self._orders.get(key)
@@ -464,6 +481,7 @@ def generate_dataset(
                         "target_hc_mm": "" if c.target_hc_mm is None else round(c.target_hc_mm, 3),
                         "fidelity_dice": "" if scores is None else round(scores[i], 4),
                         "flagged": "" if rule is None else int(flagged),
+                        **({"anomaly": c.anomaly} if config.anomaly else {}),
                     },
                     **attributes,
                 )
