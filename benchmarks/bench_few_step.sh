@@ -40,4 +40,4 @@ for set in $SETS; do
     echo "$(date +%s.%N) - $start" | bc > "$out.seconds"
   fi
 done
-$PY benchmarks/few_step_table.py "$WORK" $SETS | tee "$WORK/few_step.md"
+$PY benchmarks/few_step_table.py "$WORK" "$DATA" $SETS | tee "$WORK/few_step.md"
