@@ -1,6 +1,6 @@
 """The table of benchmarks/bench_few_step.sh: each synthetic set's mask fidelity, paired against the first set.
 
-    python benchmarks/few_step_table.py WORK REAL SET [SET ...]      (SET: objective:scheduler:steps)
+    python benchmarks/few_step_table.py WORK REAL SET [SET ...] [--grid PNG]    (SET: objective:scheduler:steps)
 
 Fidelity is the manifest's `fidelity_dice` (the segmenter's Dice on each generated image against its mask); the
 sets share their masks (same seed), so each set is compared with the first pair by pair: the mean difference in
@@ -14,7 +14,6 @@ KID (x 1000; texture descriptors, no pretrained weights).
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,5 +85,32 @@ def main(work: Path, sets: list[str], real_path: Path) -> str:
     return "\n".join(rows)
 
 
+def sample_grid(work: Path, sets: list[str], out: Path, rows: int = 6) -> None:
+    """The first `rows` pairs of every set side by side (the mask, then each set's image of it), 3x enlarged."""
+    from PIL import Image
+
+    from sonosynth.data.format import Dataset
+
+    columns = [list(Dataset.open(work / "sets" / spec.replace(":", "-")))[:rows] for spec in sets]
+    lines = []
+    for i in range(rows):
+        tiles = [(columns[0][i].mask > 0).astype(np.uint8) * 255] + [column[i].image for column in columns]
+        h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+        tiles = [np.pad(t, ((2, 2 + h - t.shape[0]), (2, 2 + w - t.shape[1]))) for t in tiles]
+        lines.append(np.concatenate(tiles, axis=1))
+    grid = np.concatenate(lines, axis=0).astype(np.uint8)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(out)
+
+
 if __name__ == "__main__":
-    print(main(Path(sys.argv[1]), sys.argv[3:], Path(sys.argv[2])))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("real", type=Path)
+    parser.add_argument("sets", nargs="+")
+    parser.add_argument("--grid", type=Path, help="also write the sets' first images side by side here")
+    args = parser.parse_args()
+    print(main(args.work, args.sets, args.real))
+    if args.grid:
+        sample_grid(args.work, args.sets, args.grid)
