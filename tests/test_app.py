@@ -88,6 +88,9 @@ def test_session_generates_at_the_model_size(session):
     again = session.generate(mask, fov, steps=2, seed=3)
     assert np.array_equal(pair.image, again.image)
     assert session.deform(mask, seed=1).shape == (32, 32)
+    spiky = session.anomaly(mask, "spiculated", seed=1)
+    assert spiky.shape == (32, 32) and ((mask == 1) & (spiky != 1)).sum() == 0 and (spiky == 1).sum() > (
+        mask == 1).sum()
     new, new_fov = session.new_shape(seed=0)
     assert new.shape == (32, 32) and new.any()
 
@@ -99,6 +102,8 @@ def test_session_refuses_what_the_model_cannot_take(session, world, tmp_path):
         session.generate(np.zeros((16, 16), np.uint8), steps=1)
     with pytest.raises(SonosynthError, match="nothing to deform"):
         session.deform(np.zeros((32, 32), np.uint8), 0)
+    with pytest.raises(SonosynthError, match="no structure with label 1"):
+        session.anomaly(np.zeros((32, 32), np.uint8), "angular", 0)
     with pytest.raises(SonosynthError, match="not a model or run"):
         AppSession(world["toy"], device="cpu")
 

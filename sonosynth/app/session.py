@@ -178,6 +178,13 @@ class AppSession:
             raise SonosynthError("draw or load a mask first: there is nothing to deform")
         return deform_mask(np.asarray(mask, np.uint8), np.random.default_rng(seed)).mask
 
+    def anomaly(self, mask: np.ndarray, name: str, seed: int, label: int = 1) -> np.ndarray:
+        """The mask's structure `label` made into the anomaly `name` (`--anomaly`; synthesis/masks/anomaly.py)."""
+        from sonosynth.synthesis.masks.anomaly import make_anomaly
+
+        self.check_mask(mask)
+        return make_anomaly(np.asarray(mask, np.uint8), name, np.random.default_rng(seed), label)
+
     def new_shape(self, seed: int, attributes: Mapping[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """New anatomy from the dataset's shape model (`--mask-source shape`): (mask, fov) on the grid."""
         from sonosynth.synthesis.generate import GenerateConfig, MaskSource

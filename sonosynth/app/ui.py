@@ -27,6 +27,7 @@ from sonosynth.app.session import (
     set_flag,
 )
 from sonosynth.errors import SonosynthError
+from sonosynth.synthesis.masks.anomaly import ANOMALIES
 
 # Model-resolution pictures (32-256 px) shown large, with visible pixels rather than blur.
 CSS = (".pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }\n"
@@ -105,6 +106,10 @@ def build_app(session: AppSession, review: str | Path | None = None) -> Any:
                         deform = gr.Button("deform", elem_id="deform")
                         shape = gr.Button("new shape", interactive=bool(pair_ids))
                         clear = gr.Button("clear")
+                    with gr.Row():
+                        anomaly_name = gr.Dropdown(list(ANOMALIES), value=ANOMALIES[0],
+                                                   label="anomaly of the lesion (label 1)")
+                        make_anomaly = gr.Button("make anomaly", elem_id="make-anomaly")
                     with gr.Accordion("ellipse (fetal heads)", open=False):
                         with gr.Row():
                             e_label = gr.Dropdown([(n, k) for k, n in enumerate(style.names)], value=min(1, len(
@@ -150,6 +155,10 @@ def build_app(session: AppSession, review: str | Path | None = None) -> Any:
                 return editor_value(session.deform(painted_mask(value, style), int(seed_value or 0)), style)
 
             @shown_in_page
+            def on_anomaly(value: dict, name: str, seed_value: float) -> dict:
+                return editor_value(session.anomaly(painted_mask(value, style), name, int(seed_value or 0)), style)
+
+            @shown_in_page
             def on_shape(seed_value: float, *values: str) -> tuple:
                 mask, field = session.new_shape(int(seed_value or 0), attribute_values(values))
                 return editor_value(mask, style), field
@@ -176,6 +185,7 @@ def build_app(session: AppSession, review: str | Path | None = None) -> Any:
 
             load.click(on_load, pick, [canvas, fov])
             deform.click(on_deform, [canvas, seed], canvas)
+            make_anomaly.click(on_anomaly, [canvas, anomaly_name, seed], canvas)
             shape.click(on_shape, [seed, *attrs], [canvas, fov])
             clear.click(lambda: (editor_value(blank, style), session.default_fov()), None, [canvas, fov])
             ellipse.click(on_ellipse, [canvas, e_label, e_row, e_col, e_rows, e_cols, e_angle], canvas)
@@ -199,6 +209,10 @@ def build_app(session: AppSession, review: str | Path | None = None) -> Any:
                                                  layers=False, transforms=(), sources=(), height=420,
                                                  label="paint the mask as it should become", elem_id="edit-canvas")
                     gr.HTML(legend(style))
+                    with gr.Row():
+                        edit_anomaly = gr.Dropdown(list(ANOMALIES), value=ANOMALIES[0],
+                                                   label="anomaly of the lesion (label 1)")
+                        edit_make_anomaly = gr.Button("make anomaly", elem_id="edit-make-anomaly")
                     with gr.Row():
                         edit_steps = gr.Slider(2, 200, 50, step=1, label="steps")
                         jumps = gr.Slider(1, 10, 3, step=1, label="RePaint passes per jump")
@@ -243,6 +257,7 @@ def build_app(session: AppSession, review: str | Path | None = None) -> Any:
                 return [(np.asarray(image), "original"), (result.image, "edited"), (region, "changed region")], note
 
             edit_load.click(on_edit_load, edit_pick, [edit_canvas, originals])
+            edit_make_anomaly.click(on_anomaly, [edit_canvas, edit_anomaly, edit_seed], edit_canvas)
             upload.click(on_upload, [image_file, mask_file], [edit_canvas, originals])
             run_edit.click(on_edit, [edit_canvas, originals, edit_steps, jumps, edit_seed, *edit_attrs],
                            [edit_out, edit_note])
