@@ -33,6 +33,7 @@ for _module_name in (
     "sonosynth.commands.diffusion",
     "sonosynth.commands.synthesis",
     "sonosynth.commands.segmentation",
+    "sonosynth.commands.classification",
     "sonosynth.commands.evaluation",
     "sonosynth.commands.demo",
     "sonosynth.commands.app",

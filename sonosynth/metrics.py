@@ -184,3 +184,32 @@ def summarize(scores: list[PairScores]) -> dict[str, float]:
 def _nanmean(values: np.ndarray) -> float:
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else math.nan
+
+
+# ---- classification ----------------------------------------------------------------------------------------
+
+
+def class_recalls(labels: Sequence[int], predicted: Sequence[int], n_classes: int) -> list[float]:
+    """Each class's recall (the share of its images predicted as it); NaN for a class without images."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    return [float((predicted[labels == c] == c).mean()) if (labels == c).any() else math.nan
+            for c in range(n_classes)]
+
+
+def balanced_accuracy(labels: Sequence[int], predicted: Sequence[int], n_classes: int) -> float:
+    """The mean recall over the classes present: accuracy that a majority class cannot inflate."""
+    return float(np.nanmean(class_recalls(labels, predicted, n_classes)))
+
+
+def macro_auc(labels: Sequence[int], probabilities: np.ndarray) -> float:
+    """The mean one-vs-rest ROC AUC over the classes with both positives and negatives (the Mann-Whitney U
+    statistic of each class's probability, ties counted half); NaN when no class has both."""
+    from scipy.stats import mannwhitneyu
+
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities, dtype=np.float64)
+    aucs = []
+    for c in range(probabilities.shape[1]):
+        positive, negative = probabilities[labels == c, c], probabilities[labels != c, c]
+        if len(positive) and len(negative):
+            aucs.append(mannwhitneyu(positive, negative).statistic / (len(positive) * len(negative)))
+    return float(np.mean(aucs)) if aucs else math.nan

@@ -20,7 +20,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("data", "augment", "depth_gain", "phantom", "metrics"),
     ("models", "segmentation.nets"),
     ("training",),
-    ("diffusion", "autoencoder", "segmentation"),
+    ("diffusion", "autoencoder", "segmentation", "classification"),
     ("stable_diffusion",),
     ("synthesis", "generator_training"),
     ("evaluation",),

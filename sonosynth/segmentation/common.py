@@ -257,7 +257,8 @@ class EarlyStopping:
     """Validation checks of one training run: the best score, its step and a snapshot of the weights then.
 
     `stop` once `patience` checks in a row bring no better score. Without validation scores the last
-    weights are the result. Shared by every segmenter trained in a loop of ours (the U-Net, SAM's decoder).
+    weights are the result. Shared by every network trained in a loop of ours (the U-Net, SAM's decoder, the
+    classifiers, whose score is named `val_balanced_accuracy`).
     """
 
     patience: int
@@ -269,6 +270,7 @@ class EarlyStopping:
     history: list[dict[str, float]] = field(default_factory=list)
     running_loss: float = 0.0
     steps: int = 0  # training steps taken so far
+    score_name: str = "val_dice"  # the history's name of the validation score
     best_state: dict[str, torch.Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -277,7 +279,7 @@ class EarlyStopping:
     def check(self, step: int, loss: float, score: float | None) -> dict[str, float]:
         entry = {"step": step, "loss": round(loss, 5)}
         if score is not None:
-            entry["val_dice"] = round(score, 5)
+            entry[self.score_name] = round(score, 5)
             if score > self.best:
                 self.best, self.best_step, self.bad_checks, self.best_state = score, step, 0, self.snapshot()
             else:
@@ -287,9 +289,10 @@ class EarlyStopping:
         self.history.append(entry)
         return entry
 
-    def step_done(self, step: int, loss: float | None, config: SegmentationConfig,
-                  validate: Callable[[], float] | None, bar: Any) -> bool:
-        """Record a training step (its loss, if any); at a validation step check the score; True: stop now."""
+    def step_done(self, step: int, loss: float | None, config: Any, validate: Callable[[], float] | None,
+                  bar: Any) -> bool:
+        """Record a training step (its loss, if any); at a validation step (`config.val_every`, and at
+        `config.max_steps`) check the score; True: stop now."""
         if loss is not None:
             self.running_loss = 0.9 * self.running_loss + 0.1 * loss if step > 1 else loss
         bar.update(1)

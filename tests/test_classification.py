@@ -1,0 +1,99 @@
+"""Image classifiers (issue 38): the metrics, a tiny classifier that learns a visible class, the command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from factories import ellipse_pair
+from typer.testing import CliRunner
+
+from sonosynth.cli import app
+from sonosynth.data.format import Dataset, DatasetInfo, DatasetWriter
+from sonosynth.errors import SonosynthError
+from sonosynth.metrics import balanced_accuracy, class_recalls, macro_auc
+
+
+def test_balanced_accuracy_and_auc_on_known_cases() -> None:
+    labels = [0, 0, 0, 0, 1, 1]
+    assert class_recalls(labels, [0, 0, 0, 1, 1, 0], 2) == [0.75, 0.5]
+    assert balanced_accuracy(labels, [0, 0, 0, 1, 1, 0], 2) == pytest.approx(0.625)
+    assert balanced_accuracy(labels, [0] * 6, 2) == pytest.approx(0.5)  # the majority class is chance here
+    assert math.isnan(class_recalls([0, 0], [0, 1], 3)[2])  # a class without images has no recall
+    ranked = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4], [0.2, 0.8], [0.1, 0.9]])
+    assert macro_auc(labels, ranked) == pytest.approx(1.0)
+    assert macro_auc(labels, ranked[:, ::-1]) == pytest.approx(0.0)
+    assert macro_auc(labels, np.full((6, 2), 0.5)) == pytest.approx(0.5)  # ties count half
+    assert macro_auc([0, 0], np.full((2, 2), 0.5)) != macro_auc([0, 0], np.full((2, 2), 0.5))  # NaN: one class
+
+
+def write_bright_dark(out: Path, n: int = 24, seed: int = 0) -> Path:
+    """Fetal-head-like pairs whose class is visible: `bright` images have a bright patch, `dark` ones do not;
+    split train / val / test by subject."""
+    rng = np.random.default_rng(seed)
+    info = DatasetInfo(name="brightdark", labels={"0": "background", "1": "head"},
+                       attributes={"kind": ["dark", "bright"]})
+    with DatasetWriter(out, info) as writer:
+        for i in range(n):
+            image, mask = ellipse_pair(rng, 48, 64)
+            kind = ("dark", "bright")[i % 2]
+            if kind == "bright":
+                image[4:20, 4:20] = 250
+            split = "train" if i < n // 2 else ("val" if i < 3 * n // 4 else "test")
+            writer.add(f"p{i:03d}", image, mask, subject=f"s{i}", split=split, kind=kind)
+    return out
+
+
+def test_a_tiny_classifier_learns_a_visible_class_and_reloads(tmp_path: Path) -> None:
+    from sonosynth.classification.classifier import (
+        ClassifierConfig,
+        evaluate,
+        load_classifier,
+        load_labeled,
+        train_classifier,
+    )
+
+    data = Dataset.open(write_bright_dark(tmp_path / "data"))
+    config = ClassifierConfig(attribute="kind", classes=["dark", "bright"], net="tiny", size=32, max_steps=60,
+                              batch_size=8, val_every=10, patience=3, learning_rate=3e-3, augment=False)
+    train, val, test = (load_labeled(data.subset(split=split), "kind", config.classes, 32)
+                        for split in ("train", "val", "test"))
+    result = train_classifier(config, train, val, progress=False)
+    scores = evaluate(result.model, test, 2)
+    assert scores["balanced_accuracy"] >= 0.9 and scores["macro_auc"] >= 0.9, scores
+    assert result.history[0]["step"] == 10 and "val_balanced_accuracy" in result.history[0]
+    again = train_classifier(config, train, val, progress=False)  # the seed fixes the run
+    assert torch.equal(next(iter(again.model.state_dict().values())), next(iter(result.model.state_dict().values())))
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    done = runner.invoke(app, ["classify", "train", str(data.root), "--attribute", "kind", "--out", str(out),
+                               "--net", "tiny", "--size", "32", "--max-steps", "60", "--batch-size", "8",
+                               "--val-every", "10", "--learning-rate", "0.003", "--device", "cpu"])
+    assert done.exit_code == 0, done.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes"] == ["dark", "bright"] and len(metrics["test"]["per_image"]) == len(test)
+    assert set(metrics["test"]["recall"]) == {"dark", "bright"}
+    model, saved = load_classifier(out)
+    assert saved.classes == ["dark", "bright"]
+    reloaded = evaluate(model, test, 2)["probabilities"]
+    assert np.allclose(reloaded, [e["probabilities"] for e in metrics["test"]["per_image"]], atol=1e-4)
+
+
+def test_a_missing_class_attribute_is_one_line(tmp_path: Path) -> None:
+    from factories import write_toy_dataset
+
+    data = write_toy_dataset(tmp_path / "toy", n=6)
+    runner = CliRunner()
+    result = runner.invoke(app, ["classify", "train", str(data), "--attribute", "pathology", "--out",
+                                 str(tmp_path / "run"), "--auto-split", "--device", "cpu"])
+    assert result.exit_code == 1 and not (tmp_path / "run").exists()
+    assert "no categorical attribute 'pathology' to classify by" in str(result.exception)
+    with pytest.raises(SonosynthError, match="classifier net must be one of"):
+        from sonosynth.classification.classifier import ClassifierConfig
+
+        ClassifierConfig(net="vgg")
