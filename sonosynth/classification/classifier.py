@@ -27,7 +27,7 @@ from sonosynth.data.format import Dataset
 from sonosynth.errors import DataError, SonosynthError
 from sonosynth.metrics import balanced_accuracy, class_recalls, macro_auc
 from sonosynth.seeds import derive_seed
-from sonosynth.segmentation.common import EarlyStopping, batch_composition, image_to_model
+from sonosynth.segmentation.common import EarlyStopping, batch_composition, early_stopped_steps, image_to_model
 from sonosynth.settings import Config
 
 NETS = ("tiny", "small", "densenet121", "efficientnet-b0")
@@ -133,7 +133,6 @@ def train_classifier(config: ClassifierConfig, train: LabeledImages, val: Labele
                      device: str | torch.device = "cpu") -> ClassifierResult:
     """Train `config.net` on `train` (+ `synthetic`); the weights of the best validation balanced accuracy."""
     from sonosynth.devices import resolve_device
-    from sonosynth.progress import progress_bar
 
     n_classes = len(config.classes)
     if n_classes < 2:
@@ -153,20 +152,13 @@ def train_classifier(config: ClassifierConfig, train: LabeledImages, val: Labele
     stopping = EarlyStopping(config.patience, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()},
                              config.min_steps, score_name=SCORE)
     started = time.perf_counter()
-    bar = progress_bar(total=config.max_steps, desc="classifier", disable=not progress, leave=False)
-    draw = batches(config, train, synthetic)
-    model.train()
-    for step in range(1, config.max_steps + 1):
+    draw, device_ = batches(config, train, synthetic), next(model.parameters()).device
+
+    def step_loss(step: int) -> torch.Tensor:
         images, labels = draw(step)
-        device_ = next(model.parameters()).device
-        loss = loss_fn(model(images.to(device_)), labels.to(device_))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        stopping.steps = step
-        if stopping.step_done(step, loss.item(), config, validate, bar):
-            break
-    bar.close()
+        return loss_fn(model(images.to(device_)), labels.to(device_))
+
+    early_stopped_steps(model, optimizer, stopping, config, validate, step_loss, progress, "classifier")
     model.load_state_dict(stopping.best_state)
     model.eval()
     best = None if stopping.best < 0 else stopping.best

@@ -311,6 +311,28 @@ class EarlyStopping:
                               seconds=seconds, **more)
 
 
+def early_stopped_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, stopping: EarlyStopping,
+                        config: Any, validate: Callable[[], float] | None, step_loss: Callable[[int], torch.Tensor],
+                        progress: bool, desc: str) -> EarlyStopping:
+    """The supervised loop the U-Net and the classifiers train with: `step_loss(step)` (the step's batch through
+    the model), an optimizer step, a validation check every `config.val_every` steps, until `stopping` says so
+    or `config.max_steps`."""
+    from sonosynth.progress import progress_bar
+
+    bar = progress_bar(total=config.max_steps, desc=desc, disable=not progress, leave=False)
+    model.train()
+    for step in range(1, config.max_steps + 1):
+        loss = step_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stopping.steps = step
+        if stopping.step_done(step, loss.item(), config, validate, bar):
+            break
+    bar.close()
+    return stopping
+
+
 def batch_composition(batch_size: int, synthetic_ratio: float, n_real: int, n_synthetic: int) -> tuple[int, int]:
     """How many real and how many synthetic pairs each batch holds.
 

@@ -23,6 +23,7 @@ from sonosynth.segmentation.common import (
     SegmentationConfig,
     TrainingResult,
     batch_composition,
+    early_stopped_steps,
     segmenter_augmentation,
 )
 from sonosynth.segmentation.nets import build_unet
@@ -79,8 +80,6 @@ def _fit(model: torch.nn.Module, config: SegmentationConfig, train: PairTensors,
     """
     from monai.losses import DiceCELoss
 
-    from sonosynth.progress import progress_bar
-
     model_device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -92,9 +91,8 @@ def _fit(model: torch.nn.Module, config: SegmentationConfig, train: PairTensors,
     )
     stopping = EarlyStopping(config.patience, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()},
                              config.min_steps)
-    bar = progress_bar(total=config.max_steps, desc=phase, disable=not progress, leave=False)
-    model.train()
-    for step in range(1, config.max_steps + 1):
+
+    def step_loss(step: int) -> torch.Tensor:
         parts_img, parts_lab = [], []
         for pairs, count in ((train, n_real), (synthetic, n_synthetic)):
             if count and pairs is not None and len(pairs):
@@ -106,12 +104,6 @@ def _fit(model: torch.nn.Module, config: SegmentationConfig, train: PairTensors,
             seeds = [derive_seed(seed, "augment", step, slot) for slot in range(len(images))]
             images, labels = augmentation.batch(images, labels, seeds)
         images, labels = images.to(model_device), labels.to(model_device)
-        loss = loss_fn(model(images), labels[:, None])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        stopping.steps = step
-        if stopping.step_done(step, loss.item(), config, validate, bar):
-            break
-    bar.close()
-    return stopping
+        return loss_fn(model(images), labels[:, None])
+
+    return early_stopped_steps(model, optimizer, stopping, config, validate, step_loss, progress, phase)
