@@ -97,3 +97,62 @@ def test_a_missing_class_attribute_is_one_line(tmp_path: Path) -> None:
         from sonosynth.classification.classifier import ClassifierConfig
 
         ClassifierConfig(net="vgg")
+
+
+def test_stratified_subjects_take_k_of_each_class_nested(tmp_path: Path) -> None:
+    from sonosynth.evaluation.classify import stratified_subjects
+
+    train = Dataset.open(write_bright_dark(tmp_path / "data", n=40)).subset(split="train")
+    two, four = (stratified_subjects(train, "kind", ["dark", "bright"], k, 0) for k in ("2", "4"))
+    kinds = {r.subject: r.attributes["kind"] for r in train.records}
+    assert [kinds[s] for s in two] == ["dark", "dark", "bright", "bright"] and set(two) <= set(four)
+    assert stratified_subjects(train, "kind", ["dark", "bright"], "2", 1) != two
+    assert len(stratified_subjects(train, "kind", ["dark", "bright"], "all", 0)) == 20
+    with pytest.raises(SonosynthError, match="k=11 per class exceeds the 10 training subjects of class 'dark'"):
+        stratified_subjects(train, "kind", ["dark", "bright"], "11", 0)
+
+
+def test_the_downstream_protocol_classifies_with_paired_intervals_and_resumes(tmp_path: Path) -> None:
+    """--task classify: the same cells (k per class x arm x seed), a classifier each, the report's tables."""
+    from sonosynth.classification.classifier import ClassifierConfig
+    from sonosynth.evaluation.downstream import DownstreamConfig, run_downstream
+    from sonosynth.segmentation.common import SegmentationConfig
+
+    real = write_bright_dark(tmp_path / "real", n=40)
+    synthetic = write_bright_dark(tmp_path / "synth", n=16, seed=5)  # a stand-in for generated pairs (with classes)
+    config = DownstreamConfig(
+        ks=["2"], seeds=2, arms=["real", "real+classical", "real+synthetic", "synthetic"], task="classify",
+        segmentation=SegmentationConfig(), classifier=ClassifierConfig(
+            attribute="kind", net="tiny", size=32, max_steps=40, batch_size=8, val_every=10, patience=2,
+            learning_rate=3e-3))
+    out = run_downstream(real, tmp_path / "report", config, synthetic_path=synthetic, progress=False,
+                         command="sonosynth evaluate downstream --task classify")
+    cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    assert len(cells) == 2 * 3 + 2  # three arms per k and seed, the synthetic-only arm once per seed
+    real_cell = cells["k2__real__seed0"]
+    assert real_cell["n_real_subjects"] == 4 and real_cell["n_real_images"] == 4  # 2 per class
+    assert len(real_cell["per_image"]) == 10 and {"balanced_accuracy", "macro_auc"} <= set(real_cell["metrics"])
+    comparisons = (out / "comparisons.csv").read_text()
+    assert "real+synthetic,real,balanced accuracy (points)" in comparisons and "macro AUC (points)" in comparisons
+    report = (out / "results.md").read_text()
+    assert "k = training subjects **per class**" in report and "| 2 | real+synthetic | 2 |" in report
+    stamp = (out / "cells" / "k2__real__seed0.json").stat().st_mtime_ns
+    run_downstream(real, out, config, synthetic_path=synthetic, progress=False)  # resumes: nothing to train
+    assert (out / "cells" / "k2__real__seed0.json").stat().st_mtime_ns == stamp
+
+
+def test_the_paired_statistics_of_classification() -> None:
+    """Weighted per-image correctness averages to the balanced accuracy; the AUC difference of an arm that ranks
+    perfectly against one that ranks at random is positive with an interval above zero."""
+    from sonosynth.evaluation.classify import auc_difference, weighted_correct
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 30 + [1] * 10)
+    probabilities = rng.dirichlet([1, 1], size=(3, 40))
+    for seed in range(3):
+        predicted = probabilities[seed].argmax(1)
+        assert weighted_correct(labels, probabilities)[seed].mean() == pytest.approx(
+            balanced_accuracy(labels, predicted, 2))
+    perfect = np.stack([np.eye(2)[labels] * 0.8 + 0.1] * 3)
+    difference = auc_difference(perfect, probabilities, labels, n_boot=200)
+    assert difference.mean > 0.2 and difference.low > 0 and difference.verdict == "better"

@@ -95,6 +95,10 @@ def downstream_command(
     report_only: bool = typer.Option(
         False, "--report-only", help="Train nothing: write the report of the cells finished so far."
     ),
+    task: str = typer.Option("segment", "--task", help="segment (a segmenter per cell) or classify (a classifier "
+                             "per cell; k then counts subjects per class)."),
+    label_attribute: str = typer.Option("pathology", help="--task classify: the categorical attribute (the class)."),
+    classifier_net: str = typer.Option("small", help="--task classify: tiny, small, densenet121, efficientnet-b0."),
     workers: int = typer.Option(
         1, "--workers", min=0, help="Run the seeds' cells in this many processes at once, the cores shared among "
         "them (0: one per core; seeds of one report share nothing but its folder)."
@@ -114,7 +118,7 @@ def downstream_command(
         real, segmentation, k=k, seeds=seeds, arms=arms, has_synthetic=synthetic is not None,
         generator_per_k=generator_per_k, generators=generators, classical_config=classical_config,
         structure=structure, head_circumference=head_circumference, train_where=train_where, auto_split=auto_split,
-        selection=selection,
+        selection=selection, task=task, label_attribute=label_attribute, classifier_net=classifier_net,
     )
     if generator_per_k is not None and is_flat_recipe(generator_per_k):
         typer.echo(f"note: {generator_per_k} is a flat recipe (release 0.1): its fields belong in sections train "

@@ -30,11 +30,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sonosynth.augment import AugmentConfig
+from sonosynth.classification.classifier import ClassifierConfig
 from sonosynth.data.conditions import Condition
 from sonosynth.data.format import MANIFEST_CSV, Dataset, sha256_of
 from sonosynth.data.validate import require_separate, require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
+from sonosynth.evaluation.cells import ARMS, CELLS_DIR, Cell, converged, uses_classical, uses_synthetic
 from sonosynth.evaluation.generators import (
     GENERATORS_DIR,
     GeneratorRecipe,
@@ -47,10 +49,9 @@ from sonosynth.segmentation.common import SegmentationConfig
 from sonosynth.settings import Config, without_new_defaults
 from sonosynth.version import code_version
 
-ARMS = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
-CELLS_DIR = "cells"
 NNUNET_DIR = "nnunet"  # nnU-Net's raw / preprocessed / results folders of each cell (--net nnunet)
 SETTINGS_FILE = "settings.json"
+TASKS = ("segment", "classify")
 
 
 @dataclass
@@ -74,8 +75,16 @@ class DownstreamConfig(Config):
     # This fraction of the test subjects is the selection split (`evaluation.selection`): its comparisons are for
     # choosing levers and defaults, and the report's results are on the remaining test subjects only. 0: none.
     selection: float = 0.0
+    # segment: a segmenter per cell (`segmentation`); classify: a classifier per cell (`classifier`, whose class is a
+    # categorical attribute; k then counts training subjects per class; `evaluation.classify`).
+    task: str = "segment"
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def validate(self, has_synthetic: bool) -> None:
+        if self.task not in TASKS:
+            raise SonosynthError(f"--task {self.task}: one of {', '.join(TASKS)}")
+        if self.task == "classify" and (self.selection or self.train_where):
+            raise SonosynthError("--selection and --train-where are for --task segment (not yet for classify)")
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
             raise SonosynthError(f"unknown arms {unknown} (choose from {', '.join(ARMS)})")
@@ -97,28 +106,9 @@ class DownstreamConfig(Config):
             Condition.parse(self.train_where)
         if not 0 <= self.selection < 1:
             raise SonosynthError(f"--selection {self.selection}: a fraction of the test subjects in [0, 1)")
-        if self.segmentation.net != "unet" and any(uses_classical(a) for a in self.arms):
+        if self.task == "segment" and self.segmentation.net != "unet" and any(uses_classical(a) for a in self.arms):
             raise SonosynthError(f"the +classical arms are for --net unet: drop them with --net {self.segmentation.net}"
                                  " (nnU-Net brings its own augmentation)")
-
-
-@dataclass(frozen=True)
-class Cell:
-    k: str  # "-" for the synthetic-only arm, which uses no real training data
-    arm: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"k{self.k if self.k != '-' else 'none'}__{self.arm}__seed{self.seed}"
-
-
-def uses_synthetic(arm: str) -> bool:
-    return "synthetic" in arm
-
-
-def uses_classical(arm: str) -> bool:
-    return arm.endswith("+classical")
 
 
 def parse_ks(text: str) -> list[str]:
@@ -176,8 +166,11 @@ def downstream_config(real: str | Path, segmentation: SegmentationConfig, *, k: 
                       arms: str = "auto", has_synthetic: bool = False, generator_per_k: str | Path | None = None,
                       generators: str | Path | None = None, classical_config: str | Path | None = None,
                       structure: list[str] | None = None, head_circumference: bool | None = None,
-                      train_where: str = "", auto_split: bool = False, selection: float = 0.0) -> DownstreamConfig:
-    """The experiment `evaluate downstream` describes in options (files named by path are read here), checked."""
+                      train_where: str = "", auto_split: bool = False, selection: float = 0.0, task: str = "segment",
+                      label_attribute: str = "pathology", classifier_net: str = "small") -> DownstreamConfig:
+    """The experiment `evaluate downstream` describes in options (files named by path are read here), checked. With
+    `task` classify, the classifier takes the segmenter's training settings (size, steps, learning rate,
+    validation, patience, synthetic ratio) and classifies by `label_attribute` with `classifier_net`."""
     from sonosynth.metrics import parse_structures
 
     recipe = None if generator_per_k is None else GeneratorRecipe.from_yaml(generator_per_k)
@@ -194,6 +187,12 @@ def downstream_config(real: str | Path, segmentation: SegmentationConfig, *, k: 
         train_where=train_where,
         auto_split=auto_split,
         selection=selection,
+        task=task,
+        classifier=ClassifierConfig(
+            attribute=label_attribute, net=classifier_net, size=segmentation.size, max_steps=segmentation.max_steps,
+            learning_rate=segmentation.learning_rate, val_every=segmentation.val_every,
+            patience=segmentation.patience, min_steps=segmentation.min_steps,
+            synthetic_ratio=segmentation.synthetic_ratio),
     ).checked()
 
 
@@ -250,6 +249,9 @@ def run_downstream(
         require_separate(Dataset(real.root, real.info, [*val.records, *test.records]), synthetic, "synthetic pairs")
     if len(test) == 0:
         raise SonosynthError(f"{real.root}: no test split to evaluate on (run `sonosynth data split`)")
+    if config.task == "classify":
+        return _run_classification(real_path, out, config, synthetic_path, real, synthetic, (train, val, test),
+                                   command, progress, device, report_only, only_seeds, write_report)
     segmentation = replace(config.segmentation, labels=dict(real.info.labels))
     segmentation.validate()
     head_label = 1 if uses_head_circumference(real, config.head_circumference) else None
@@ -289,6 +291,51 @@ def run_downstream(
     write_downstream_report(out, finished, real, synthetic, {**settings, "planned_cells": len(cells)},
                             command=command,
                             selection=selection_ids(test.records, config.selection) if config.selection else None)
+    return out
+
+
+def _run_classification(real_path: str | Path, out: Path, config: DownstreamConfig, synthetic_path: str | Path | None,
+                        real: Dataset, synthetic: Dataset | None, splits: tuple[Dataset, Dataset, Dataset],
+                        command: str, progress: bool, device: str, report_only: bool, only_seeds: list[int] | None,
+                        write_report: bool) -> Path:
+    """`run_downstream` with a classifier per cell (`evaluation.classify`): the same plan, store and resuming."""
+    from sonosynth.classification.classifier import with_dataset_classes
+    from sonosynth.evaluation.classify import (
+        run_classification_cells,
+        stratified_subjects,
+        write_classification_report,
+    )
+
+    config = replace(config, classifier=with_dataset_classes(config.classifier, real))
+    classifier = config.classifier
+    for k in config.ks:  # a k beyond a class's training subjects fails before any work
+        stratified_subjects(splits[0], classifier.attribute, classifier.classes, k, 0)
+    (out / CELLS_DIR).mkdir(parents=True, exist_ok=True)
+    settings = {
+        "task": "classify", "real": str(Path(real_path).resolve()),
+        "synthetic": None if synthetic_path is None else str(Path(synthetic_path).resolve()),
+        "real_manifest_sha256": sha256_of(real.root / MANIFEST_CSV),
+        **({"synthetic_manifest_sha256": sha256_of(synthetic.root / MANIFEST_CSV)} if synthetic is not None else {}),
+        "generator_per_k": None if config.generator is None else config.generator.to_dict(),
+        **({"generators": str(Path(config.generators).resolve())} if config.generators else {}),
+        **({"auto_split": True} if config.auto_split else {}),
+        "classifier": classifier.to_dict(), "classical": config.classical.to_dict(),
+    }
+    _check_or_write_settings(out / SETTINGS_FILE, settings)
+    store = Path(config.generators) if config.generators else out / GENERATORS_DIR
+    cells = plan_cells(config)
+    todo = [c for c in cells if not (out / CELLS_DIR / f"{c.name}.json").is_file()
+            and (only_seeds is None or c.seed in only_seeds)]
+    if todo and not report_only:
+        run_classification_cells(todo, out, config, real, synthetic, splits, store, progress, device,
+                                 record=lambda r: {**r, "code": code_version()})
+    if not write_report:
+        return out
+    finished = [read_json_object(path, "cell record")
+                for c in cells if (path := out / CELLS_DIR / f"{c.name}.json").is_file()]
+    if not finished:
+        raise SonosynthError(f"{out}: no finished cell to report yet")
+    write_classification_report(out, finished, settings, len(cells), command)
     return out
 
 
@@ -408,14 +455,6 @@ def _run_cell(
 def _relative(path: Path, report: Path) -> str:
     """A path inside the report relative to it (the report moves as a whole), any other one absolute."""
     return str(path.relative_to(report)) if path.is_relative_to(report) else str(path.resolve())
-
-
-def converged(history: list[dict[str, float]], patience: int) -> bool:
-    """Validation stopped improving: the last `patience` validations were all below the best one, and the best is
-    not the very first check (a model best before it trained is a noisy validation set's luck, not convergence:
-    give such a set `--min-steps`)."""
-    dice = [h["val_dice"] for h in history if "val_dice" in h]
-    return bool(dice) and 0 < dice.index(max(dice)) < len(dice) - patience
 
 
 # Where the data lay when the report began: a location, not a setting. A report (or its committed cells) resumes
