@@ -156,3 +156,26 @@ def test_the_paired_statistics_of_classification() -> None:
     perfect = np.stack([np.eye(2)[labels] * 0.8 + 0.1] * 3)
     difference = auc_difference(perfect, probabilities, labels, n_boot=200)
     assert difference.mean > 0.2 and difference.low > 0 and difference.verdict == "better"
+
+
+def test_classification_cells_with_a_generator_per_k_take_its_classes(tmp_path: Path) -> None:
+    """A class-conditioned generator per (k, seed) on the 2 + 2 chosen subjects only: its pairs keep the class of
+    the masks they were drawn from, and the real+synthetic cell trains on them."""
+    from sonosynth.classification.classifier import ClassifierConfig
+    from sonosynth.evaluation.downstream import DownstreamConfig, run_downstream
+    from sonosynth.evaluation.generators import GeneratorRecipe
+
+    real = write_bright_dark(tmp_path / "real", n=40)
+    recipe = GeneratorRecipe.from_dict({"train": {"model": {"size": "tiny"}, "size": 32, "max_steps": 2,
+                                                  "batch_size": 4, "class_attributes": ["kind"]},
+                                        "generate": {"steps": 2}, "mask_sources": {"deform": 6}})
+    config = DownstreamConfig(ks=["2"], seeds=1, arms=["real+synthetic"], task="classify", generator=recipe,
+                              classifier=ClassifierConfig(attribute="kind", net="tiny", size=32, max_steps=10,
+                                                          batch_size=4, val_every=5, patience=1))
+    out = run_downstream(real, tmp_path / "report", config, progress=False)
+    cell = json.loads((out / "cells" / "k2__real+synthetic__seed0.json").read_text())
+    assert cell["n_synthetic_images"] == 6 and cell["generator"]["real_subjects"] == 4
+    generated = Dataset.open(cell["generator"]["synthetic"])
+    assert {r.attributes["kind"] for r in generated.records} <= {"dark", "bright"}
+    trained_on = Dataset.open(out / "generators" / "k2__seed0" / "data")
+    assert sorted(r.attributes["kind"] for r in trained_on.records) == ["bright", "bright", "dark", "dark"]
