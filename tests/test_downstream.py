@@ -535,6 +535,13 @@ def test_seeds_run_in_worker_processes_give_the_cells_of_one_process(datasets: t
     assert (tmp_path / "parallel" / "results.md").is_file()
     assert seed_groups([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]] and seed_groups([0], 4) == [[0]]
     assert threads_per_worker(2, cores=16) == 8 and threads_per_worker(4, cores=2) == 1
+    from sonosynth.evaluation import workers
+
+    with pytest.MonkeyPatch.context() as patch:  # the budget another experiment on the machine leaves this one
+        patch.setenv("OMP_NUM_THREADS", "3")
+        assert workers.core_budget() == 3 and threads_per_worker(2) == 1
+        patch.setenv("OMP_NUM_THREADS", "many")
+        assert workers.core_budget() >= 1
     call = {"real_path": tmp_path / "absent", "out": tmp_path / "failing", "config": settings,
             "synthetic_path": synthetic, "command": "", "device": "cpu"}
     (tmp_path / "failing" / "cells").mkdir(parents=True)

@@ -100,8 +100,8 @@ def downstream_command(
     label_attribute: str = typer.Option("pathology", help="--task classify: the categorical attribute (the class)."),
     classifier_net: str = typer.Option("small", help="--task classify: tiny, small, densenet121, efficientnet-b0."),
     workers: int = typer.Option(
-        1, "--workers", min=0, help="Run the seeds' cells in this many processes at once, the cores shared among "
-        "them (0: one per core; seeds of one report share nothing but its folder)."
+        0, "--workers", min=0, help="Run the seeds' cells in this many processes at once, the cores shared among "
+        "them (0: one per core, or per OMP_NUM_THREADS thread; measured faster than threads, docs/training.md)."
     ),
 ) -> None:
     """Segmenters for each k x arm x seed: Dice, HD95, HC error and paired differences on the real test split."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -269,8 +268,10 @@ def run_downstream(
     cells = plan_cells(config)
     todo = [c for c in cells if not (cells_dir / f"{c.name}.json").is_file()
             and (only_seeds is None or c.seed in only_seeds)]
+    from sonosynth.evaluation.workers import core_budget
+
     seeds = sorted({c.seed for c in todo})
-    processes = min(workers or os.cpu_count() or 1, len(seeds))
+    processes = min(workers or core_budget(), len(seeds))
     if todo and not report_only and processes > 1:
         from sonosynth.evaluation.workers import run_seed_groups, seed_groups, threads_per_worker
 

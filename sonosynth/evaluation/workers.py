@@ -4,7 +4,9 @@ A cell's generator belongs to its (k, seed), so cells of different seeds share n
 `cells/` (one file each) and read-only data: each worker runs `run_downstream` on its seeds (`only_seeds`), with
 `threads` torch threads, and the parent writes the report once they are done. On small networks two processes
 with one thread each usually do more work per second than one process with two threads (intra-op parallelism
-has little to split in a 64 px convolution): benchmarks/bench_threads.py measures it per workload.
+has little to split in a 64 px convolution): on our idle 2-core machine 1.58x for a generator's training step,
+1.51x for the U-Net's, 1.19x for sampling (benchmarks/bench_threads.py, docs/training.md), so `--workers 0`
+(one process per core of the budget, the default of `evaluate downstream`) is what the runner picks.
 """
 
 from __future__ import annotations
@@ -26,9 +28,18 @@ def seed_groups(seeds: list[int], workers: int) -> list[list[int]]:
     return [g for g in groups if g]
 
 
+def core_budget() -> int:
+    """The cores this experiment may use: OMP_NUM_THREADS when set (several experiments sharing a machine each
+    give theirs), else every core."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """The machine's cores shared evenly among the workers (at least one thread each)."""
-    return max(1, (cores or os.cpu_count() or 1) // max(1, workers))
+    """The core budget shared evenly among the workers (at least one thread each)."""
+    return max(1, (cores or core_budget()) // max(1, workers))
 
 
 def _worker(threads: int, run: Callable[..., Any], call: dict[str, Any], errors: Any) -> None:
