@@ -14,8 +14,6 @@ Synthetic images take their class from the same attribute, which a class-conditi
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -35,6 +33,7 @@ from sonosynth.classification.classifier import (
 from sonosynth.data.format import Dataset
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.cells import CELLS_DIR, converged, uses_classical, uses_synthetic
+from sonosynth.evaluation.report import write_results_csv
 from sonosynth.evaluation.statistics import PairedDifference, paired_bootstrap
 from sonosynth.files import write_json_atomic, write_text_atomic
 from sonosynth.metrics import macro_auc
@@ -175,23 +174,13 @@ def _k_order(k: str) -> float:
     return math.inf if k in ("all", "-") else float(k)
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def write_classification_report(out: Path, cells: Sequence[dict[str, Any]], settings: dict[str, Any],
                                 planned: int, command: str) -> None:
     """results.csv, comparisons.csv and results.md of a classification experiment."""
     classes = settings["classifier"]["classes"]
     results, comparisons = result_rows(cells, classes), comparison_rows(cells)
-    write_text_atomic(out / "results.csv", _csv(results))
-    write_text_atomic(out / "comparisons.csv", _csv(comparisons))
+    write_results_csv(out / "results.csv", results)
+    write_results_csv(out / "comparisons.csv", comparisons)
     fmt: Callable[[float], str] = lambda v: "-" if not math.isfinite(v) else f"{v:.3f}"  # noqa: E731
     lines = [
         "# Downstream classification", "",

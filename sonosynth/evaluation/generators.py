@@ -126,17 +126,19 @@ class GeneratorRecipe(Config):
     def _section_problems(self) -> list[str]:
         """Fields a cell sets, given in the recipe; a Stable Diffusion section that cannot make pairs."""
         cell = "from mask_sources, hc_range_widen, size_range_widen"
+        train_default, generate_default = TrainConfig(), GenerateConfig()
         problems = [f"train.{name} is set by each cell" for name in CELL_TRAIN_FIELDS
-                    if getattr(self.train, name) != getattr(TrainConfig(), name)]
+                    if getattr(self.train, name) != getattr(train_default, name)]
         problems += [f"generate.{name} is set by each cell ({cell})" for name in CELL_GENERATE_FIELDS
-                     if getattr(self.generate, name) != getattr(GenerateConfig(), name)]
+                     if getattr(self.generate, name) != getattr(generate_default, name)]
         if self.generate.shape.size_widen:
             problems.append(f"generate.shape.size_widen is set by each cell ({cell})")
         sd = self.stable_diffusion
         if sd is None:
             return problems
+        sd_default = StableDiffusionConfig()
         problems += [f"stable_diffusion.{name} is set by each cell" for name in CELL_TRAIN_FIELDS
-                     if name != "dataset" and getattr(sd, name) != getattr(StableDiffusionConfig(), name)]
+                     if name != "dataset" and getattr(sd, name) != getattr(sd_default, name)]
         if sd.kind not in ("controlnet", "joint"):
             problems.append(f"stable_diffusion.kind must be controlnet or joint (a segmenter needs masks), got "
                             f"{sd.kind!r}")
