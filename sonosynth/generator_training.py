@@ -19,7 +19,8 @@ from sonosynth.training.run import RunFolder
 PRETRAINED_KINDS = ("controlnet", "lora")  # need a base; joint works both ways
 # Options that only a denoiser trained from scratch has (a Stable Diffusion base is the network itself).
 DENOISER_ONLY = {"model_size": "--net-size", "autoencoder": "--autoencoder", "patch_size": "--patch-size",
-                 "class_attributes": "--class-attribute", "init": "--init", "log_with": "--log-with"}
+                 "class_attributes": "--class-attribute", "init": "--init", "log_with": "--log-with",
+                 "unannotated": "--unannotated"}
 STABLE_DIFFUSION_ONLY = {"lora_rank": "--lora-rank", "prompt_template": "--prompt-template"}
 
 

@@ -140,7 +140,7 @@ _NON_NEGATIVE = ("warmup_steps", "weight_decay", "latent_views", "num_workers", 
                  "n_deform", "n_shape", "conditioning_scale", "autoencoder_steps", "autoencoder_decoder_steps",
                  "filter_segmenter_steps", "max_grad_norm", "min_steps")
 _UNIT = ("probability", "ema_decay", "val", "test", "selection", "synthetic_ratio", "strength", "cond_drop_prob",
-         "variance_kept", "filter_dice", "eta")
+         "variance_kept", "filter_dice", "eta", "unannotated_fraction")
 FIELD_RANGES: dict[str, tuple[float, float, str]] = {
     **{name: (1, 10**9, "a count of at least 1") for name in _COUNTS},
     **{name: (8, 8192, "a size in pixels, 8 to 8192") for name in _PIXELS},

@@ -70,6 +70,10 @@ def train_command(
     mixed_precision: str | None = opt.MIXED_PRECISION,
     log_with: str | None = typer.Option(None, "--log-with", help="'tensorboard' to log into RUN/."),
     init: Path | None = typer.Option(None, "--init", help="Start from this earlier run's weights (fine-tune it)."),
+    unannotated: Path | None = typer.Option(
+        None, "--unannotated", help="Scans without masks (a folder of images, or a dataset folder whose masks are "
+        "not read): they train the mask-free branch, so appearance is learned from them too (docs/training.md)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint in RUN."),
     device: str = opt.DEVICE,
 ) -> None:
@@ -81,7 +85,7 @@ def train_command(
         "prompt_template": prompt_template, "init": init, "autoencoder": autoencoder, "size": size,
         "max_steps": max_steps, "batch_size": batch_size, "learning_rate": opt.either(learning_rate, lr),
         "patch_size": patch_size, "class_attributes": class_attribute or None, "split": split, "seed": seed,
-        "mixed_precision": mixed_precision, "log_with": log_with,
+        "mixed_precision": mixed_precision, "log_with": log_with, "unannotated": unannotated,
         "model_size": None if opt.either(net_size, model) is None else ModelSize(opt.either(net_size, model)).value,
     }
     options = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}

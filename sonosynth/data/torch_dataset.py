@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,3 +78,52 @@ class LetterboxedPairs(torch.utils.data.Dataset):
             item = self.augment(item, generator)
         item["index"] = index
         return item
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def unannotated_image_paths(folder: str | Path) -> list[Path]:
+    """The images of scans without masks: a dataset folder's images (its masks are never read), or every image file
+    directly in a plain folder, in name order; none is a one-line error."""
+    from sonosynth.data.format import MANIFEST_CSV
+    from sonosynth.errors import DataError
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder of unannotated scans")
+    if (root / MANIFEST_CSV).is_file():
+        dataset = Dataset.open(root)
+        paths = [dataset.path_of(r, "image") for r in dataset.records]
+    else:
+        paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(f"{root}: no images of unannotated scans ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+class LetterboxedImages(torch.utils.data.Dataset):
+    """Scans without masks as `LetterboxedPairs` items: the letterboxed image and its field of view, an all-background
+    `label` (nothing is known of it: a model must not be conditioned on it) and unknown `classes` (-1).
+
+    Every image is read here, so an unreadable one fails before a run writes anything."""
+
+    def __init__(self, paths: Sequence[Path], size: int, num_class_attributes: int = 0):
+        from sonosynth.data.imageio import read_image
+
+        self.paths, self.size = list(paths), size
+        self.items = []
+        for path in self.paths:
+            image = read_image(path)
+            self.items.append({
+                "image": letterbox_image(pixels_to_unit(image) * 2.0, size)[None] - 1.0,
+                "label": torch.zeros(size, size, dtype=torch.long),
+                "fov": letterbox_mask(field_of_view(image).astype(np.uint8), size)[None].float(),
+                "classes": torch.full((num_class_attributes,), -1, dtype=torch.long),
+            })
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.items[index], "index": index}

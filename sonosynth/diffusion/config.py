@@ -29,6 +29,8 @@ MUST_MATCH_ON_RESUME = (
     "seed",
     "lr_schedule",
     "latent_views",
+    "unannotated",
+    "unannotated_fraction",
 )
 
 
@@ -48,6 +50,11 @@ class TrainConfig(Config):
     # augmentation, encoded anew, at every step (about 4x slower at 256 px on a CPU).
     latent_views: int = 8
     init: str | None = None  # start from this earlier run's weights (fine-tuning); ignored on resume
+    # Scans without masks (a folder of images, or a dataset folder whose masks are never read): they train the
+    # null-condition branch only (classifier-free guidance's unconditional model), so appearance is learned from
+    # every scan and the mask condition from the pairs alone. `unannotated_fraction` of each batch comes from them.
+    unannotated: str | None = None
+    unannotated_fraction: float = 0.5
     model: ModelConfig = field(default_factory=ModelConfig)
     size: int = 64
     patch_size: int | None = None  # None: whole images; else random patches with coordinate channels
@@ -99,6 +106,9 @@ class TrainConfig(Config):
             problems.append("latent_views must not be negative")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             problems.append("cond_drop_prob must be in [0, 1)")
+        if self.unannotated and not (0.0 < self.unannotated_fraction < 1.0 and self.batch_size >= 2):
+            problems.append("unannotated scans need unannotated_fraction in (0, 1) and batch_size of at least 2 "
+                            "(each batch holds both)")
         if problems:
             raise SonosynthError("invalid training config: " + "; ".join(problems))
 

@@ -17,16 +17,18 @@ from sonosynth.training.stream import random_crop
 
 
 class TrainingItems:
-    """Letterboxed pairs with coordinates, augmentation and patch cropping, indexed by (index, seed)."""
+    """Letterboxed pairs with coordinates, augmentation and patch cropping, indexed by (index, seed); with
+    `unannotated` scans (`LetterboxedImages`), their items follow the pairs' (index len(pairs) + i), marked
+    `annotated` False so that `training_inputs` gives them the null condition."""
 
-    def __init__(self, pairs: Any, config: TrainConfig):
+    def __init__(self, pairs: Any, config: TrainConfig, unannotated: Any = None):
         from sonosynth.augment import Augmentation
 
-        self.pairs, self.config = pairs, config
+        self.pairs, self.config, self.unannotated = pairs, config, unannotated
         self.augmentation = Augmentation(config.augment, config.size)
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.pairs) + (0 if self.unannotated is None else len(self.unannotated))
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         """The item as it is; `collate` augments it (whole image, before any patch is cut) and cuts its patch,
@@ -36,7 +38,9 @@ class TrainingItems:
         from sonosynth.models.denoiser import coordinate_channels
 
         index, seed = key
-        item = dict(self.pairs[index])
+        annotated = index < len(self.pairs)
+        item = dict(self.pairs[index] if annotated else self.unannotated[index - len(self.pairs)])
+        item["annotated"] = torch.tensor(annotated)
         item["key"] = torch.tensor([index, seed])  # what `LatentCache` files the item's latent under
         if self.config.model.coord_channels:  # where a pixel lies in the output image: never warped
             item["coords"] = coordinate_channels(1, self.config.size)[0]
@@ -103,10 +107,45 @@ def encode_latents(vae: Any, images: Any) -> Any:
         return vae.encode(images.to(vae.dtype)).latent_dist.mode().float() * vae.config.scaling_factor
 
 
+def training_stream(num_pairs: int, num_unannotated: int, config: TrainConfig, rank: int, world: int, start: int,
+                    views: int) -> Any:
+    """The batches of (index, augmentation seed) a run trains on: the pairs' stream, or with unannotated scans
+    `unannotated_fraction` of each batch from their own stream (indices after the pairs')."""
+    from sonosynth.seeds import derive_seed
+    from sonosynth.training.stream import MixedBatchSampler, StreamBatchSampler
+
+    if not num_unannotated:
+        return StreamBatchSampler(num_pairs, config.batch_size, config.seed, rank, world, start=start, views=views)
+    scans = min(config.batch_size - 1, max(1, round(config.batch_size * config.unannotated_fraction)))
+    return MixedBatchSampler(
+        StreamBatchSampler(num_pairs, config.batch_size - scans, config.seed, rank, world, start=start, views=views),
+        StreamBatchSampler(num_unannotated, scans, derive_seed(config.seed, "unannotated"), rank, world, start=start,
+                           views=views),
+        offset=num_pairs)
+
+
+def unannotated_rows(batch: dict[str, Any]) -> Any:
+    """The batch's rows from unannotated scans (a bool tensor), or None when every row is a pair."""
+    annotated = batch["annotated"]
+    return None if bool(annotated.all()) else ~annotated
+
+
+def open_unannotated(config: TrainConfig) -> Any:
+    """`LetterboxedImages` of the run's unannotated scans (`config.unannotated`), or None."""
+    from sonosynth.data.torch_dataset import LetterboxedImages, unannotated_image_paths
+
+    if not config.unannotated:
+        return None
+    if config.model.kind == "joint":
+        raise SonosynthError("unannotated scans train the mask-free branch of a mask-conditioned model: a joint model "
+                             "draws the mask itself and would learn empty masks from them")
+    return LetterboxedImages(unannotated_image_paths(config.unannotated), config.size, len(config.class_attributes))
+
+
 def open_training_pairs(config: TrainConfig) -> tuple[Any, str]:
-    """(LetterboxedPairs over the training records, fingerprint of those records)."""
+    """(LetterboxedPairs over the training records, fingerprint of those records and of any unannotated scans)."""
     from sonosynth.data.format import MANIFEST_CSV, Dataset
-    from sonosynth.data.torch_dataset import LetterboxedPairs
+    from sonosynth.data.torch_dataset import LetterboxedPairs, unannotated_image_paths
     from sonosynth.data.validate import require_valid
 
     if not config.dataset:
@@ -119,6 +158,8 @@ def open_training_pairs(config: TrainConfig) -> tuple[Any, str]:
         raise SonosynthError(str(exc)) from None
     digest = hashlib.sha256((Path(config.dataset) / MANIFEST_CSV).read_bytes())
     digest.update(",".join(r.id for r in chosen.records).encode())
+    if config.unannotated:
+        digest.update(",".join(p.name for p in unannotated_image_paths(config.unannotated)).encode())
     return pairs, digest.hexdigest()[:16]
 
 
@@ -178,18 +219,21 @@ def training_inputs(model: Any, batch: dict[str, Any], vae: Any = None, latents:
     return x0, condition, class_labels
 
 
-def drop_conditions(model: Any, condition: Any, class_labels: Any, drop_prob: float, generator: Any = None
-                    ) -> tuple[Any, Any]:
-    """Classifier-free guidance training: replace mask and classes by their null values, each with `drop_prob`.
+def drop_conditions(model: Any, condition: Any, class_labels: Any, drop_prob: float, generator: Any = None,
+                    unannotated: Any = None) -> tuple[Any, Any]:
+    """Classifier-free guidance training: replace mask and classes by their null values, each with `drop_prob`;
+    the rows `unannotated` marks (scans without masks; their classes are already unknown, i.e. null) always.
 
     Mask and classes are dropped independently, so sampling may guide either or both.
     """
     import torch
 
-    if drop_prob <= 0:
+    if drop_prob <= 0 and unannotated is None:
         return condition, class_labels
     if condition is not None and model.model_config.kind != "joint":
         drop = torch.rand(condition.shape[0], generator=generator, device=condition.device) < drop_prob
+        if unannotated is not None:
+            drop = drop | unannotated.to(condition.device)
         condition = torch.where(drop[:, None, None, None], model.null_condition(condition), condition)
     if class_labels is not None and class_labels.numel():
         drop = torch.rand(class_labels.shape[0], generator=generator, device=class_labels.device) < drop_prob

@@ -26,8 +26,11 @@ from sonosynth.diffusion.data import (
     TrainingItems,
     drop_conditions,
     open_training_pairs,
+    open_unannotated,
     resolve_model_config,
     training_inputs,
+    training_stream,
+    unannotated_rows,
 )
 from sonosynth.diffusion.samples import save_pipeline, write_sample_grid
 from sonosynth.seeds import derive_seed
@@ -45,7 +48,6 @@ from sonosynth.training.loop import (
     run_loop,
 )
 from sonosynth.training.run import RunFolder, model_folder
-from sonosynth.training.stream import StreamBatchSampler
 
 # ---- the loop --------------------------------------------------------------------------------------
 
@@ -91,6 +93,7 @@ def _train(
 
     started = time.perf_counter()
     pairs, fingerprint = open_training_pairs(config)
+    unannotated = open_unannotated(config)  # scans without masks, if any: checked before any output exists
     vae = _latent_autoencoder(config, pairs)
     config = resolve_model_config(config, pairs, vae)
 
@@ -122,9 +125,9 @@ def _train(
 
     latents = None if vae is None or not config.latent_views else LatentCache(vae)
     views = 0 if latents is None else config.latent_views
-    sampler = StreamBatchSampler(len(pairs), config.batch_size, config.seed, rank, world,
-                                 start=step * config.grad_accumulation, views=views)
-    batches = iter(TrainingItems(pairs, config).loader(sampler, config.num_workers))
+    sampler = training_stream(len(pairs), 0 if unannotated is None else len(unannotated), config, rank, world,
+                              step * config.grad_accumulation, views)
+    batches = iter(TrainingItems(pairs, config, unannotated).loader(sampler, config.num_workers))
     grid_items = [pairs[i] for i in range(min(config.num_samples, len(pairs)))]
 
     def micro_loss(micro_batch: int) -> torch.Tensor:
@@ -132,7 +135,7 @@ def _train(
         generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "noise", micro_batch, rank))
         x0, condition, class_labels = training_inputs(unwrapped, batch, vae, latents)
         condition, class_labels = drop_conditions(unwrapped, condition, class_labels, config.cond_drop_prob,
-                                                  generator=generator)
+                                                  generator=generator, unannotated=unannotated_rows(batch))
         noisy, timesteps, target = noised(noise_scheduler, x0, generator, config.prediction_type)
         with accelerator.autocast():
             prediction = model(noisy, timesteps, condition, class_labels)

@@ -186,7 +186,8 @@ def checkpoint_to_resume(run_dir: Path, config: Any, fingerprint: str, must_matc
                             for n in differing)
         raise SonosynthError(f"{checkpoint}: cannot resume, the config changed ({details})")
     if state.get("dataset_fingerprint") != fingerprint:
-        raise SonosynthError(f"{checkpoint}: cannot resume, the training pairs of {config.dataset} changed")
+        scans = f" or the unannotated scans of {config.unannotated}" if getattr(config, "unannotated", None) else ""
+        raise SonosynthError(f"{checkpoint}: cannot resume, the training pairs of {config.dataset}{scans} changed")
     return checkpoint
 
 

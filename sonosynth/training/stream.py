@@ -55,6 +55,24 @@ class StreamBatchSampler:
             micro_batch += 1
 
 
+class MixedBatchSampler:
+    """Batches of two streams side by side: `first`'s items, then `second`'s with their indices after `offset`
+    (one dataset after the other), so the share of each source in every batch is fixed and, both streams being
+    pure functions of the position, a resumed run still continues exactly."""
+
+    def __init__(self, first: StreamBatchSampler, second: StreamBatchSampler, offset: int):
+        self.first, self.second, self.offset = first, second, offset
+
+    def batch(self, micro_batch: int) -> list[tuple[int, int]]:
+        return self.first.batch(micro_batch) + [(self.offset + i, s) for i, s in self.second.batch(micro_batch)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        micro_batch = self.first.start
+        while True:
+            yield self.batch(micro_batch)
+            micro_batch += 1
+
+
 def random_crop(item: dict[str, Any], patch_size: int, generator: Any) -> dict[str, Any]:
     """Cut the same random patch_size window from every spatial entry (coords included).
 
