@@ -547,3 +547,46 @@ def test_seeds_run_in_worker_processes_give_the_cells_of_one_process(datasets: t
     (tmp_path / "failing" / "cells").mkdir(parents=True)
     with pytest.raises(SonosynthError, match="absent"):
         run_seed_groups(run_downstream, [[0], [1]], call, tmp_path / "failing" / "cells", 2, 1, progress=False)
+
+
+@pytest.mark.slow
+def test_unannotated_scans_reach_the_generator_as_images_and_the_baseline_as_pseudo_labels(
+        datasets: tuple[Path, Path], tmp_path: Path) -> None:
+    """`--unannotated N`: N more pool subjects per cell, never among its k, never val or test; the generator gets
+    their image files only, self-training labels them with the real arm's segmenter."""
+    from sonosynth.diffusion.config import TrainConfig
+    from sonosynth.evaluation.downstream import unannotated_subjects
+
+    real, _ = datasets
+    out = tmp_path / "report"
+    cfg = config(ks=["2"], seeds=1, arms=["real", "real+pseudo-labels", "real+synthetic"], generator=TINY_RECIPE,
+                 unannotated="3")
+    run_downstream(real, out, cfg, progress=False)
+
+    train, val, test = real_splits(Dataset.open(real), auto_split=True)
+    chosen = set(nested_subjects(train.subjects, "2", 0))
+    scans = set(unannotated_subjects(train.subjects, "2", 0, "3"))
+    assert len(scans) == 3 and not scans & chosen and not scans & {*val.subjects, *test.subjects}
+    scan_ids = {r.id for r in train.records if r.subject in scans}
+    store = out / "generators" / "k2__seed0__unannotated3"
+    assert {p.name for p in (store / "unannotated").iterdir()} == {f"{i}.png" for i in scan_ids}  # images only
+    assert {r.subject for r in Dataset.open(store / "data").records} == chosen
+    assert TrainConfig.from_yaml(store / "run" / "config.yaml").unannotated == str(store / "unannotated")
+
+    pseudo = Dataset.open(out / "pseudo-labels" / "k2__real__seed0")
+    assert {r.id for r in pseudo.records} == scan_ids
+    cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    self_trained = cells["k2__real+pseudo-labels__seed0"]
+    assert self_trained["n_pseudo_labelled_images"] == len(scan_ids) and self_trained["n_synthetic_images"] == 0
+    assert self_trained["n_real_subjects"] == 2 == cells["k2__real+synthetic__seed0"]["generator"]["real_subjects"]
+    assert cells["k2__real+synthetic__seed0"]["generator"]["unannotated_subjects"] == 3
+    report = (out / "results.md").read_text()
+    assert "**Unannotated scans**" in report
+    assert "| 2 | real+synthetic | real+pseudo-labels | Dice head (points) |" in report
+
+    with pytest.raises(SonosynthError, match="give --unannotated"):
+        run_downstream(real, tmp_path / "r2", config(arms=["real+pseudo-labels"]), progress=False)
+    with pytest.raises(SonosynthError, match="drop k 'all'"):
+        run_downstream(real, tmp_path / "r3", config(ks=["all"], arms=["real"], unannotated="2"), progress=False)
+    with pytest.raises(SonosynthError, match="only 4 pool subjects remain beyond k=2"):
+        run_downstream(real, tmp_path / "r4", config(ks=["2"], arms=["real"], unannotated="5"), progress=False)

@@ -57,6 +57,7 @@ def downstream_command(
         0.0, "--selection", help="Set this fraction of the test subjects aside as the selection split: choose levers "
         "and defaults on its comparisons (selection.md); every reported number is on the other test subjects."
     ),
+    unannotated: str = opt.UNANNOTATED,
     seeds: int = typer.Option(3, "--seeds", help="Seeds per cell (mean ± std over them)."),
     only_seeds: str | None = typer.Option(
         None, "--only-seeds", help="Run only these seeds' missing cells now, comma separated, e.g. 3,4 (the report "
@@ -64,8 +65,9 @@ def downstream_command(
     ),
     arms: str = typer.Option(
         "auto", "--arms",
-        help="Comma separated among real, real+classical, real+synthetic, real+synthetic+classical, synthetic "
-        "(auto: all, or real,real+classical without synthetic data; no +classical arms with --net nnunet).",
+        help="Comma separated among real, real+classical, real+synthetic, real+synthetic+classical, synthetic, "
+        "real+pseudo-labels, real+pseudo-labels+classical (auto: all the data allows: no synthetic arms without "
+        "synthetic data, pseudo-labels ones only with --unannotated; no +classical arms with --net nnunet).",
     ),
     structure: list[str] = typer.Option(
         [], "--structure", metavar="NAME=1+2",
@@ -119,6 +121,7 @@ def downstream_command(
         generator_per_k=generator_per_k, generators=generators, classical_config=classical_config,
         structure=structure, head_circumference=head_circumference, train_where=train_where, auto_split=auto_split,
         selection=selection, task=task, label_attribute=label_attribute, classifier_net=classifier_net,
+        unannotated=unannotated.strip().lower(),
     )
     if generator_per_k is not None and is_flat_recipe(generator_per_k):
         typer.echo(f"note: {generator_per_k} is a flat recipe (release 0.1): its fields belong in sections train "

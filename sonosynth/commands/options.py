@@ -19,6 +19,9 @@ MIN_STEPS = typer.Option(0, "--min-steps", help="No early stop before this many 
 AUTO_SPLIT = typer.Option(False, "--auto-split", help="A real dataset without train/val/test splits: accept an "
                           "automatic subject-wise split (recorded) instead of stopping (better: `sonosynth data "
                           "split` once).")
+UNANNOTATED = typer.Option("", "--unannotated", metavar="N", help="Give each cell the scans of N more pool subjects "
+                           "(or 'all') without their masks: the generator learns from them, and the real+pseudo-labels "
+                           "arms self-train on them (the baseline; docs/evaluation.md).")
 SEED = typer.Option(0, "--seed", help="Seed of all randomness: the same seed gives the same output on one device.")
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Images per forward pass (does not change the images).")
 SAMPLE_STEPS = typer.Option(25, "--steps", help="Denoising steps.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ARMS = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
+# With unannotated scans (`--unannotated`): self-training on them, the baseline of that protocol (`pseudo_labels.py`).
+PSEUDO_LABEL_ARMS = ("real+pseudo-labels", "real+pseudo-labels+classical")
 CELLS_DIR = "cells"
 
 
@@ -21,6 +23,10 @@ class Cell:
 
 def uses_synthetic(arm: str) -> bool:
     return "synthetic" in arm
+
+
+def uses_pseudo_labels(arm: str) -> bool:
+    return "pseudo-labels" in arm
 
 
 def uses_classical(arm: str) -> bool:

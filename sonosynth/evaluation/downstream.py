@@ -35,13 +35,23 @@ from sonosynth.data.format import MANIFEST_CSV, Dataset, sha256_of
 from sonosynth.data.validate import require_separate, require_valid
 from sonosynth.devices import resolve_device
 from sonosynth.errors import SonosynthError
-from sonosynth.evaluation.cells import ARMS, CELLS_DIR, Cell, converged, uses_classical, uses_synthetic
+from sonosynth.evaluation.cells import (
+    ARMS,
+    CELLS_DIR,
+    PSEUDO_LABEL_ARMS,
+    Cell,
+    converged,
+    uses_classical,
+    uses_pseudo_labels,
+    uses_synthetic,
+)
 from sonosynth.evaluation.generators import (
     GENERATORS_DIR,
     GeneratorRecipe,
     ensure_generator,
     generator_folder,
 )
+from sonosynth.evaluation.pseudo_labels import PSEUDO_LABELS_DIR, ensure_pseudo_labels
 from sonosynth.evaluation.selection import selection_ids
 from sonosynth.files import guard_output, read_json_object, write_json_atomic
 from sonosynth.segmentation.common import SegmentationConfig
@@ -78,15 +88,19 @@ class DownstreamConfig(Config):
     # categorical attribute; k then counts training subjects per class; `evaluation.classify`).
     task: str = "segment"
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # Scans without masks: each cell also has the images of this many more pool subjects ("all": every other one;
+    # empty: none), which its generator learns appearance from and the `real+pseudo-labels` arms self-train on.
+    unannotated: str = ""
 
     def validate(self, has_synthetic: bool) -> None:
         if self.task not in TASKS:
             raise SonosynthError(f"--task {self.task}: one of {', '.join(TASKS)}")
         if self.task == "classify" and (self.selection or self.train_where):
             raise SonosynthError("--selection and --train-where are for --task segment (not yet for classify)")
-        unknown = [a for a in self.arms if a not in ARMS]
+        unknown = [a for a in self.arms if a not in (*ARMS, *PSEUDO_LABEL_ARMS)]
         if unknown:
-            raise SonosynthError(f"unknown arms {unknown} (choose from {', '.join(ARMS)})")
+            raise SonosynthError(f"unknown arms {unknown} (choose from {', '.join((*ARMS, *PSEUDO_LABEL_ARMS))})")
+        self._validate_unannotated()
         if self.generators and self.generator is None:
             raise SonosynthError("--generators DIR holds per-k generators: it needs --generator-per-k RECIPE")
         if has_synthetic and self.generator is not None:
@@ -108,6 +122,19 @@ class DownstreamConfig(Config):
         if self.task == "segment" and self.segmentation.net != "unet" and any(uses_classical(a) for a in self.arms):
             raise SonosynthError(f"the +classical arms are for --net unet: drop them with --net {self.segmentation.net}"
                                  " (nnU-Net brings its own augmentation)")
+
+
+    def _validate_unannotated(self) -> None:
+        if not self.unannotated:
+            if any(uses_pseudo_labels(a) for a in self.arms):
+                raise SonosynthError("the pseudo-labels arms self-train on unannotated scans: give --unannotated N")
+            return
+        if self.unannotated != "all" and (not self.unannotated.isdigit() or int(self.unannotated) < 1):
+            raise SonosynthError(f"--unannotated {self.unannotated}: a positive number of subjects or 'all'")
+        if self.task != "segment":
+            raise SonosynthError("--unannotated is for --task segment")
+        if "all" in self.ks:
+            raise SonosynthError("--unannotated needs pool subjects beyond k: drop k 'all'")
 
 
 def parse_ks(text: str) -> list[str]:
@@ -153,12 +180,24 @@ def nested_subjects(subjects: list[str], k: str, seed: int) -> list[str]:
     return ordered[: int(k)]
 
 
-def parse_arms(text: str, has_synthetic: bool, net: str) -> list[str]:
+def unannotated_subjects(subjects: list[str], k: str, seed: int, count: str) -> list[str]:
+    """The subjects whose scans a cell has without masks: the next `count` ("all": every remaining one) of the same
+    seeded permutation whose first k are the annotated ones, so they never overlap."""
+    ordered = nested_subjects(subjects, "all", seed)
+    rest = ordered[int(k):]
+    if count != "all" and int(count) > len(rest):
+        raise SonosynthError(f"--unannotated {count}: only {len(rest)} pool subjects remain beyond k={k}")
+    return rest if count == "all" else rest[: int(count)]
+
+
+def parse_arms(text: str, has_synthetic: bool, net: str, unannotated: bool = False) -> list[str]:
     """`--arms`: comma separated names; `auto` is every arm the data allows (no synthetic arms without synthetic
-    data), the +classical arms only for the U-Net (nnU-Net and SAM bring their own augmentation)."""
+    data, the pseudo-labels arms with unannotated scans), the +classical arms only for the U-Net (nnU-Net and SAM
+    bring their own augmentation)."""
     if text != "auto":
         return [a.strip() for a in text.split(",") if a.strip()]
-    return [a for a in ARMS if (has_synthetic or not uses_synthetic(a)) and not (net != "unet" and uses_classical(a))]
+    arms = [*ARMS, *(PSEUDO_LABEL_ARMS if unannotated else ())]
+    return [a for a in arms if (has_synthetic or not uses_synthetic(a)) and not (net != "unet" and uses_classical(a))]
 
 
 def downstream_config(real: str | Path, segmentation: SegmentationConfig, *, k: str = "5,10,20,all", seeds: int = 3,
@@ -166,7 +205,8 @@ def downstream_config(real: str | Path, segmentation: SegmentationConfig, *, k: 
                       generators: str | Path | None = None, classical_config: str | Path | None = None,
                       structure: list[str] | None = None, head_circumference: bool | None = None,
                       train_where: str = "", auto_split: bool = False, selection: float = 0.0, task: str = "segment",
-                      label_attribute: str = "pathology", classifier_net: str = "small") -> DownstreamConfig:
+                      label_attribute: str = "pathology", classifier_net: str = "small", unannotated: str = ""
+                      ) -> DownstreamConfig:
     """The experiment `evaluate downstream` describes in options (files named by path are read here), checked. With
     `task` classify, the classifier takes the segmenter's training settings (size, steps, learning rate,
     validation, patience, synthetic ratio) and classifies by `label_attribute` with `classifier_net`."""
@@ -176,7 +216,7 @@ def downstream_config(real: str | Path, segmentation: SegmentationConfig, *, k: 
     return DownstreamConfig(
         ks=parse_ks(k),
         seeds=seeds,
-        arms=parse_arms(arms, has_synthetic or recipe is not None, segmentation.net),
+        arms=parse_arms(arms, has_synthetic or recipe is not None, segmentation.net, bool(unannotated)),
         segmentation=segmentation,
         head_circumference=head_circumference,
         generator=recipe,
@@ -187,6 +227,7 @@ def downstream_config(real: str | Path, segmentation: SegmentationConfig, *, k: 
         auto_split=auto_split,
         selection=selection,
         task=task,
+        unannotated=unannotated,
         classifier=ClassifierConfig(
             attribute=label_attribute, net=classifier_net, size=segmentation.size, max_steps=segmentation.max_steps,
             learning_rate=segmentation.learning_rate, val_every=segmentation.val_every,
@@ -257,6 +298,8 @@ def run_downstream(
     structures = config.structures or label_structures(real.info.num_labels)
     for k in config.ks:  # a k beyond the training subjects fails before any work
         nested_subjects(train.subjects, k, 0)
+        if config.unannotated:
+            unannotated_subjects(train.subjects, k, 0, config.unannotated)
 
     cells_dir = out / CELLS_DIR
     cells_dir.mkdir(parents=True, exist_ok=True)
@@ -354,6 +397,7 @@ def _report_settings(real_path: str | Path, synthetic_path: str | Path | None, r
         **({"train_where": config.train_where} if config.train_where else {}),
         **({"auto_split": True} if config.auto_split else {}),
         **({"selection": config.selection} if config.selection else {}),
+        **({"unannotated": config.unannotated} if config.unannotated else {}),
         "segmentation": asdict(segmentation),
         "classical": config.classical.to_dict(),
         "structures": structures,
@@ -378,30 +422,49 @@ def _run_cells(todo: list[Cell], out: Path, store: Path, config: DownstreamConfi
     loaded: dict[Path, Any] = {}  # the synthetic pairs of the current generator (cells are k-major)
     for cell in progress_bar(todo, desc="downstream cells", disable=not progress):
         chosen = nested_subjects(train.subjects, cell.k, cell.seed) if cell.k != "-" else []
+        scans = _unannotated_scans(train, cell, config.unannotated)
         synth_pairs, generator = shared_synthetic, None
         if config.generator is not None and uses_synthetic(cell.arm):
-            folder = generator_folder(store, cell.k, cell.seed)
-            synth_dir = ensure_generator(folder, train, chosen, config.generator, cell.seed, device, progress)
+            folder = generator_folder(store, cell.k, cell.seed, config.unannotated)
+            synth_dir = ensure_generator(folder, train, chosen, config.generator, cell.seed, device, progress, scans)
             if synth_dir not in loaded:
                 loaded = {synth_dir: load_pairs(Dataset.open(synth_dir), segmentation.size, progress)}
             synth_pairs = loaded[synth_dir]
             generator = {"folder": _relative(folder, out), "synthetic": _relative(synth_dir, out),
                          "real_subjects": len(chosen)}
+            if scans is not None:
+                generator["unannotated_subjects"] = len(scans.subjects)
         real_index = [] if cell.arm == "synthetic" else [i for i, s in enumerate(subject_of) if s in set(chosen)]
-        record = _run_cell(
-            cell, replace(segmentation, seed=cell.seed,
-                          classical=config.classical if uses_classical(cell.arm) else None),
-            train_pairs.select(real_index), val_pairs, synth_pairs if uses_synthetic(cell.arm) else None,
-            test_samples, real.info.num_labels, structures, head_label, device,
-            workdir=out / NNUNET_DIR / cell.name,
-        )
+        cell_config = replace(segmentation, seed=cell.seed,
+                              classical=config.classical if uses_classical(cell.arm) else None)
+        extra, pseudo = synth_pairs if uses_synthetic(cell.arm) else None, None
+        if uses_pseudo_labels(cell.arm):  # the teacher is the matching real arm's segmenter (same config and seed)
+            teacher = Cell(cell.k, cell.arm.replace("+pseudo-labels", ""), cell.seed)
+            pseudo = ensure_pseudo_labels(out / PSEUDO_LABELS_DIR / teacher.name, cell_config,
+                                          train_pairs.select(real_index), val_pairs, scans, device,
+                                          workdir=out / NNUNET_DIR / f"{teacher.name}-teacher")
+            extra = load_pairs(Dataset.open(pseudo), segmentation.size, progress)
+        record = _run_cell(cell, cell_config, train_pairs.select(real_index), val_pairs, extra, test_samples,
+                           real.info.num_labels, structures, head_label, device, workdir=out / NNUNET_DIR / cell.name)
         record.update(
             n_real_subjects=len({subject_of[i] for i in real_index}),
             n_real_images=len(real_index),
             generator=generator,
             code=code_version(),
         )
+        if pseudo is not None:
+            record.update(n_synthetic_images=0, n_pseudo_labelled_images=len(extra),
+                          pseudo_labels=_relative(pseudo, out))
         write_json_atomic(cells_dir / f"{cell.name}.json", record)
+
+
+def _unannotated_scans(train: Dataset, cell: Cell, count: str) -> Dataset | None:
+    """The cell's scans without masks (`--unannotated`): the pool pairs of its unannotated subjects, whose masks
+    only the evaluation's own code holds (the generator gets their image files, self-training their images)."""
+    if not count or cell.k == "-":
+        return None
+    chosen = set(unannotated_subjects(train.subjects, cell.k, cell.seed, count))
+    return train.subset(ids=[r.id for r in train.records if (r.subject or r.id) in chosen])
 
 
 def _run_cell(

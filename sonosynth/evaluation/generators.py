@@ -3,6 +3,8 @@
 For every (k, seed) of the downstream experiment, `ensure_generator` writes, under
 STORE/k<k>__seed<seed>/ (STORE: REPORT/generators, or `--generators DIR` shared by several reports):
 - `data/`: a copy of exactly the k subjects' training pairs (what the real arm trains on);
+- `unannotated/` (with `--unannotated N`, in STORE/k<k>__seed<seed>__unannotated<N>): the image files, and nothing
+  else, of N more pool subjects, which the generator learns appearance from without masks;
 - `run/`: a diffusion model trained on `data/` only (resumed from its checkpoints if interrupted), for a
   latent recipe on the latents of `autoencoder/`, trained on `data/`'s images (after `autoencoder-patches/`);
   `training.json` holds the recipe's training fields, and another recipe that trains differently is refused;
@@ -226,9 +228,10 @@ def nested_recipe(data: dict[str, Any], origin: str) -> dict[str, Any]:
     return out
 
 
-def generator_folder(store: Path, k: str, seed: int) -> Path:
-    """STORE/k<k>__seed<seed>: STORE is REPORT/generators unless the experiment names a shared one."""
-    return store / f"k{k}__seed{seed}"
+def generator_folder(store: Path, k: str, seed: int, unannotated: str = "") -> Path:
+    """STORE/k<k>__seed<seed>[__unannotated<N>]: STORE is REPORT/generators unless the experiment names a shared
+    one; a generator that also learned from N subjects' unannotated scans is another generator."""
+    return store / f"k{k}__seed{seed}{f'__unannotated{unannotated}' if unannotated else ''}"
 
 
 def check_training_fields(folder: Path, recipe: GeneratorRecipe) -> None:
@@ -270,8 +273,11 @@ def ensure_generator(
     seed: int,
     device: str = "auto",
     progress: bool = True,
+    unannotated: Dataset | None = None,
 ) -> Path:
-    """Build (or finish) folder/{data,run,synthetic/<sampling>} for these subjects; returns the synthetic folder."""
+    """Build (or finish) folder/{data,run,synthetic/<sampling>} for these subjects; returns the synthetic folder.
+    With `unannotated` pairs, only their image files are copied, to folder/unannotated/, and the generator learns
+    from them without masks (`TrainConfig.unannotated`)."""
     from sonosynth.diffusion.train import train
     from sonosynth.seeds import derive_seed
     from sonosynth.synthesis.generate import generate_from_sources
@@ -285,6 +291,7 @@ def ensure_generator(
     if held is not None and held != sorted(r.id for r in subset.records):
         raise SonosynthError(f"{folder}: its generator was trained on other pairs than this cell's {len(subset)} "
                              "(e.g. under another --train-where); use another --generators folder")
+    scans = None if unannotated is None else _unannotated_images(folder / "unannotated", unannotated)
     if (synthetic / "manifest.csv").is_file():
         return synthetic
     if not (data / "manifest.csv").is_file():
@@ -294,8 +301,9 @@ def ensure_generator(
         _train_stable_diffusion(recipe.stable_diffusion, data, run, seed, device, progress)
     if not RunFolder(run).has_model:
         autoencoder = _autoencoder_for(recipe, data, folder / "autoencoder", seed, device, progress)
-        train(replace(recipe.train, autoencoder=autoencoder, **_cell_training(recipe.train, data, seed)), run,
-              resume=RunFolder(run).has_checkpoints, progress=progress, device=device)
+        train(replace(recipe.train, autoencoder=autoencoder, unannotated=scans,
+                      **_cell_training(recipe.train, data, seed)),
+              run, resume=RunFolder(run).has_checkpoints, progress=progress, device=device)
     generate = replace(recipe.generate, seed=derive_seed(seed, "generate"), device=device,
                        shape=replace(recipe.generate.shape, size_widen=recipe.size_range_widen))
     predictor = None
@@ -306,6 +314,25 @@ def ensure_generator(
         predictor, _ = segmenter_predictor(_filter_segmenter(recipe, data, segmenter, seed, device))
     return generate_from_sources(run, data, synthetic, recipe.mask_sources, generate, progress=progress,
                                  predictor=predictor, shape_hc_widen=recipe.hc_range_widen)
+
+
+def _unannotated_images(out: Path, pairs: Dataset) -> str:
+    """out/: the image files of `pairs`, named by id, and nothing of their masks (made once; a folder made for other
+    scans is refused)."""
+    import shutil
+
+    from sonosynth.files import output_folder
+
+    wanted = sorted(f"{r.id}{pairs.path_of(r).suffix}" for r in pairs.records)
+    if out.is_dir():
+        if sorted(p.name for p in out.iterdir()) != wanted:
+            raise SonosynthError(f"{out}: holds the scans of other subjects than this cell's {len(wanted)}; use "
+                                 "another --generators folder")
+        return str(out)
+    with output_folder(out) as tmp:
+        for record in pairs.records:
+            shutil.copyfile(pairs.path_of(record), tmp / f"{record.id}{pairs.path_of(record).suffix}")
+    return str(out)
 
 
 def _cell_training(config: TrainConfig | StableDiffusionConfig, data: Path, seed: int) -> dict[str, Any]:

@@ -21,14 +21,20 @@ from sonosynth.data.format import Dataset
 from sonosynth.evaluation.generators import GeneratorRecipe
 from sonosynth.files import atomic_path, write_text_atomic
 
-ARM_ORDER = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
-COMPARISONS = (  # (arm, baseline): every arm against real, and the synthetic arms against classical
+ARM_ORDER = ("real", "real+classical", "real+pseudo-labels", "real+pseudo-labels+classical", "real+synthetic",
+             "real+synthetic+classical", "synthetic")
+COMPARISONS = (  # (arm, baseline): every arm against real, the synthetic arms against classical, and with
+    # unannotated scans self-training against its real arm and the synthetic arms against self-training
     ("real+classical", "real"),
     ("real+synthetic", "real"),
     ("real+synthetic+classical", "real"),
     ("synthetic", "real"),
     ("real+synthetic", "real+classical"),
     ("real+synthetic+classical", "real+classical"),
+    ("real+pseudo-labels", "real"),
+    ("real+pseudo-labels+classical", "real+classical"),
+    ("real+synthetic", "real+pseudo-labels"),
+    ("real+synthetic+classical", "real+pseudo-labels+classical"),
 )
 
 
@@ -469,6 +475,13 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
         origin += (f"**Designed shift**: the k subjects are drawn from, and validation uses, only the pairs where "
                    f"`{settings['train_where']}`; the test split is whole, so part of it is unlike every training "
                    "pair.\n")
+    if settings.get("unannotated"):
+        count = settings["unannotated"]
+        origin += (f"**Unannotated scans**: every cell also has the images of {count} more pool subjects (the next "
+                   "ones of the same seeded order, never among its k) without their masks; the generator learns from "
+                   "them with the null condition (`unannotated/` in its store folder), and the real+pseudo-labels arms "
+                   "self-train on them instead: the matching real arm's segmenter labels them, and a new one trains "
+                   "on the real pairs plus those (`pseudo-labels/`), mixed at the synthetic ratio.\n")
     if settings.get("auto_split"):
         origin += ("**Automatic split**: the real dataset had no train/val/test split; this report's is the automatic "
                    "subject-wise one (`--auto-split`), not one recorded in the dataset.\n")
