@@ -133,7 +133,7 @@ def strict_from_dict(cls: type[T], data: dict[str, Any], origin: str, what: str)
 _COUNTS = ("batch_size", "max_steps", "steps", "sample_steps", "train_steps", "num_train_timesteps", "stage1_steps",
            "stage2_steps", "val_every", "patience", "checkpoint_every", "sample_every", "n", "seeds", "max_pairs",
            "kid_subsets", "kid_subset_size", "grad_accumulation", "segment_steps", "n_cases", "max_tries",
-           "jump_length", "jump_n_sample", "k")
+           "jump_length", "jump_n_sample", "k", "hard_candidates")
 _PIXELS = ("size", "patch_size", "stage2_size", "memorisation_size")
 _NON_NEGATIVE = ("warmup_steps", "weight_decay", "latent_views", "num_workers", "keep_checkpoints", "num_samples",
                  "margin_px", "hc_widen", "size_widen", "hc_range_widen", "size_range_widen", "adversarial_start",

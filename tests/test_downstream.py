@@ -440,6 +440,17 @@ def test_filter_and_widened_head_sizes_use_the_k_subjects_only(tmp_path: Path) -
     assert resized.info.provenance["config"]["shape"]["size_widen"] == 0.3 and len(resized) == 6
     with pytest.raises(SonosynthError, match="generate: fidelity threshold must be in"):
         tiny_recipe(generate={"filter_dice": 1.5})
+    # segmenter-in-the-loop: the hardest of 3 candidates per pair for the same k-subject segmenter, per source
+    hard = replace(recipe, hard_candidates=3)
+    assert hard.training_fields() == recipe.training_fields() and hard.sampling_name.endswith("__hardest-of3")
+    kept = Dataset.open(ensure_generator(folder, train, chosen, hard, seed=0, device="cpu", progress=False))
+    candidates = Dataset.open(kept.root.with_name(f"{kept.root.name}__candidates"))
+    for source, n in (("deform", 2), ("shape", 4)):
+        scores = {r.id: float(r.extra["fidelity_dice"]) for r in candidates.records if r.extra["mask_source"] == source}
+        chosen_ids = [r.id for r in kept.records if r.extra["mask_source"] == source]
+        assert len(scores) == 3 * n and len(chosen_ids) == n
+        dropped = [d for i, d in scores.items() if i not in chosen_ids]
+        assert max(scores[i] for i in chosen_ids) <= min(dropped)
     other = tiny_recipe(generate={"steps": 2, "batch_size": 2})  # a setting the folder name does not spell out
     assert other.sampling_name.startswith(TINY_RECIPE.sampling_name + "__") and other.sampling_name != \
         TINY_RECIPE.sampling_name

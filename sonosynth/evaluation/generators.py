@@ -10,7 +10,8 @@ STORE/k<k>__seed<seed>/ (STORE: REPORT/generators, or `--generators DIR` shared 
   `training.json` holds the recipe's training fields, and another recipe that trains differently is refused;
 - `filter-segmenter-<steps>steps/`: with a fidelity filter, the U-Net trained on `data/` only that scores samples;
 - `synthetic/<sampling>/`: pairs sampled from that model with new masks made from `data/`'s masks only, one
-  folder per way of sampling (`GeneratorRecipe.sampling_name`), so the sampling levers of an ablation
+  folder per way of sampling (with `hard_candidates` m, the hardest of m x as many candidates, kept beside it in
+  `<sampling>__candidates/`) (`GeneratorRecipe.sampling_name`), so the sampling levers of an ablation
   (pairs, mask sources, guidance) reuse one trained generator.
 Nothing else of the real dataset reaches the synthetic arm, so a leak would have to be visible in
 these folders. Each stage is skipped when its output is complete, so the experiment resumes.
@@ -92,6 +93,10 @@ class GeneratorRecipe(Config):
     # So is `train.init` (a denoiser run each generator is fine-tuned from).
     autoencoder_steps: int = 0
     autoencoder_decoder_steps: int = 300
+    # Segmenter-in-the-loop synthesis: sample this many candidates per pair and keep, per mask source, the pairs the
+    # filter segmenter (trained on the k subjects only) gets most wrong (lowest Dice; above `generate.filter_dice`
+    # when that is set, so that unfaithful samples are not what is kept). 1: off.
+    hard_candidates: int = 1
 
     def __post_init__(self) -> None:
         from sonosynth.synthesis.generate import MASK_SOURCES
@@ -187,6 +192,7 @@ class GeneratorRecipe(Config):
             f"__filter{generate.filter_dice:g}-{self.filter_segmenter_steps}steps"
         widened = f"__hc-widen{self.hc_range_widen:g}" if self.hc_range_widen else ""
         widened += f"__size-widen{self.size_range_widen:g}" if self.size_range_widen else ""
+        widened += f"__hardest-of{self.hard_candidates}" if self.hard_candidates > 1 else ""
         named = ("steps", "guidance_scale", "scheduler", "filter_dice")
         rest = {k: v for k, v in generate.to_dict().items() if k not in named}
         default = {k: v for k, v in _recipe_generate().to_dict().items() if k not in named}
@@ -307,13 +313,31 @@ def ensure_generator(
     generate = replace(recipe.generate, seed=derive_seed(seed, "generate"), device=device,
                        shape=replace(recipe.generate.shape, size_widen=recipe.size_range_widen))
     predictor = None
-    if recipe.generate.filter_dice is not None:
+    if recipe.generate.filter_dice is not None or recipe.hard_candidates > 1:
         from sonosynth.synthesis.fidelity import segmenter_predictor
 
         segmenter = folder / f"filter-segmenter-{recipe.filter_segmenter_steps}steps"
         predictor, _ = segmenter_predictor(_filter_segmenter(recipe, data, segmenter, seed, device))
-    return generate_from_sources(run, data, synthetic, recipe.mask_sources, generate, progress=progress,
-                                 predictor=predictor, shape_hc_widen=recipe.hc_range_widen)
+    if recipe.hard_candidates == 1:
+        return generate_from_sources(run, data, synthetic, recipe.mask_sources, generate, progress=progress,
+                                     predictor=predictor, shape_hc_widen=recipe.hc_range_widen)
+    candidates = synthetic.with_name(f"{synthetic.name}__candidates")
+    if not (candidates / "manifest.csv").is_file():
+        counts = {name: n * recipe.hard_candidates for name, n in recipe.mask_sources.items()}
+        generate_from_sources(run, data, candidates, counts, generate, progress=progress, predictor=predictor,
+                              shape_hc_widen=recipe.hc_range_widen, overwrite=True)
+    return _keep_hardest(Dataset.open(candidates), synthetic, recipe.mask_sources)
+
+
+def _keep_hardest(candidates: Dataset, out: Path, counts: dict[str, int]) -> Path:
+    """out: the candidates the filter segmenter gets most wrong, `counts` per mask source (`hardest_ids`)."""
+    from sonosynth.synthesis.fidelity import hardest_ids
+
+    kept = candidates.subset(ids=hardest_ids(candidates.records, counts))
+    with DatasetWriter(out, candidates.info, overwrite=True) as writer:
+        copy_pairs(writer, kept)
+        writer.info.provenance.update({"hardest_of": len(candidates), "candidates": str(candidates.root.name)})
+    return out
 
 
 def _unannotated_images(out: Path, pairs: Dataset) -> str:

@@ -447,6 +447,9 @@ def _protocol_notes(settings: dict[str, Any], cells: Sequence[dict[str, Any]], c
         elif recipe.size_range_widen:
             sources += (f" (the shape masks' size over those subjects' range widened by "
                         f"{100 * recipe.size_range_widen:g} % at both ends)")
+        if recipe.hard_candidates > 1:
+            sources += (f", each the hardest of {recipe.hard_candidates} candidates for a segmenter trained on the "
+                        "same k subjects (segmenter-in-the-loop: its lowest Dice kept)")
         train, sd, generate = recipe.train, recipe.stable_diffusion, recipe.generate
         model = f"`{train.model.size}` {train.model.kind} diffusion model"
         if sd is not None:  # the base saw other images, never these patients' annotations

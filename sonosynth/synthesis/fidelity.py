@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,19 @@ def score_samples(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], pre
     if len(predictions) != len(images):
         raise SonosynthError(f"the segmenter returned {len(predictions)} masks for {len(images)} images")
     return [mask_dice(m, p, num_labels) for m, p in zip(masks, predictions, strict=True)]
+
+
+def hardest_ids(records: Sequence[Any], counts: dict[str, int]) -> list[str]:
+    """The ids of the pairs a segmenter gets most wrong: per mask source (`mask_source` column) the `counts[source]`
+    with the lowest `fidelity_dice`, ties by id. Segmenter-in-the-loop synthesis keeps these among many candidates:
+    the anatomy and appearance the segmenter trained on the k subjects has not learned yet."""
+    chosen = []
+    for source, n in counts.items():
+        scored = [(float(r.extra["fidelity_dice"]), r.id) for r in records if r.extra.get("mask_source") == source]
+        if len(scored) < n:
+            raise SonosynthError(f"only {len(scored)} scored '{source}' candidates for {n} hardest pairs")
+        chosen += [i for _, i in sorted(scored)[:n]]
+    return chosen
 
 
 def segmenter_predictor(segrun: str | Path, batch_size: int = 16, device: str = "cpu") -> tuple[Predictor, int]:
