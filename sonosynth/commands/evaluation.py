@@ -133,6 +133,43 @@ def downstream_command(
     typer.echo(f"results in {path}/results.md, {path}/results.csv, {path}/comparisons.csv, {path}/report.html")
 
 
+@evaluate_app.command("anomaly")
+def anomaly_command(
+    ctx: typer.Context,
+    real: Path = typer.Option(..., "--real", help="Real dataset folder with a class attribute (e.g. BUSI pathology)."),
+    out: Path = typer.Option(..., "--out", help="Report folder (resumed if it exists)."),
+    generator_per_k: Path = typer.Option(
+        ..., "--generator-per-k", help="Generator recipe YAML: a generator per cell on its k negatives only."
+    ),
+    k: str = typer.Option("10", "--k", help="Training subjects per class, comma separated."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per cell."),
+    label_attribute: str = typer.Option("pathology", help="The categorical attribute that is the class."),
+    negative: str = typer.Option("benign", help="The class the generator and every arm see."),
+    positive: str = typer.Option("malignant", help="The abnormal class: only the real-positive arm trains on it."),
+    anomaly: str = typer.Option("spiculated+taller-than-wide", help="The anomaly the generator's masks are edited "
+                                "into (docs/synthesis.md)."),
+    classifier_net: str = typer.Option("small", help="tiny, small, densenet121, efficientnet-b0."),
+    size: int = typer.Option(64, help="Classifier input size in pixels."),
+    max_steps: int = opt.max_steps(4000, "Maximum classifier steps per cell (early stopping usually ends sooner)."),
+    min_steps: int = opt.MIN_STEPS,
+    auto_split: bool = opt.AUTO_SPLIT,
+    device: str = opt.DEVICE,
+) -> None:
+    """Anomalies without abnormal data: a classifier on simulated positives vs a one-class detector and k real ones."""
+    from sonosynth.classification.classifier import ClassifierConfig
+    from sonosynth.evaluation.anomaly import AnomalyConfig, run_anomaly
+    from sonosynth.evaluation.downstream import parse_ks
+    from sonosynth.evaluation.generators import GeneratorRecipe
+
+    config = AnomalyConfig(
+        attribute=label_attribute, negative=negative, positive=positive, ks=parse_ks(k), seeds=seeds, anomaly=anomaly,
+        generator=GeneratorRecipe.from_yaml(generator_per_k), auto_split=auto_split,
+        classifier=ClassifierConfig(net=classifier_net, size=size, max_steps=max_steps, min_steps=min_steps),
+    ).checked()
+    path = run_anomaly(real, out, config, command=command_line(ctx, "anomaly"), device=device)
+    typer.echo(f"results in {path}/results.md, {path}/comparisons.csv, {path}/samples.png")
+
+
 @evaluate_app.command("quality")
 def quality_command(
     ctx: typer.Context,

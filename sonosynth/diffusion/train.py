@@ -105,7 +105,7 @@ def _train(
     model = _denoiser(config, fine_tune=checkpoint is None)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
     optimizer, lr_scheduler = make_optimization(model.parameters(), config)
-    noise_scheduler = _training_noise_scheduler(config)
+    noise_scheduler = training_noise_scheduler(config)
 
     step = 0
     if checkpoint is not None:
@@ -202,7 +202,7 @@ def _denoiser(config: TrainConfig, fine_tune: bool) -> Any:
     return model
 
 
-def _training_noise_scheduler(config: TrainConfig) -> Any:
+def training_noise_scheduler(config: TrainConfig) -> Any:
     """DDPM's forward process for `prediction_type` (whatever sampler the run will use later); for `flow`, the
     flow-matching scheduler (only its number of training timesteps is used)."""
     from diffusers import DDPMScheduler
