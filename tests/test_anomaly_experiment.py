@@ -63,7 +63,8 @@ def test_simulated_positives_come_from_negatives_only_and_every_arm_is_scored(le
     errors = [e["denoising_error"] for e in cells["k2__one-class__seed0"]["per_image"]]
     assert all(np.isfinite(errors)) and len(set(errors)) > 1
     report = (out / "results.md").read_text()
-    assert "| 2 | one-class |" in report and "| 2 | real-positive |" in report
+    assert "| 2 | one-class | 1 | 0 |" in report and "| 2 | real-positive |" in report
+    assert report.split("| 2 | one-class | 1 | 0 |")[1].split("\n")[0].endswith("| - |")  # nothing trained
     assert "| 2 | one-class | " in report.split("Paired differences")[1]  # simulated vs one-class, paired
     assert (out / "samples.png").is_file()
 

@@ -142,7 +142,7 @@ def _run_cell(cell: Cell, config: AnomalyConfig, classifier: ClassifierConfig, t
         from sonosynth.metrics import macro_auc
 
         probabilities = np.stack([1 - ranks, ranks], axis=1)
-        return {**base, "n_positive_images": 0, "converged": True,
+        return {**base, "n_positive_images": 0, "converged": None,  # nothing trained here
                 "metrics": {"auc": macro_auc(labels, probabilities)},
                 "per_image": [{"id": i, "label": int(y), "probabilities": [round(float(p), 5) for p in ps],
                                "denoising_error": float(e)}
@@ -218,7 +218,7 @@ def anomaly_rows(cells: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         results.append({"k": k, "arm": arm, "seeds": len(group), "auc_mean": float(np.mean(aucs)),
                         "auc_std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else math.nan,
                         "positives": group[0].get("n_positive_images", 0),
-                        "converged": sum(bool(c.get("converged")) for c in group)})
+                        "converged": None if arm == "one-class" else sum(bool(c.get("converged")) for c in group)})
     comparisons = []
     for (k, arm), group in groups.items():
         if arm != "simulated":
@@ -257,8 +257,14 @@ def write_anomaly_report(out: Path, cells: list[dict[str, Any]], config: Anomaly
         f"{len(cells)} of {planned} planned cells finished." + (f" Command: `{command}`" if command else ""), "",
         "| k (per class) | arm | seeds | positives trained on | AUC | converged |", "|---|---|---|---|---|---|",
     ]
+    converged = lambda r: "-" if r["converged"] is None else f"{r['converged']}/{r['seeds']}"  # noqa: E731
     lines += [f"| {r['k']} | {r['arm']} | {r['seeds']} | {r['positives']} | {fmt(r['auc_mean'])} ± "
-              f"{fmt(r['auc_std'])} | {r['converged']}/{r['seeds']} |" for r in results]
+              f"{fmt(r['auc_std'])} | {converged(r)} |" for r in results]
+    unconverged = [c for c in cells if c.get("converged") is False]
+    if unconverged:
+        lines += ["", f"**{len(unconverged)} of the trained classifiers did not converge** (still improving at their "
+                  "step cap): " + ", ".join(f"k={c['k']} {c['arm']} seed {c['seed']}" for c in unconverged)
+                  + "; their rows are not results."]
     lines += ["", "Paired differences of AUC (simulated - other), 95 % bootstrap interval over seeds and test images:",
               "", "| k | vs | difference [95 % CI] | seeds x images | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {r['k']} | {r['vs']} | {r['difference']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] | "
