@@ -125,8 +125,13 @@ def test_the_downstream_protocol_classifies_with_paired_intervals_and_resumes(tm
         segmentation=SegmentationConfig(), classifier=ClassifierConfig(
             attribute="kind", net="tiny", size=32, max_steps=40, batch_size=8, val_every=10, patience=2,
             learning_rate=3e-3))
-    out = run_downstream(real, tmp_path / "report", config, synthetic_path=synthetic, progress=False,
-                         command="sonosynth evaluate downstream --task classify")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of two worker processes on two cores runs
+    try:
+        out = run_downstream(real, tmp_path / "report", config, synthetic_path=synthetic, progress=False,
+                             command="sonosynth evaluate downstream --task classify")
+    finally:
+        torch.set_num_threads(threads)
     cells = {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
     assert len(cells) == 2 * 3 + 2  # three arms per k and seed, the synthetic-only arm once per seed
     real_cell = cells["k2__real__seed0"]
@@ -139,6 +144,11 @@ def test_the_downstream_protocol_classifies_with_paired_intervals_and_resumes(tm
     stamp = (out / "cells" / "k2__real__seed0.json").stat().st_mtime_ns
     run_downstream(real, out, config, synthetic_path=synthetic, progress=False)  # resumes: nothing to train
     assert (out / "cells" / "k2__real__seed0.json").stat().st_mtime_ns == stamp
+    # --workers 2: each seed's cells in its own process, the same cells
+    run_downstream(real, tmp_path / "parallel", config, synthetic_path=synthetic, progress=False, workers=2)
+    parallel = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "parallel" / "cells").glob("*.json")}
+    assert sorted(parallel) == sorted(cells)
+    assert all(parallel[name]["per_image"] == cell["per_image"] for name, cell in cells.items())
 
 
 def test_the_paired_statistics_of_classification() -> None:

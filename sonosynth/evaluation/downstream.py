@@ -289,9 +289,12 @@ def run_downstream(
         require_separate(Dataset(real.root, real.info, [*val.records, *test.records]), synthetic, "synthetic pairs")
     if len(test) == 0:
         raise SonosynthError(f"{real.root}: no test split to evaluate on (run `sonosynth data split`)")
+    call = {"real_path": real_path, "out": out, "config": config, "synthetic_path": synthetic_path,
+            "command": command, "device": device}  # what a worker process reruns on its seeds
     if config.task == "classify":
         return _run_classification(real_path, out, config, synthetic_path, real, synthetic, (train, val, test),
-                                   command, progress, device, report_only, only_seeds, write_report)
+                                   command, progress, device, report_only, only_seeds, write_report,
+                                   (call, workers))
     segmentation = replace(config.segmentation, labels=dict(real.info.labels))
     segmentation.validate()
     head_label = 1 if uses_head_circumference(real, config.head_circumference) else None
@@ -311,20 +314,10 @@ def run_downstream(
     cells = plan_cells(config)
     todo = [c for c in cells if not (cells_dir / f"{c.name}.json").is_file()
             and (only_seeds is None or c.seed in only_seeds)]
-    from sonosynth.evaluation.workers import core_budget
-
-    seeds = sorted({c.seed for c in todo})
-    processes = min(workers or core_budget(), len(seeds))
-    if todo and not report_only and processes > 1:
-        from sonosynth.evaluation.workers import run_seed_groups, seed_groups, threads_per_worker
-
-        call = {"real_path": real_path, "out": out, "config": config, "synthetic_path": synthetic_path,
-                "command": command, "device": device}
-        run_seed_groups(run_downstream, seed_groups(seeds, processes), call, cells_dir, len(cells),
-                        threads_per_worker(processes), progress)
-    elif todo and not report_only:
-        _run_cells(todo, out, store, config, segmentation, real, synthetic, (train, val, test), structures,
-                   head_label, progress, device)
+    if not report_only:
+        _dispatch(todo, len(cells), cells_dir, call, workers, progress,
+                  lambda: _run_cells(todo, out, store, config, segmentation, real, synthetic, (train, val, test),
+                                     structures, head_label, progress, device))
     if not write_report:
         return out
 
@@ -338,11 +331,27 @@ def run_downstream(
     return out
 
 
+def _dispatch(todo: list[Cell], planned: int, cells_dir: Path, call: dict[str, Any], workers: int, progress: bool,
+              run_here: Any) -> None:
+    """Run the missing cells `todo`: here (`run_here()`), or with `workers` > 1 (0: one per core) their seeds in
+    worker processes that each rerun `run_downstream(**call)` on theirs (`evaluation.workers`)."""
+    from sonosynth.evaluation.workers import core_budget, run_seed_groups, seed_groups, threads_per_worker
+
+    seeds = sorted({c.seed for c in todo})
+    processes = min(workers or core_budget(), len(seeds))
+    if processes > 1:
+        run_seed_groups(run_downstream, seed_groups(seeds, processes), call, cells_dir, planned,
+                        threads_per_worker(processes), progress)
+    elif todo:
+        run_here()
+
+
 def _run_classification(real_path: str | Path, out: Path, config: DownstreamConfig, synthetic_path: str | Path | None,
                         real: Dataset, synthetic: Dataset | None, splits: tuple[Dataset, Dataset, Dataset],
                         command: str, progress: bool, device: str, report_only: bool, only_seeds: list[int] | None,
-                        write_report: bool) -> Path:
-    """`run_downstream` with a classifier per cell (`evaluation.classify`): the same plan, store and resuming."""
+                        write_report: bool, parallel: tuple[dict[str, Any], int]) -> Path:
+    """`run_downstream` with a classifier per cell (`evaluation.classify`): the same plan, store, resuming and
+    worker processes (`parallel`: a worker's call and the number of workers)."""
     from sonosynth.classification.classifier import with_dataset_classes
     from sonosynth.evaluation.classify import (
         run_classification_cells,
@@ -370,9 +379,10 @@ def _run_classification(real_path: str | Path, out: Path, config: DownstreamConf
     cells = plan_cells(config)
     todo = [c for c in cells if not (out / CELLS_DIR / f"{c.name}.json").is_file()
             and (only_seeds is None or c.seed in only_seeds)]
-    if todo and not report_only:
-        run_classification_cells(todo, out, config, real, synthetic, splits, store, progress, device,
-                                 record=lambda r: {**r, "code": code_version()})
+    if not report_only:
+        _dispatch(todo, len(cells), out / CELLS_DIR, *parallel, progress,
+                  lambda: run_classification_cells(todo, out, config, real, synthetic, splits, store, progress, device,
+                                                   record=lambda r: {**r, "code": code_version()}))
     if not write_report:
         return out
     finished = [read_json_object(path, "cell record")

@@ -68,7 +68,8 @@ def run_seed_groups(run: Callable[..., Any], groups: list[list[int]], call: dict
     errors = context.Queue()
     workers = [context.Process(target=_worker, args=(threads, run, {**call, "only_seeds": group}, errors))
                for group in groups]
-    bar = progress_bar(total=planned, desc=f"downstream cells ({len(groups)} processes x {threads} threads)",
+    bar = progress_bar(total=planned, desc=f"downstream cells ({len(groups)} processes x {threads} "
+                       f"thread{'' if threads == 1 else 's'})",
                        disable=not progress)
     try:
         for worker in workers:
