@@ -189,3 +189,28 @@ def test_classification_cells_with_a_generator_per_k_take_its_classes(tmp_path: 
     assert {r.attributes["kind"] for r in generated.records} <= {"dark", "bright"}
     trained_on = Dataset.open(out / "generators" / "k2__seed0" / "data")
     assert sorted(r.attributes["kind"] for r in trained_on.records) == ["bright", "bright", "dark", "dark"]
+
+
+def test_a_selection_split_is_cut_out_of_classification_cells(tmp_path: Path) -> None:
+    """--selection with --task classify: tables on the other test images, comparisons on the selection apart; the
+    cut cell's metrics are recomputed from its kept images."""
+    from sonosynth.evaluation.classify import restrict, write_classification_report
+
+    labels = [0, 0, 0, 1, 1, 1, 0, 1, 0, 1]
+    right = [[0.9, 0.1] if y == 0 else [0.2, 0.8] for y in labels]
+    wrong_on_first_four = [[1 - p, p] for p, _ in right[:4]] + right[4:]
+    cells = [{"k": "2", "arm": arm, "seed": 0, "n_real_images": 4, "n_synthetic_images": 0, "converged": True,
+              "metrics": {}, "per_image": [{"id": f"i{n}", "label": y, "probabilities": p}
+                                           for n, (y, p) in enumerate(zip(labels, probs, strict=True))]}
+             for arm, probs in (("real", right), ("real+synthetic", wrong_on_first_four))]
+    selection = {"i0", "i1", "i2", "i3"}
+    cut = restrict(cells[1], selection, ["a", "b"])
+    assert cut["n_test_images"] == 4 and cut["metrics"]["balanced_accuracy"] == 0.0
+    assert restrict(cells[1], {f"i{n}" for n in range(4, 10)}, ["a", "b"])["metrics"]["balanced_accuracy"] == 1.0
+    settings = {"real": "r", "selection": 0.4, "classifier": {"classes": ["a", "b"], "attribute": "kind",
+                                                                "net": "tiny", "size": 32}}
+    write_classification_report(tmp_path, cells, settings, 2, "", selection=selection)
+    report, chosen = (tmp_path / "results.md").read_text(), (tmp_path / "selection.md").read_text()
+    assert "| 2 | real+synthetic | real | balanced accuracy (points) | +0.00 [+0.00, +0.00] | 1 x 6 |" in report
+    assert "**Selection split**: 4 test images" in report
+    assert "| 2 | real+synthetic | real | balanced accuracy (points) | -100.00" in chosen and "1 x 4" in chosen

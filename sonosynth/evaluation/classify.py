@@ -174,10 +174,34 @@ def _k_order(k: str) -> float:
     return math.inf if k in ("all", "-") else float(k)
 
 
+def restrict(cell: dict[str, Any], ids: set[str], classes: Sequence[str]) -> dict[str, Any]:
+    """The cell as if it had been scored on the test images `ids` only (its metrics recomputed from the kept images'
+    probabilities): how a selection split is cut out of finished cells (`evaluation.selection`)."""
+    from sonosynth.metrics import balanced_accuracy, class_recalls
+
+    kept = [e for e in cell["per_image"] if e["id"] in ids]
+    labels = np.array([e["label"] for e in kept], dtype=int)
+    probabilities = np.array([e["probabilities"] for e in kept], dtype=np.float64).reshape(len(kept), len(classes))
+    predicted = probabilities.argmax(1)
+    recalls = class_recalls(labels, predicted, len(classes))
+    metrics = {"balanced_accuracy": balanced_accuracy(labels, predicted, len(classes)),
+               "macro_auc": macro_auc(labels, probabilities),
+               **{f"recall_{c}": r for c, r in zip(classes, recalls, strict=True)}}
+    return {**cell, "per_image": kept, "n_test_images": len(kept), "metrics": metrics}
+
+
 def write_classification_report(out: Path, cells: Sequence[dict[str, Any]], settings: dict[str, Any],
-                                planned: int, command: str) -> None:
-    """results.csv, comparisons.csv and results.md of a classification experiment."""
+                                planned: int, command: str, selection: set[str] | None = None) -> None:
+    """results.csv, comparisons.csv and results.md of a classification experiment; with `selection` (the selection
+    split's test image ids) every table is on the other test images, and selection.md / selection.csv hold the
+    comparisons on the selection split (for choosing, not for claims)."""
     classes = settings["classifier"]["classes"]
+    if selection:
+        on_selection = comparison_rows([restrict(c, selection, classes) for c in cells])
+        write_results_csv(out / "selection.csv", on_selection)
+        write_text_atomic(out / "selection.md", "# Selection split\n\n" + _comparisons_markdown(on_selection))
+        others = {e["id"] for e in cells[0]["per_image"]} - selection
+        cells = [restrict(c, others, classes) for c in cells]
     results, comparisons = result_rows(cells, classes), comparison_rows(cells)
     write_results_csv(out / "results.csv", results)
     write_results_csv(out / "comparisons.csv", comparisons)
@@ -198,17 +222,24 @@ def write_classification_report(out: Path, cells: Sequence[dict[str, Any]], sett
         lines.append(f"| {row['k']} | {row['arm']} | {row['seeds']} | {row['n_real_images']} | "
                      f"{row['n_synthetic_images']} | {fmt(row['balanced_accuracy_mean'])} | "
                      f"{fmt(row['macro_auc_mean'])} | {recalls} | {row['converged']}/{row['seeds']} |")
-    lines += ["", "## Paired differences", "",
-              "Mean of (arm - baseline) over seeds x test images, paired per image at the same k and seed; 95 % "
-              "bootstrap interval resampling seeds and test images. Verdict: the interval excludes zero (better / "
-              "worse) or not (no detectable difference).", "",
-              "| k | arm | vs | metric | difference [95 % CI] | seeds x images | verdict |",
-              "|---|---|---|---|---|---|---|"]
-    for row in comparisons:
-        lines.append(f"| {row['k']} | {row['arm']} | {row['vs']} | {row['metric']} | {row['difference']:+.2f} "
-                     f"[{row['low']:+.2f}, {row['high']:+.2f}] | {row['seeds']} x {row['images']} | "
-                     f"{row['verdict']} |")
+    if selection:
+        lines += ["", f"**Selection split**: {len(selection)} test images of {100 * float(settings['selection']):g} % "
+                  "of the test subjects are set aside for choosing (selection.md); every number here is on the "
+                  "other test images."]
+    lines += ["", "## Paired differences", "", _comparisons_markdown(comparisons)]
     write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
+
+
+def _comparisons_markdown(comparisons: Sequence[dict[str, Any]]) -> str:
+    lines = ["Mean of (arm - baseline) over seeds x test images, paired per image at the same k and seed; 95 % "
+             "bootstrap interval resampling seeds and test images. Verdict: the interval excludes zero (better / "
+             "worse) or not (no detectable difference).", "",
+             "| k | arm | vs | metric | difference [95 % CI] | seeds x images | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {row['k']} | {row['arm']} | {row['vs']} | {row['metric']} | {row['difference']:+.2f} "
+              f"[{row['low']:+.2f}, {row['high']:+.2f}] | {row['seeds']} x {row['images']} | {row['verdict']} |"
+              for row in comparisons]
+    return "\n".join(lines) + "\n"
 
 
 def run_classification_cells(todo: list[Any], out: Path, config: Any, real: Dataset, synthetic: Dataset | None,

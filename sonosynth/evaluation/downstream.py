@@ -95,8 +95,8 @@ class DownstreamConfig(Config):
     def validate(self, has_synthetic: bool) -> None:
         if self.task not in TASKS:
             raise SonosynthError(f"--task {self.task}: one of {', '.join(TASKS)}")
-        if self.task == "classify" and (self.selection or self.train_where):
-            raise SonosynthError("--selection and --train-where are for --task segment (not yet for classify)")
+        if self.task == "classify" and self.train_where:
+            raise SonosynthError("--train-where is for --task segment (not yet for classify)")
         unknown = [a for a in self.arms if a not in (*ARMS, *PSEUDO_LABEL_ARMS)]
         if unknown:
             raise SonosynthError(f"unknown arms {unknown} (choose from {', '.join((*ARMS, *PSEUDO_LABEL_ARMS))})")
@@ -372,6 +372,7 @@ def _run_classification(real_path: str | Path, out: Path, config: DownstreamConf
         "generator_per_k": None if config.generator is None else config.generator.to_dict(),
         **({"generators": str(Path(config.generators).resolve())} if config.generators else {}),
         **({"auto_split": True} if config.auto_split else {}),
+        **({"selection": config.selection} if config.selection else {}),
         "classifier": classifier.to_dict(), "classical": config.classical.to_dict(),
     }
     _check_or_write_settings(out / SETTINGS_FILE, settings)
@@ -389,7 +390,9 @@ def _run_classification(real_path: str | Path, out: Path, config: DownstreamConf
                 for c in cells if (path := out / CELLS_DIR / f"{c.name}.json").is_file()]
     if not finished:
         raise SonosynthError(f"{out}: no finished cell to report yet")
-    write_classification_report(out, finished, settings, len(cells), command)
+    write_classification_report(out, finished, settings, len(cells), command,
+                                selection=selection_ids(splits[2].records, config.selection) if config.selection
+                                else None)
     return out
 
 
