@@ -77,6 +77,15 @@ def test_end_to_end_report_and_resume(datasets: tuple[Path, Path], tmp_path: Pat
     assert mixed["n_real_images"] == 2 and mixed["n_synthetic_images"] == 6
     assert 0.0 <= one["metrics"]["dice_1"] <= 1.0 and "hc_abs_error_mm" in one["metrics"]
     assert one["hd95_unit"] == "mm" and len(one["per_image"]) == one["n_test_images"] == 2
+    # each U-Net cell's segmenter is kept, and predicts the test images as the cell scored them
+    from sonosynth.metrics import score_pair
+    from sonosynth.segmentation.predict import load_segmenter, predict_masks
+
+    test = list(Dataset.open(real).subset(ids=[e["id"] for e in one["per_image"]]))
+    masks = predict_masks(load_segmenter(out / "segmenters" / "k3__real__seed0"), [s.image for s in test])
+    by_id = {e["id"]: e["dice"] for e in one["per_image"]}
+    for sample, mask in zip(test, masks, strict=True):
+        assert score_pair(mask, sample.mask, 2).dice == pytest.approx(by_id[sample.record.id])
 
     with open(out / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -59,6 +59,7 @@ from sonosynth.settings import Config, without_new_defaults
 from sonosynth.version import code_version
 
 NNUNET_DIR = "nnunet"  # nnU-Net's raw / preprocessed / results folders of each cell (--net nnunet)
+SEGMENTERS_DIR = "segmenters"  # each U-Net cell's trained segmenter (safetensors), to look at its failures
 SETTINGS_FILE = "settings.json"
 TASKS = ("segment", "classify")
 
@@ -458,7 +459,8 @@ def _run_cells(todo: list[Cell], out: Path, store: Path, config: DownstreamConfi
                                           workdir=out / NNUNET_DIR / f"{teacher.name}-teacher")
             extra = load_pairs(Dataset.open(pseudo), segmentation.size, progress)
         record = _run_cell(cell, cell_config, train_pairs.select(real_index), val_pairs, extra, test_samples,
-                           real.info.num_labels, structures, head_label, device, workdir=out / NNUNET_DIR / cell.name)
+                           real.info.num_labels, structures, head_label, device, workdir=out / NNUNET_DIR / cell.name,
+                           keep=out / SEGMENTERS_DIR / cell.name)
         record.update(
             n_real_subjects=len({subject_of[i] for i in real_index}),
             n_real_images=len(real_index),
@@ -492,8 +494,10 @@ def _run_cell(
     head_label: int | None,
     device: str,
     workdir: Path | None = None,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
-    """Train one cell's segmenter and score it on every test image (per-image scores are kept)."""
+    """Train one cell's segmenter and score it on every test image (per-image scores are kept); a U-Net is also
+    saved to `keep` (a few MB), so its failures can be looked at later (`benchmarks/worst_images.py`)."""
     import torch
 
     from sonosynth.metrics import score_pair, summarize
@@ -503,6 +507,10 @@ def _run_cell(
     result = train_segmenter(config, real_pairs, val_pairs, synth_pairs, progress=False, device=device,
                              workdir=workdir if config.net == "nnunet" else None)
     segmenter = result.segmenter()
+    if keep is not None and config.net == "unet":
+        from sonosynth.segmentation.common import save_segmenter
+
+        save_segmenter(keep, result, overwrite=True)
     references = [s.mask for s in test_samples] if config.net == "sam" and config.sam_box == "reference" else None
     with torch.no_grad():
         predictions = predict_masks(segmenter, [s.image for s in test_samples], references=references)
