@@ -579,8 +579,8 @@ def test_unannotated_scans_reach_the_generator_as_images_and_the_baseline_as_pse
 
     real, _ = datasets
     out = tmp_path / "report"
-    cfg = config(ks=["2"], seeds=1, arms=["real", "real+pseudo-labels", "real+synthetic"], generator=TINY_RECIPE,
-                 unannotated="3")
+    cfg = config(ks=["2"], seeds=1, arms=["real", "real+pseudo-labels", "real+synthetic",
+                                          "real+synthetic+pseudo-labels"], generator=TINY_RECIPE, unannotated="3")
     run_downstream(real, out, cfg, progress=False)
 
     train, val, test = real_splits(Dataset.open(real), auto_split=True)
@@ -600,6 +600,9 @@ def test_unannotated_scans_reach_the_generator_as_images_and_the_baseline_as_pse
     assert self_trained["n_pseudo_labelled_images"] == len(scan_ids) and self_trained["n_synthetic_images"] == 0
     assert self_trained["n_real_subjects"] == 2 == cells["k2__real+synthetic__seed0"]["generator"]["real_subjects"]
     assert cells["k2__real+synthetic__seed0"]["generator"]["unannotated_subjects"] == 3
+    both = cells["k2__real+synthetic+pseudo-labels__seed0"]  # the same teacher's labels plus the synthetic pairs
+    assert both["n_pseudo_labelled_images"] == len(scan_ids) and both["n_synthetic_images"] == 6
+    assert both["pseudo_labels"] == self_trained["pseudo_labels"] == "pseudo-labels/k2__real__seed0"
     report = (out / "results.md").read_text()
     assert "**Unannotated scans**" in report
     assert "| 2 | real+synthetic | real+pseudo-labels | Dice head (points) |" in report

@@ -66,8 +66,9 @@ def downstream_command(
     arms: str = typer.Option(
         "auto", "--arms",
         help="Comma separated among real, real+classical, real+synthetic, real+synthetic+classical, synthetic, "
-        "real+pseudo-labels, real+pseudo-labels+classical (auto: all the data allows: no synthetic arms without "
-        "synthetic data, pseudo-labels ones only with --unannotated; no +classical arms with --net nnunet).",
+        "real+pseudo-labels(+classical), real+synthetic+pseudo-labels(+classical) (auto: all the data allows: no "
+        "synthetic arms without synthetic data, pseudo-labels ones only with --unannotated; no +classical arms with "
+        "--net nnunet).",
     ),
     structure: list[str] = typer.Option(
         [], "--structure", metavar="NAME=1+2",

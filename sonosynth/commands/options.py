@@ -20,7 +20,7 @@ AUTO_SPLIT = typer.Option(False, "--auto-split", help="A real dataset without tr
                           "automatic subject-wise split (recorded) instead of stopping (better: `sonosynth data "
                           "split` once).")
 UNANNOTATED = typer.Option("", "--unannotated", metavar="N", help="Give each cell the scans of N more pool subjects "
-                           "(or 'all') without their masks: the generator learns from them, and the real+pseudo-labels "
+                           "(or 'all') without their masks: the generator learns from them, and the *pseudo-labels "
                            "arms self-train on them (the baseline; docs/evaluation.md).")
 SEED = typer.Option(0, "--seed", help="Seed of all randomness: the same seed gives the same output on one device.")
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Images per forward pass (does not change the images).")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ARMS = ("real", "real+classical", "real+synthetic", "real+synthetic+classical", "synthetic")
-# With unannotated scans (`--unannotated`): self-training on them, the baseline of that protocol (`pseudo_labels.py`).
-PSEUDO_LABEL_ARMS = ("real+pseudo-labels", "real+pseudo-labels+classical")
+# With unannotated scans (`--unannotated`): self-training on them, the baseline of that protocol (`pseudo_labels.py`),
+# and both sources of extra pairs at once (the synthetic pairs and the pseudo-labelled scans).
+PSEUDO_LABEL_ARMS = ("real+pseudo-labels", "real+pseudo-labels+classical", "real+synthetic+pseudo-labels",
+                     "real+synthetic+pseudo-labels+classical")
 CELLS_DIR = "cells"
 
 
@@ -27,6 +29,11 @@ def uses_synthetic(arm: str) -> bool:
 
 def uses_pseudo_labels(arm: str) -> bool:
     return "pseudo-labels" in arm
+
+
+def real_arm(arm: str) -> str:
+    """The arm with the real pairs alone and the same augmentation (a pseudo-labels arm's teacher)."""
+    return "real+classical" if uses_classical(arm) else "real"
 
 
 def uses_classical(arm: str) -> bool:

@@ -41,6 +41,7 @@ from sonosynth.evaluation.cells import (
     PSEUDO_LABEL_ARMS,
     Cell,
     converged,
+    real_arm,
     uses_classical,
     uses_pseudo_labels,
     uses_synthetic,
@@ -423,8 +424,10 @@ def _run_cells(todo: list[Cell], out: Path, store: Path, config: DownstreamConfi
                real: Dataset, synthetic: Dataset | None, splits: tuple[Dataset, Dataset, Dataset],
                structures: dict[str, list[int]], head_label: int | None, progress: bool, device: str) -> None:
     """Train and score each cell of `todo` (k-major, so a generator's pairs load once), writing its record."""
+    import torch
+
     from sonosynth.progress import progress_bar
-    from sonosynth.segmentation.common import load_pairs
+    from sonosynth.segmentation.common import PairTensors, load_pairs
 
     train, val, test = splits
     cells_dir = out / CELLS_DIR
@@ -453,11 +456,13 @@ def _run_cells(todo: list[Cell], out: Path, store: Path, config: DownstreamConfi
                               classical=config.classical if uses_classical(cell.arm) else None)
         extra, pseudo = synth_pairs if uses_synthetic(cell.arm) else None, None
         if uses_pseudo_labels(cell.arm):  # the teacher is the matching real arm's segmenter (same config and seed)
-            teacher = Cell(cell.k, cell.arm.replace("+pseudo-labels", ""), cell.seed)
+            teacher = Cell(cell.k, real_arm(cell.arm), cell.seed)
             pseudo = ensure_pseudo_labels(out / PSEUDO_LABELS_DIR / teacher.name, cell_config,
                                           train_pairs.select(real_index), val_pairs, scans, device,
                                           workdir=out / NNUNET_DIR / f"{teacher.name}-teacher")
-            extra = load_pairs(Dataset.open(pseudo), segmentation.size, progress)
+            labelled = load_pairs(Dataset.open(pseudo), segmentation.size, progress)
+            extra = labelled if extra is None else PairTensors(torch.cat([extra.images, labelled.images]),
+                                                               torch.cat([extra.labels, labelled.labels]))
         record = _run_cell(cell, cell_config, train_pairs.select(real_index), val_pairs, extra, test_samples,
                            real.info.num_labels, structures, head_label, device, workdir=out / NNUNET_DIR / cell.name,
                            keep=out / SEGMENTERS_DIR / cell.name)
@@ -468,7 +473,8 @@ def _run_cells(todo: list[Cell], out: Path, store: Path, config: DownstreamConfi
             code=code_version(),
         )
         if pseudo is not None:
-            record.update(n_synthetic_images=0, n_pseudo_labelled_images=len(extra),
+            record.update(n_synthetic_images=0 if synth_pairs is None or not uses_synthetic(cell.arm)
+                          else len(synth_pairs), n_pseudo_labelled_images=len(labelled),
                           pseudo_labels=_relative(pseudo, out))
         write_json_atomic(cells_dir / f"{cell.name}.json", record)
 

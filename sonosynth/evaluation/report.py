@@ -22,7 +22,8 @@ from sonosynth.evaluation.generators import GeneratorRecipe
 from sonosynth.files import atomic_path, write_text_atomic
 
 ARM_ORDER = ("real", "real+classical", "real+pseudo-labels", "real+pseudo-labels+classical", "real+synthetic",
-             "real+synthetic+classical", "synthetic")
+             "real+synthetic+classical", "real+synthetic+pseudo-labels", "real+synthetic+pseudo-labels+classical",
+             "synthetic")
 COMPARISONS = (  # (arm, baseline): every arm against real, the synthetic arms against classical, and with
     # unannotated scans self-training against its real arm and the synthetic arms against self-training
     ("real+classical", "real"),
@@ -35,6 +36,8 @@ COMPARISONS = (  # (arm, baseline): every arm against real, the synthetic arms a
     ("real+pseudo-labels+classical", "real+classical"),
     ("real+synthetic", "real+pseudo-labels"),
     ("real+synthetic+classical", "real+pseudo-labels+classical"),
+    ("real+synthetic+pseudo-labels", "real+pseudo-labels"),
+    ("real+synthetic+pseudo-labels+classical", "real+pseudo-labels+classical"),
 )
 
 
