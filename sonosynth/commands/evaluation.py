@@ -63,13 +63,7 @@ def downstream_command(
         None, "--only-seeds", help="Run only these seeds' missing cells now, comma separated, e.g. 3,4 (the report "
         "covers every finished cell)."
     ),
-    arms: str = typer.Option(
-        "auto", "--arms",
-        help="Comma separated among real, real+classical, real+synthetic, real+synthetic+classical, synthetic, "
-        "real+pseudo-labels(+classical), real+synthetic+pseudo-labels(+classical) (auto: all the data allows: no "
-        "synthetic arms without synthetic data, pseudo-labels ones only with --unannotated; no +classical arms with "
-        "--net nnunet).",
-    ),
+    arms: str = opt.DOWNSTREAM_ARMS,
     structure: list[str] = typer.Option(
         [], "--structure", metavar="NAME=1+2",
         help="Score a union of labels as one structure, NAME=1+2 (repeatable; default: each label).",

@@ -19,6 +19,13 @@ MIN_STEPS = typer.Option(0, "--min-steps", help="No early stop before this many 
 AUTO_SPLIT = typer.Option(False, "--auto-split", help="A real dataset without train/val/test splits: accept an "
                           "automatic subject-wise split (recorded) instead of stopping (better: `sonosynth data "
                           "split` once).")
+DOWNSTREAM_ARMS = typer.Option(
+    "auto", "--arms",
+    help="Comma separated among real, real+classical, real+synthetic, real+synthetic+classical, synthetic, "
+    "real+pseudo-labels(+classical), real+synthetic+pseudo-labels(+classical) (auto: all the data allows: no "
+    "synthetic arms without synthetic data, pseudo-labels ones only with --unannotated; no +classical arms with "
+    "--net nnunet).",
+)
 UNANNOTATED = typer.Option("", "--unannotated", metavar="N", help="Give each cell the scans of N more pool subjects "
                            "(or 'all') without their masks: the generator learns from them, and the *pseudo-labels "
                            "arms self-train on them (the baseline; docs/evaluation.md).")
