@@ -44,6 +44,21 @@ def test_the_committed_pages_are_found() -> None:
 def test_a_page_rebuilds_from_its_cells(page: Path) -> None:
     cells = [json.loads(p.read_text()) for p in sorted((page / "cells").glob("*.json"))]
     settings = json.loads((page / "settings.json").read_text())
+    if "segmentation" not in settings:  # an anomaly experiment's page (`evaluate anomaly`)
+        from sonosynth.evaluation.anomaly import anomaly_rows
+
+        results, comparisons = anomaly_rows(cells)
+        same(read_csv(page / "results.csv"), results, page / "results.csv")
+        same(read_csv(page / "comparisons.csv"), comparisons, page / "comparisons.csv")
+        return
+    if settings.get("selection"):  # the tables are on the test images outside the selection split
+        from sonosynth.evaluation.report import SELECTION_IDS
+        from sonosynth.evaluation.selection import restrict
+
+        selection = set(json.loads((page / SELECTION_IDS).read_text()))
+        kept = {e["id"] for e in cells[0]["per_image"]} - selection
+        assert selection and kept, page
+        cells = [restrict(c, kept) for c in cells]
     same(read_csv(page / "results.csv"), aggregate_cells(cells), page / "results.csv")
     if (page / "comparisons.csv").is_file():
         labels = settings["segmentation"]["labels"]

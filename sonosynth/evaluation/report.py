@@ -10,6 +10,7 @@ import base64
 import csv
 import html
 import io
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from sonosynth.data.format import Dataset
 from sonosynth.evaluation.generators import GeneratorRecipe
 from sonosynth.files import atomic_path, write_text_atomic
 
+SELECTION_IDS = "selection_ids.json"  # the selection split's test image ids, so a page's tables rebuild from its cells
 ARM_ORDER = ("real", "real+classical", "real+pseudo-labels", "real+pseudo-labels+classical", "real+synthetic",
              "real+synthetic+classical", "real+synthetic+pseudo-labels", "real+synthetic+pseudo-labels+classical",
              "synthetic")
@@ -383,6 +385,7 @@ def write_downstream_report(
                 f"{len(kept)} test images only, read once for the claim.\n\n"
                 + (comparisons_markdown(on_selection) if on_selection else "No paired comparison.\n"))
         write_text_atomic(out / "selection.md", page)
+        write_text_atomic(out / SELECTION_IDS, json.dumps(sorted(selection), indent=0) + "\n")  # the cut, re-readable
         cells = [restrict(c, kept) for c in cells]
     rows = aggregate_cells(cells)
     write_results_csv(out / "results.csv", rows)
