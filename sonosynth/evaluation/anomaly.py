@@ -31,7 +31,7 @@ from sonosynth.classification.classifier import ClassifierConfig, LabeledImages,
 from sonosynth.data.format import Dataset
 from sonosynth.errors import SonosynthError
 from sonosynth.evaluation.cells import CELLS_DIR, Cell
-from sonosynth.evaluation.classify import auc_difference, classification_cell, outputs, stratified_subjects
+from sonosynth.evaluation.classify import auc_difference, classification_cell, outputs, stratified_subjects, subset
 from sonosynth.evaluation.generators import GENERATORS_DIR, GeneratorRecipe, ensure_generator, generator_folder
 from sonosynth.files import atomic_path, guard_output, read_json_object, write_json_atomic, write_text_atomic
 from sonosynth.segmentation.common import image_to_model
@@ -151,8 +151,8 @@ def _run_cell(cell: Cell, config: AnomalyConfig, classifier: ClassifierConfig, t
     if cell.arm == "simulated":
         positives = _labeled_as(simulated, 1, classifier.size)
         held = max(1, round(config.validation_share * len(positives)))
-        training = _joined(real_negatives, _part(positives, slice(held, None)))
-        validation = _joined(_part(val, np.flatnonzero(val.labels.numpy() == 0)), _part(positives, slice(0, held)))
+        training = _joined(real_negatives, subset(positives, range(held, len(positives))))
+        validation = _joined(subset(val, np.flatnonzero(val.labels.numpy() == 0)), subset(positives, range(held)))
         n_positive, source = len(positives) - held, "simulated"
     else:
         real_positives = _images_of(train, stratified_subjects(train, config.attribute, [config.positive], cell.k,
@@ -177,11 +177,6 @@ def _labeled_as(dataset: Dataset, label: int, size: int) -> LabeledImages:
     images = [image_to_model(s.image, size) for s in samples]
     return LabeledImages(torch.stack(images) if images else torch.zeros(0, 1, size, size),
                          torch.full((len(samples),), label, dtype=torch.long), [s.record.id for s in samples])
-
-
-def _part(images: LabeledImages, index: Any) -> LabeledImages:
-    ids = np.asarray(images.ids, dtype=object)[index].tolist()
-    return LabeledImages(images.images[index], images.labels[index], ids)
 
 
 def _joined(a: LabeledImages, b: LabeledImages) -> LabeledImages:
